@@ -1,0 +1,11 @@
+"""The bean service's consumer: a thin exactly-once task over ``deduction_apply``."""
+
+from reliability.consumer import Message, exactly_once_task
+
+from . import services
+
+
+@exactly_once_task(name="beans.deduct", queue="beans")
+def deduct(message: Message) -> str:
+    """Deduct a trade's beans from the buyer's account, exactly once."""
+    return services.deduction_apply(message)

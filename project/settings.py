@@ -1,0 +1,284 @@
+"""Django settings: the one module that reads the environment.
+
+Every value has a default that works on a developer machine (services on
+127.0.0.1, see README) and none of them is a production secret. Production sets
+``DJANGO_ENV=production`` and must then provide ``DJANGO_SECRET_KEY`` and
+``DJANGO_ALLOWED_HOSTS``.
+"""
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+from reliability.topology import quorum_queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def database_from_url(url: str) -> dict[str, object]:
+    """Turn ``postgres://user:password@host:port/name`` into a DATABASES entry."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ImproperlyConfigured(f"only PostgreSQL database URLs are supported, got {url!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+        # Persistent connections: workers and the relay run many short transactions.
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
+        "TEST": {"NAME": env_str("DATABASE_TEST_NAME", "") or None},
+    }
+
+
+ENVIRONMENT = env_str("DJANGO_ENV", "development")
+if ENVIRONMENT not in {"development", "test", "production"}:
+    raise ImproperlyConfigured("DJANGO_ENV must be development, test or production")
+IS_PRODUCTION = ENVIRONMENT == "production"
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+if IS_PRODUCTION:
+    if "DJANGO_SECRET_KEY" not in os.environ or "DJANGO_ALLOWED_HOSTS" not in os.environ:
+        raise ImproperlyConfigured(
+            "DJANGO_ENV=production needs DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS"
+        )
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-development-key-never-use-in-production")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_results",
+    "reliability",
+    "beans",
+    "trades",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": database_from_url(
+        env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")
+    ),
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".run" / "static"
+
+ADMIN_URL = env_str("DJANGO_ADMIN_URL", "admin/")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Celery -----------------------------------------------------------------
+# Each setting links the line of the Celery docs that explains it:
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Every publish Celery itself makes (task retries, beat) waits for the broker's confirm.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
+CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+
+# JSON only, never pickle.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_ACCEPT_CONTENT = ["json"]
+CELERY_EVENT_SERIALIZER = "json"
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#result-backend
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True
+# Consumers store their outcome in the message log; results only where useful.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-ignore-result
+CELERY_TASK_IGNORE_RESULT = True
+
+# Ack after the handler's transaction committed; a killed worker child means redelivery.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-late
+CELERY_TASK_ACKS_LATE = True
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-reject-on-worker-lost
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# A task that fails (or whose failure could not even be recorded) is rejected, so the
+# broker dead-letters it instead of the worker acknowledging it away.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-acks-on-failure-or-timeout
+CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-prefetch-multiplier
+CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 4)
+# Quorum queues do not support global QoS; Celery switches to per-consumer QoS.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-detect-quorum-queues
+CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+# Countdowns use native delayed delivery, which needs quorum queues too.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-native-delayed-delivery-queue-type
+CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+# A task routed to a queue nobody declared is a bug, not a reason to invent a queue.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
+CELERY_TASK_CREATE_MISSING_QUEUES = False
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
+
+RELIABILITY_DEAD_LETTER_EXCHANGE = "dead-letters"
+RELIABILITY_DEAD_LETTER_QUEUE = "dead-letters"
+# How many times the broker delivers a message before dead-lettering it (quorum queues).
+RELIABILITY_DELIVERY_LIMIT = env_int("RELIABILITY_DELIVERY_LIMIT", 20)
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
+CELERY_TASK_QUEUES = [
+    quorum_queue(
+        name,
+        dead_letter_exchange=RELIABILITY_DEAD_LETTER_EXCHANGE,
+        delivery_limit=RELIABILITY_DELIVERY_LIMIT,
+    )
+    for name in ("beans", "trades", "housekeeping")
+]
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
+CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
+CELERY_TASK_DEFAULT_EXCHANGE = "housekeeping"
+CELERY_TASK_DEFAULT_ROUTING_KEY = "housekeeping"
+
+# Periodic tasks, declared in one place.
+# https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
+CELERY_BEAT_SCHEDULE = {
+    # Safety net behind the after-commit fast path: publish whatever is still pending.
+    "relay-outbox": {
+        "task": "reliability.relay_outbox",
+        "schedule": timedelta(seconds=env_float("RELIABILITY_RELAY_INTERVAL_S", 1.0)),
+        "options": {"expires": 10},
+    },
+}
+
+# --- Reliability (outbox, relay, consumer middleware) ----------------------
+
+# Rows published per relay sweep (bounded, locked, ordered by id).
+RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
+# The sweep leaves a fresh row this long to the after-commit fast path.
+RELIABILITY_RELAY_GRACE_S = env_float("RELIABILITY_RELAY_GRACE_S", 2.0)
+# Longest wait for a publisher confirm before the publish counts as failed.
+RELIABILITY_CONFIRM_TIMEOUT_S = env_float("RELIABILITY_CONFIRM_TIMEOUT_S", 5.0)
+RELIABILITY_CONNECT_TIMEOUT_S = env_float("RELIABILITY_CONNECT_TIMEOUT_S", 2.0)
+# Backoff after a failed publish: min(base * 2**attempts, max), in seconds.
+RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S", 0.5)
+RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)
+# Transient handler failures (database gone, deadlock) are retried this often.
+RELIABILITY_HANDLER_MAX_RETRIES = env_int("RELIABILITY_HANDLER_MAX_RETRIES", 10)
+
+# Fault points for the failure tests (see reliability/faults.py). Refused in production.
+RELIABILITY_FAULT_INJECTION = env_bool("RELIABILITY_FAULT_INJECTION", False)
+if RELIABILITY_FAULT_INJECTION and IS_PRODUCTION:
+    raise ImproperlyConfigured("RELIABILITY_FAULT_INJECTION cannot be enabled in production")
+
+# --- Domain -----------------------------------------------------------------
+
+# Deductions are sequenced per stream; an account always maps to the same stream.
+TRADES_DEDUCTION_STREAMS = env_int("TRADES_DEDUCTION_STREAMS", 8)
+# Refuse trades above this many beans (a typo guard, not a business limit).
+TRADES_MAX_BEANS = env_int("TRADES_MAX_BEANS", 1_000_000_000)
+
+if IS_PRODUCTION:
+    SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# Which fault points fire (see reliability/faults.py); only read when injection is on.
+RELIABILITY_FAULTS = env_str("RELIABILITY_FAULTS", "")
+RELIABILITY_FAULT_DIR = env_str("RELIABILITY_FAULT_DIR", str(BASE_DIR / ".run" / "faults"))

@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class ReliabilityConfig(AppConfig):
+    name = "reliability"
+    verbose_name = "Reliability (outbox, message log, dead letters)"
+    default_auto_field = "django.db.models.BigAutoField"

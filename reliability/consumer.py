@@ -1,0 +1,176 @@
+"""The consumer middleware: make a Celery task apply each message exactly once.
+
+Decorate a handler with ``@exactly_once_task(name=..., queue=...)``. The task it
+creates receives the outbox envelope and, in one database transaction:
+
+1. inserts the message-log row for ``(task name, message_id)`` *first*;
+2. if that row already existed, the delivery is a duplicate: the effect is
+   skipped, the redelivery counted, and the message acknowledged;
+3. otherwise calls the handler, whose writes (and any outbox messages it
+   enqueues) commit together with the message-log row.
+
+Only after commit does Celery acknowledge (``acks_late``); a worker killed before
+that makes the broker redeliver (``reject_on_worker_lost``), and step 2 catches
+the copy when the first attempt had committed.
+
+Failures: an envelope that is not well formed can never succeed, so it is
+recorded as a dead letter and acknowledged. A transient database error
+(connection lost, deadlock, serialization failure) rolls back and the message is
+requeued after a short pause; the quorum queue's delivery limit bounds the loop
+and dead-letters what still fails. Any other exception from the handler is a
+bug or a poison message: it is recorded as a dead letter and acknowledged, so
+the messages behind it keep flowing, and can be replayed once fixed.
+"""
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import Reject
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+
+from . import services
+from .exceptions import InvalidEnvelope
+from .faults import fault_point
+from .models import DeadLetter
+
+logger = logging.getLogger(__name__)
+
+_TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# SQLSTATE classes worth retrying: serialization failure, deadlock.
+_TRANSIENT_SQLSTATES = {"40001", "40P01"}
+_REQUEUE_PAUSE_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed message, as a handler sees it."""
+
+    message_id: uuid.UUID
+    stream: str
+    seq: int
+    produced_at: str
+    payload: dict[str, Any]
+
+
+Handler = Callable[[Message], str | None]
+
+
+def envelope_parse(envelope: Any) -> Message:
+    """Validate an envelope; raise ``InvalidEnvelope`` saying what is wrong."""
+    if not isinstance(envelope, dict):
+        raise InvalidEnvelope(f"envelope must be a JSON object, got {type(envelope).__name__}")
+    if envelope.get("v") != services.ENVELOPE_VERSION:
+        raise InvalidEnvelope(f"unsupported envelope version {envelope.get('v')!r}")
+    try:
+        message_id = uuid.UUID(str(envelope["message_id"]))
+    except (KeyError, ValueError) as exc:
+        raise InvalidEnvelope("envelope has no valid message_id") from exc
+    stream, seq, payload = envelope.get("stream"), envelope.get("seq"), envelope.get("payload")
+    if not isinstance(stream, str) or not stream:
+        raise InvalidEnvelope("envelope has no stream")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise InvalidEnvelope("envelope seq must be a positive integer")
+    if not isinstance(payload, dict):
+        raise InvalidEnvelope("envelope payload must be a JSON object")
+    return Message(
+        message_id=message_id,
+        stream=stream,
+        seq=seq,
+        produced_at=str(envelope.get("produced_at", "")),
+        payload=payload,
+    )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT_ERRORS):
+        return True
+    cause = exc.__cause__
+    return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) -> str:
+    """Apply ``envelope`` through ``handler`` exactly once; return the outcome."""
+    handler_name = task.name
+    try:
+        message = envelope_parse(envelope)
+    except InvalidEnvelope as exc:
+        services.dead_letter_record(
+            handler=handler_name,
+            reason=DeadLetter.Reason.INVALID_ENVELOPE,
+            detail=str(exc),
+            envelope=envelope,
+            using=using,
+        )
+        return "dead-lettered"
+    try:
+        with transaction.atomic(using=using):
+            first = services.message_log_insert(
+                handler=handler_name,
+                message_id=message.message_id,
+                stream=message.stream,
+                seq=message.seq,
+                using=using,
+            )
+            if first:
+                outcome = handler(message) or "applied"
+                services.message_log_record_outcome(
+                    handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
+                )
+            else:
+                outcome = "duplicate"
+                services.message_log_count_redelivery(
+                    handler=handler_name, message_id=message.message_id, using=using
+                )
+    except Exception as exc:
+        if _is_transient(exc):
+            pause = min(0.2 * 2 ** min(task.request.retries or 0, 5), _REQUEUE_PAUSE_MAX_S)
+            logger.warning(
+                "message %s for %s hit a transient error, requeueing: %s", message.message_id, handler_name, exc
+            )
+            time.sleep(pause)
+            raise Reject(exc, requeue=True) from exc
+        logger.exception("handler %s failed on message %s", handler_name, message.message_id)
+        services.dead_letter_record(
+            handler=handler_name,
+            reason=DeadLetter.Reason.HANDLER_FAILED,
+            detail=f"{type(exc).__name__}: {exc}",
+            envelope=envelope,
+            message_id=message.message_id,
+            using=using,
+        )
+        return "dead-lettered"
+    if outcome == "duplicate":
+        logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
+    fault_point("consume.after_commit")
+    return outcome
+
+
+class ExactlyOnceTask(Task):
+    """Base class of exactly-once consumer tasks: late acks, requeue on a lost worker."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+
+
+def exactly_once_task(*, name: str, queue: str, using: str = "default", **options: Any) -> Callable[[Handler], Task]:
+    """Turn ``handler(message) -> outcome`` into an exactly-once Celery task named ``name``.
+
+    ``using`` is the database alias holding both the handler's data and the
+    message log, so that they commit in one transaction.
+    """
+
+    def decorate(handler: Handler) -> Task:
+        def consume(task: Task, envelope: Any) -> str:
+            return message_consume(task=task, envelope=envelope, handler=handler, using=using)
+
+        consume.__name__ = handler.__name__
+        consume.__doc__ = handler.__doc__
+        return shared_task(name=name, queue=queue, base=ExactlyOnceTask, bind=True, **options)(consume)
+
+    return decorate

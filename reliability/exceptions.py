@@ -1,0 +1,33 @@
+"""The reliability app's exceptions: one small hierarchy, messages a user can act on."""
+
+
+class ReliabilityError(Exception):
+    """Base class of every error the reliability app raises."""
+
+
+class OutboxUsageError(ReliabilityError):
+    """The outbox was used in a way that would break the commit-together rule."""
+
+
+class InvalidEnvelope(ReliabilityError):
+    """A consumed message is not a well-formed envelope; it can never succeed."""
+
+
+class PublishError(ReliabilityError):
+    """A publish was not confirmed by the broker; the outbox row stays pending."""
+
+
+class BrokerUnavailable(PublishError):
+    """The broker could not be reached (connection refused, reset, or circuit open)."""
+
+
+class PublishNacked(PublishError):
+    """The broker answered basic.nack: it did not take responsibility for the message."""
+
+
+class PublishReturned(PublishError):
+    """The broker returned a mandatory message: no queue is bound for its routing key."""
+
+
+class PublishTimeout(PublishError):
+    """No confirm arrived in time; the message may or may not be stored."""

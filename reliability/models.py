@@ -1,0 +1,145 @@
+"""Outbox, message log (inbox) and dead letters: the domain-free machinery.
+
+Design overview
+---------------
+* **Outbox.** A producer writes its business rows and an ``OutboxMessage`` in one
+  database transaction (``reliability.services.outbox_enqueue``). A message exists
+  iff the write that caused it committed. Publishing happens only after commit:
+  an after-commit fast path, and the relay sweep as the safety net. A row becomes
+  ``sent`` only after the broker confirmed the publish (publisher confirms,
+  ``mandatory``); a failed publish leaves it ``pending`` with ``attempts``,
+  ``last_error`` and a backoff in ``next_attempt_at``.
+* **Identity and position.** Every message has a globally unique ``message_id``
+  (assigned at produce time, kept on every re-publish) and a ``(stream, seq)``
+  position. ``seq`` comes from ``StreamCounter`` in the producing transaction, so a
+  rolled-back write leaves no hole: the numbers of a stream are gap-free.
+* **Message log.** A consumer inserts its ``MessageLog`` row *first*, in the same
+  transaction as the handler's effect. The unique ``(handler, message_id)``
+  constraint makes a redelivery recognisable: the insert does nothing, the effect
+  is skipped and ``redeliveries`` counts it. An inbox row exists iff its effect
+  committed.
+* **Dead letters.** A message that can never succeed is recorded here with the
+  reason, and acknowledged, so the queue behind it keeps moving.
+
+Invariants enforced by the database (named constraints): unique message_id in the
+outbox, unique (stream, seq), seq >= 1, a sent row has sent_at, unique
+(handler, message_id) in the message log.
+"""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class OutboxMessage(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+
+    message_id = models.UUIDField(editable=False)
+    task_name = models.CharField(max_length=200, help_text="Celery task that consumes it.")
+    queue = models.CharField(max_length=100)
+    stream = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "outbox message"
+        constraints = [
+            models.UniqueConstraint(fields=["message_id"], name="outbox_message_id_unique"),
+            models.UniqueConstraint(fields=["stream", "seq"], name="outbox_stream_seq_unique"),
+            models.CheckConstraint(condition=Q(seq__gte=1), name="outbox_seq_positive"),
+            models.CheckConstraint(
+                condition=Q(status="pending", sent_at__isnull=True)
+                | Q(status="sent", sent_at__isnull=False),
+                name="outbox_sent_iff_sent_at",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                condition=Q(status="pending"),
+                name="outbox_pending_due_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.message_id} ({self.stream}#{self.seq}, {self.status})"
+
+
+class StreamCounter(models.Model):
+    """The last sequence number handed out on a stream (one locked row per stream)."""
+
+    stream = models.CharField(max_length=100, primary_key=True)
+    last_seq = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(last_seq__gte=0), name="stream_counter_seq_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream}#{self.last_seq}"
+
+
+class MessageLog(models.Model):
+    """One row per message a handler applied (the inbox)."""
+
+    handler = models.CharField(max_length=200)
+    message_id = models.UUIDField()
+    stream = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    outcome = models.CharField(max_length=200, blank=True, default="")
+    redeliveries = models.PositiveIntegerField(
+        default=0, help_text="Deliveries recognised as duplicates and skipped."
+    )
+    applied_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name = "message log entry"
+        verbose_name_plural = "message log"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handler", "message_id"], name="message_log_handler_message_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["stream", "seq"], name="message_log_stream_seq_idx"),
+            models.Index(fields=["applied_at"], name="message_log_applied_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.message_id} ({self.outcome})"
+
+
+class DeadLetter(models.Model):
+    """A message that can never succeed as it is: kept with the reason, never dropped."""
+
+    class Reason(models.TextChoices):
+        INVALID_ENVELOPE = "invalid_envelope", "Invalid envelope"
+        HANDLER_FAILED = "handler_failed", "Handler failed"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        REPLAYED = "replayed", "Replayed"
+        DISCARDED = "discarded", "Discarded"
+
+    message_id = models.UUIDField(null=True, blank=True)
+    handler = models.CharField(max_length=200)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    detail = models.TextField(blank=True, default="")
+    envelope = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "created_at"], name="dead_letter_status_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.message_id} ({self.reason})"

@@ -1,0 +1,232 @@
+"""Services of the reliability app: they write (outbox, relay, message log, dead letters)."""
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from .exceptions import OutboxUsageError, PublishError
+from .faults import fault_point
+from .ids import message_id_new
+from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
+from .publisher import publisher
+
+logger = logging.getLogger(__name__)
+
+ENVELOPE_VERSION = 1
+
+
+def stream_seq_allocate(*, stream: str, using: str = "default") -> int:
+    """Return the next sequence number of ``stream``, inside the caller's transaction.
+
+    The counter row stays locked until the caller commits, and a rollback undoes
+    the increment, so a stream's numbers are gap-free. A database sequence or
+    Redis INCR would not be: their increments survive a rollback and would show
+    up as false gaps. Each stream has its own row, so streams do not serialize
+    each other.
+    """
+    table = StreamCounter._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (stream, last_seq) VALUES (%s, 1) "  # noqa: S608 - table name is ours
+            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + 1 "
+            "RETURNING last_seq",
+            [stream],
+        )
+        (seq,) = cursor.fetchone()
+    return int(seq)
+
+
+def outbox_enqueue(
+    *,
+    task_name: str,
+    queue: str,
+    stream: str,
+    payload: dict[str, Any],
+    message_id: uuid.UUID | None = None,
+    using: str = "default",
+) -> OutboxMessage:
+    """Record a message to be published once the caller's transaction commits.
+
+    Must run inside ``transaction.atomic(using=...)``: the message commits with
+    the caller's write or not at all. Publishing starts after commit. Pass
+    ``message_id`` (from ``reliability.ids.message_id_new``) when the caller's
+    own row must reference the message before it exists.
+    """
+    if not connections[using].in_atomic_block:
+        raise OutboxUsageError(
+            "outbox_enqueue must run inside transaction.atomic() so the message "
+            "commits together with the write that caused it"
+        )
+    now = timezone.now()
+    message = OutboxMessage.objects.using(using).create(
+        message_id=message_id or message_id_new(),
+        task_name=task_name,
+        queue=queue,
+        stream=stream,
+        seq=stream_seq_allocate(stream=stream, using=using),
+        payload=payload,
+        created_at=now,
+        # The sweep leaves a fresh row to the after-commit fast path for a moment.
+        next_attempt_at=now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S),
+    )
+    transaction.on_commit(partial(outbox_publish_after_commit, ids=[message.pk], using=using), using=using)
+    return message
+
+
+def outbox_envelope(message: OutboxMessage) -> dict[str, Any]:
+    """Return the JSON envelope a consumer receives for ``message``."""
+    return {
+        "v": ENVELOPE_VERSION,
+        "message_id": str(message.message_id),
+        "stream": message.stream,
+        "seq": message.seq,
+        "produced_at": message.created_at.isoformat(),
+        "payload": message.payload,
+    }
+
+
+def outbox_publish_after_commit(*, ids: list[int], using: str = "default") -> None:
+    """Fast path: publish just-committed messages now; the relay sweep is the safety net."""
+    try:
+        outbox_relay_messages(ids=ids, using=using, due_only=False)
+    except Exception:  # the write committed; a failed fast path only delays the message
+        logger.warning("fast-path publish of outbox rows %s failed; the relay will retry", ids, exc_info=True)
+
+
+def outbox_relay_batch(*, using: str = "default", limit: int | None = None) -> int:
+    """Publish due pending messages (oldest first); return how many were confirmed."""
+    return outbox_relay_messages(ids=None, using=using, limit=limit, due_only=True)
+
+
+def _backoff(attempts: int) -> timedelta:
+    seconds = min(
+        settings.RELIABILITY_RELAY_BACKOFF_BASE_S * 2 ** max(attempts - 1, 0),
+        settings.RELIABILITY_RELAY_BACKOFF_MAX_S,
+    )
+    return timedelta(seconds=seconds)
+
+
+def outbox_relay_messages(
+    *,
+    ids: Iterable[int] | None,
+    using: str = "default",
+    limit: int | None = None,
+    due_only: bool = True,
+) -> int:
+    """Publish pending outbox rows, marking each sent only after a positive confirm.
+
+    Rows are locked with ``SKIP LOCKED`` and taken in id order, so several relays
+    (and fast paths) can run at once without publishing the same row twice in
+    parallel. A crash after the publish and before the commit leaves the row
+    pending: it is published again, and the consumer's message log drops the copy.
+    """
+    limit = limit or settings.RELIABILITY_RELAY_BATCH_SIZE
+    sent = 0
+    with transaction.atomic(using=using):
+        rows = OutboxMessage.objects.using(using).select_for_update(skip_locked=True)
+        rows = rows.filter(status=OutboxMessage.Status.PENDING)
+        if ids is not None:
+            rows = rows.filter(pk__in=list(ids))
+        if due_only:
+            rows = rows.filter(next_attempt_at__lte=timezone.now())
+        for message in rows.order_by("id")[:limit]:
+            fault_point("relay.before_publish")
+            try:
+                publisher().publish(
+                    task_name=message.task_name,
+                    queue=message.queue,
+                    message_id=str(message.message_id),
+                    envelope=outbox_envelope(message),
+                )
+            except PublishError as exc:
+                _outbox_publish_failed(message, exc, using=using)
+                # One failure usually means the broker is down or refusing: stop here
+                # rather than spend the whole batch on timeouts. The rest stays pending.
+                break
+            fault_point("relay.after_publish")
+            now = timezone.now()
+            OutboxMessage.objects.using(using).filter(pk=message.pk).update(
+                status=OutboxMessage.Status.SENT, sent_at=now, last_error=""
+            )
+            sent += 1
+            logger.debug("published message %s (%s#%d)", message.message_id, message.stream, message.seq)
+    if sent and ids is None:
+        logger.info("relayed %d messages", sent)
+    return sent
+
+
+def _outbox_publish_failed(message: OutboxMessage, exc: Exception, *, using: str) -> None:
+    attempts = message.attempts + 1
+    OutboxMessage.objects.using(using).filter(pk=message.pk).update(
+        attempts=attempts,
+        last_error=f"{type(exc).__name__}: {exc}"[:2000],
+        next_attempt_at=timezone.now() + _backoff(attempts),
+    )
+    logger.warning(
+        "publish of message %s failed (attempt %d), left pending: %s", message.message_id, attempts, exc
+    )
+
+
+def message_log_insert(
+    *, handler: str, message_id: uuid.UUID, stream: str, seq: int, using: str = "default"
+) -> bool:
+    """Insert the message-log row first; return False when it already exists.
+
+    ``ON CONFLICT DO NOTHING`` waits for a concurrent transaction holding the same
+    key: if that one commits, this insert does nothing (a duplicate); if it rolls
+    back, this one inserts. Never check-then-insert.
+    """
+    table = MessageLog._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (handler, message_id, stream, seq, outcome, redeliveries, applied_at) "  # noqa: S608
+            "VALUES (%s, %s, %s, %s, '', 0, %s) "
+            "ON CONFLICT (handler, message_id) DO NOTHING RETURNING id",
+            [handler, message_id, stream, seq, timezone.now()],
+        )
+        return cursor.fetchone() is not None
+
+
+def message_log_record_outcome(*, handler: str, message_id: uuid.UUID, outcome: str, using: str = "default") -> None:
+    MessageLog.objects.using(using).filter(handler=handler, message_id=message_id).update(outcome=outcome[:200])
+
+
+def message_log_count_redelivery(*, handler: str, message_id: uuid.UUID, using: str = "default") -> None:
+    MessageLog.objects.using(using).filter(handler=handler, message_id=message_id).update(
+        redeliveries=F("redeliveries") + 1
+    )
+
+
+def dead_letter_record(
+    *,
+    handler: str,
+    reason: str,
+    detail: str,
+    envelope: Any,
+    message_id: uuid.UUID | None = None,
+    using: str = "default",
+) -> DeadLetter:
+    """Keep a message that can never succeed, with the reason; it is never dropped."""
+    stored_envelope = envelope
+    try:
+        json.dumps(envelope)
+    except (TypeError, ValueError):
+        stored_envelope = {"unserializable": repr(envelope)[:10_000]}
+    letter = DeadLetter.objects.using(using).create(
+        handler=handler,
+        reason=reason,
+        detail=detail[:10_000],
+        envelope=stored_envelope,
+        message_id=message_id,
+    )
+    logger.error("dead-lettered message %s for %s: %s: %s", message_id, handler, reason, detail[:500])
+    return letter

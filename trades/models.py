@@ -1,0 +1,51 @@
+"""Trades: the producer side of the pipeline.
+
+Design overview
+---------------
+* Placing a trade writes the ``Trade`` and its deduction message (a row of the
+  reliability outbox) in one transaction; ``deduction_message_id`` names that
+  message, so a trade exists iff its message exists.
+* A trade starts ``pending`` and is settled exactly once, by the outcome message
+  the bean service sends back: ``deducted`` or ``rejected``.
+* The account is the bean service's; the trade keeps only its id (the two
+  services may live in different databases).
+* ``idempotency_key`` is unique: a repeated request returns the first trade.
+"""
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Trade(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DEDUCTED = "deducted", "Deducted"
+        REJECTED = "rejected", "Rejected"
+
+    account_id = models.BigIntegerField(db_index=True)
+    beans = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    rejection_reason = models.CharField(max_length=200, blank=True, default="")
+    balance_after = models.BigIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    deduction_message_id = models.UUIDField(editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(beans__gt=0), name="trade_beans_positive"),
+            models.UniqueConstraint(fields=["idempotency_key"], name="trade_idempotency_key_unique"),
+            models.UniqueConstraint(fields=["deduction_message_id"], name="trade_deduction_message_unique"),
+            models.CheckConstraint(
+                condition=Q(status="pending", settled_at__isnull=True)
+                | (~Q(status="pending") & Q(settled_at__isnull=False)),
+                name="trade_settled_iff_settled_at",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="trade_status_created_idx")]
+
+    def __str__(self) -> str:
+        return f"trade #{self.pk}: {self.beans} beans from account {self.account_id} ({self.status})"

@@ -1,0 +1,11 @@
+"""The trade service's consumer of outcomes: a thin exactly-once task."""
+
+from reliability.consumer import Message, exactly_once_task
+
+from . import services
+
+
+@exactly_once_task(name="trades.record_outcome", queue="trades")
+def record_outcome(message: Message) -> str:
+    """Settle a trade from the bean service's outcome message, exactly once."""
+    return services.trade_record_outcome(message)

@@ -1,0 +1,80 @@
+"""HTTP interface of the trade service: parse, call one service, shape the answer."""
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from . import selectors, services
+from .exceptions import AccountNotFound, IdempotencyConflict, TradeInvalid
+from .models import Trade
+
+MAX_BODY_BYTES = 4096
+TRADE_FIELDS = {"account", "beans"}
+
+
+def _error(status: int, message: str) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def trade_json(trade: Trade) -> dict[str, Any]:
+    return {
+        "id": trade.pk,
+        "account": trade.account_id,
+        "beans": trade.beans,
+        "status": trade.status,
+        "rejection_reason": trade.rejection_reason or None,
+        "balance_after": trade.balance_after,
+        "message_id": str(trade.deduction_message_id),
+        "created_at": trade.created_at.isoformat(),
+        "settled_at": trade.settled_at.isoformat() if trade.settled_at else None,
+    }
+
+
+def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
+    if len(request.body) > MAX_BODY_BYTES:
+        raise TradeInvalid(f"request body is larger than {MAX_BODY_BYTES} bytes")
+    if request.content_type != "application/json":
+        raise TradeInvalid("Content-Type must be application/json")
+    try:
+        body = json.loads(request.body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TradeInvalid(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise TradeInvalid('request body must be a JSON object like {"account": 1, "beans": 100}')
+    missing, unknown = TRADE_FIELDS - body.keys(), body.keys() - TRADE_FIELDS
+    if missing:
+        raise TradeInvalid(f"missing field(s): {', '.join(sorted(missing))}")
+    if unknown:
+        raise TradeInvalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+    return body
+
+
+@csrf_exempt  # a JSON API without cookie authentication: CSRF does not apply
+@require_POST
+def trade_create(request: HttpRequest) -> JsonResponse:
+    try:
+        body = _parse_trade_body(request)
+        trade, created = services.trade_place(
+            account_id=body["account"],
+            beans=body["beans"],
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+    except TradeInvalid as exc:
+        return _error(400, str(exc))
+    except AccountNotFound as exc:
+        return _error(404, str(exc))
+    except IdempotencyConflict as exc:
+        return _error(409, str(exc))
+    return JsonResponse(trade_json(trade), status=201 if created else 200)
+
+
+@require_GET
+def trade_detail(request: HttpRequest, trade_id: int) -> JsonResponse:
+    try:
+        trade = selectors.trade_get(trade_id=trade_id)
+    except Trade.DoesNotExist:
+        return _error(404, f"trade {trade_id} does not exist")
+    return JsonResponse(trade_json(trade))
