@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 # The trade service's contract: the task that consumes our outcomes, and its queue.
 OUTCOME_TASK = "trades.record_outcome"
 OUTCOME_QUEUE = "trades"
+BALANCE_MAX = 2**63 - 1  # PostgreSQL bigint
 
 
 class DeductionOutcome:
@@ -51,6 +52,8 @@ def account_credit(*, account_id: int, beans: int, note: str = "") -> LedgerEntr
         account = Account.objects.select_for_update().get(pk=account_id)
     except Account.DoesNotExist as exc:
         raise AccountNotFound(f"account {account_id} does not exist") from exc
+    if beans > BALANCE_MAX - account.balance:
+        raise InvalidAmount(f"crediting {beans} beans would overflow account {account_id}'s balance")
     account.balance += beans
     account.updated_at = timezone.now()
     account.save(update_fields=["balance", "updated_at"])

@@ -282,3 +282,5 @@ if IS_PRODUCTION:
 # Which fault points fire (see reliability/faults.py); only read when injection is on.
 RELIABILITY_FAULTS = env_str("RELIABILITY_FAULTS", "")
 RELIABILITY_FAULT_DIR = env_str("RELIABILITY_FAULT_DIR", str(BASE_DIR / ".run" / "faults"))
+
+TEST_RUNNER = "tests.runner.PipelineTestRunner"

@@ -146,7 +146,7 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
         return "dead-lettered"
     if outcome == "duplicate":
         logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
-    fault_point("consume.after_commit")
+    fault_point("consume.after_commit", message_id=message.message_id)
     return outcome
 
 

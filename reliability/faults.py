@@ -42,7 +42,7 @@ def _claim(point: str, times: int) -> bool:
     return False
 
 
-def fault_point(point: str) -> None:
+def fault_point(point: str, *, message_id: object = None) -> None:
     """Act out the fault configured for ``point``, if any (a no-op in production)."""
     if not settings.RELIABILITY_FAULT_INJECTION:
         return
@@ -53,6 +53,6 @@ def fault_point(point: str) -> None:
     if not _claim(point, times):
         return
     if action == "kill":
-        logger.warning("fault point %s: killing process %d with SIGKILL", point, os.getpid())
+        logger.warning("fault point %s: killing process %d with SIGKILL (message %s)", point, os.getpid(), message_id)
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"fault point {point}: unknown action {action!r}")

@@ -77,6 +77,15 @@ class ConfirmedPublisher:
             routing_keys=[queue.routing_key for queue in current_app.conf.task_queues],
         )
 
+    def topology_declare(self) -> list[str]:
+        """Declare the topology now (it is also declared on every new connection)."""
+        with self._lock:
+            self.close()
+            self._circuit_open_until = 0.0
+            self._connect()
+        names = [queue.name for queue in current_app.conf.task_queues]
+        return [*names, settings.RELIABILITY_DEAD_LETTER_QUEUE]
+
     def close(self) -> None:
         if self._connection is not None:
             try:

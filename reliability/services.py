@@ -139,7 +139,7 @@ def outbox_relay_messages(
         if due_only:
             rows = rows.filter(next_attempt_at__lte=timezone.now())
         for message in rows.order_by("id")[:limit]:
-            fault_point("relay.before_publish")
+            fault_point("relay.before_publish", message_id=message.message_id)
             try:
                 publisher().publish(
                     task_name=message.task_name,
@@ -152,7 +152,7 @@ def outbox_relay_messages(
                 # One failure usually means the broker is down or refusing: stop here
                 # rather than spend the whole batch on timeouts. The rest stays pending.
                 break
-            fault_point("relay.after_publish")
+            fault_point("relay.after_publish", message_id=message.message_id)
             now = timezone.now()
             OutboxMessage.objects.using(using).filter(pk=message.pk).update(
                 status=OutboxMessage.Status.SENT, sent_at=now, last_error=""
@@ -174,6 +174,11 @@ def _outbox_publish_failed(message: OutboxMessage, exc: Exception, *, using: str
     logger.warning(
         "publish of message %s failed (attempt %d), left pending: %s", message.message_id, attempts, exc
     )
+
+
+def broker_topology_declare() -> list[str]:
+    """Declare every exchange, quorum queue and the dead-letter queue; return the queue names."""
+    return publisher().topology_declare()
 
 
 def message_log_insert(

@@ -27,6 +27,10 @@ def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int) -
             "x-dead-letter-exchange": dead_letter_exchange,
             "x-dead-letter-routing-key": name,
             "x-delivery-limit": delivery_limit,
+            # Dead-letter at least once: the broker keeps a message until the
+            # dead-letter queue confirmed it (needs reject-publish overflow).
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         },
     )
 

@@ -94,6 +94,9 @@ def trade_record_outcome(message: Message) -> str:
         raise InvalidOutcome(f"message {message.message_id}: no trade {trade_id!r}") from exc
     if str(trade.deduction_message_id) != payload.get("deduction_message_id"):
         raise InvalidOutcome(f"message {message.message_id}: outcome is for another deduction of trade {trade_id}")
+    balance_after = payload.get("balance_after")
+    if balance_after is not None and (not isinstance(balance_after, int) or isinstance(balance_after, bool)):
+        raise InvalidOutcome(f"message {message.message_id}: balance_after must be an integer or null")
     if trade.status != Trade.Status.PENDING:
         if trade.status == outcome:
             return "already settled"
@@ -102,7 +105,7 @@ def trade_record_outcome(message: Message) -> str:
         )
     now = timezone.now()
     trade.status = outcome
-    trade.balance_after = payload.get("balance_after")
+    trade.balance_after = balance_after
     trade.rejection_reason = "insufficient funds" if outcome == Trade.Status.REJECTED else ""
     trade.settled_at = now
     trade.updated_at = now

@@ -40,7 +40,7 @@ def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
         raise TradeInvalid("Content-Type must be application/json")
     try:
         body = json.loads(request.body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
         raise TradeInvalid(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise TradeInvalid('request body must be a JSON object like {"account": 1, "beans": 100}')

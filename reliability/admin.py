@@ -1,0 +1,89 @@
+"""Audit console of the reliability app: outbox, stream counters, message log, dead letters.
+
+Every model here is written only by the pipeline, so the admin can look but not
+touch. The one write, "Publish now", goes through the relay service: it marks a
+row sent only after the broker confirmed it, exactly as the sweep would.
+"""
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import services
+from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
+
+
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """Browse and search, never add, edit or delete: the rows are a record of what happened."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyModelAdmin):
+    list_display = (
+        "id",
+        "message_id",
+        "task_name",
+        "stream",
+        "seq",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "created_at",
+        "sent_at",
+    )
+    list_filter = ("status", "task_name", "queue", "created_at")
+    search_fields = ("=message_id", "stream", "task_name", "last_error")
+    date_hierarchy = "created_at"
+    ordering = ("-id",)
+    actions = ("publish_now",)
+
+    @admin.action(description="Publish now (selected pending messages)", permissions=["publish"])
+    def publish_now(self, request: HttpRequest, queryset: QuerySet[OutboxMessage]) -> None:
+        ids = list(queryset.filter(status=OutboxMessage.Status.PENDING).values_list("pk", flat=True))
+        if not ids:
+            self.message_user(request, "None of the selected messages is pending.", messages.WARNING)
+            return
+        sent = services.outbox_relay_messages(ids=ids, due_only=False)
+        level = messages.SUCCESS if sent == len(ids) else messages.WARNING
+        self.message_user(
+            request, f"{sent} of {len(ids)} pending messages published and confirmed by the broker.", level
+        )
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        # Editing is refused to everyone; publishing is for holders of the model's change permission.
+        return request.user.has_perm(f"{self.opts.app_label}.{get_permission_codename('change', self.opts)}")
+
+
+@admin.register(StreamCounter)
+class StreamCounterAdmin(ReadOnlyModelAdmin):
+    list_display = ("stream", "last_seq")
+    search_fields = ("stream",)
+    ordering = ("stream",)
+
+
+@admin.register(MessageLog)
+class MessageLogAdmin(ReadOnlyModelAdmin):
+    list_display = ("id", "handler", "message_id", "stream", "seq", "outcome", "redeliveries", "applied_at")
+    list_filter = ("handler", "outcome", "applied_at")
+    search_fields = ("=message_id", "handler", "stream")
+    date_hierarchy = "applied_at"
+    ordering = ("-id",)
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyModelAdmin):
+    list_display = ("id", "message_id", "handler", "reason", "status", "created_at")
+    list_filter = ("reason", "status", "handler", "created_at")
+    search_fields = ("=message_id", "handler", "detail")
+    date_hierarchy = "created_at"
+    ordering = ("-id",)

@@ -1,0 +1,13 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from reliability import services
+
+
+class Command(BaseCommand):
+    help = "Declare the project's exchanges, quorum queues and dead-letter queue (idempotent)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name in services.broker_topology_declare():
+            self.stdout.write(f"declared {name}")

@@ -1,0 +1,138 @@
+"""Shared harness of the integration tests: real worker/beat processes and invariant checks."""
+
+import subprocess
+from urllib.parse import unquote, urlsplit
+from collections import Counter, defaultdict
+
+from celery import current_app
+from django.conf import settings
+from django.test import TransactionTestCase
+from kombu import Connection
+
+from beans.models import Account, LedgerEntry
+from beans.services import account_create
+from reliability.models import OutboxMessage
+from reliability.publisher import publisher
+from trades.models import Trade
+from trades.selectors import pipeline_violations
+
+from .processes import CeleryProcess, wait_until
+
+
+def broker_queues() -> list[str]:
+    return [queue.name for queue in current_app.conf.task_queues] + [settings.RELIABILITY_DEAD_LETTER_QUEUE]
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+
+
+def queue_message_counts() -> dict[str, int]:
+    """Return ready + unacknowledged messages per project queue (from rabbitmqctl)."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", broker_vhost(), "--no-table-headers", "name", "messages"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
+    return {name: int(counts.get(name, 0)) for name in broker_queues()}
+
+
+def broker_vhost() -> str:
+    return unquote(urlsplit(current_app.conf.broker_url).path[1:]) or "/"
+
+
+class PipelineTestCase(TransactionTestCase):
+    """Integration tests against a real RabbitMQ, PostgreSQL and Celery processes."""
+
+    processes: list[CeleryProcess]
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.processes = []
+        self.initial_balances: dict[int, int] = {}
+        publisher().topology_declare()
+        self.addCleanup(self.purge_queues)
+        self.addCleanup(self.stop_processes)
+
+    def start_worker(self, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None) -> CeleryProcess:
+        worker = CeleryProcess("worker", name=name, concurrency=concurrency, env=env).start()
+        self.processes.append(worker)
+        return worker
+
+    def start_beat(self) -> CeleryProcess:
+        beat = CeleryProcess("beat").start()
+        self.processes.append(beat)
+        return beat
+
+    def stop_processes(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+    def purge_queues(self) -> None:
+        publisher().close()
+        with Connection(current_app.conf.broker_url) as conn:
+            for name in broker_queues():
+                channel = conn.channel()
+                try:
+                    channel.queue_purge(name)
+                except Exception:  # noqa: BLE001 - a queue a test deleted
+                    pass
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.kind} {p.name} ---\n{p.log_tail()}" for p in self.processes)
+
+    def create_accounts(self, count: int, *, balance: int) -> list[int]:
+        ids = []
+        for n in range(count):
+            account = account_create(owner=f"test-{n}", balance=balance)
+            self.initial_balances[account.pk] = balance
+            ids.append(account.pk)
+        return ids
+
+    def wait_drained(self, *, timeout: float = 120) -> None:
+        """Wait until every trade is settled and the outbox is empty."""
+
+        def drained() -> bool:
+            return (
+                not Trade.objects.filter(status=Trade.Status.PENDING).exists()
+                and not OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).exists()
+            )
+
+        try:
+            wait_until(drained, timeout=timeout, interval=0.5, what="the pipeline to drain")
+        except AssertionError as exc:
+            pending = Trade.objects.filter(status=Trade.Status.PENDING).count()
+            outbox = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count()
+            raise AssertionError(f"{exc}: {pending} trades pending, {outbox} outbox rows\n{self.logs()}") from None
+
+    def wait_queues_empty(self, *, timeout: float = 60) -> None:
+        """Wait until no message is ready or unacked in any project queue."""
+
+        def empty() -> bool:
+            return all(count == 0 for count in queue_message_counts().values())
+
+        wait_until(empty, timeout=timeout, interval=0.5, what="the queues to empty")
+
+    def assert_exactly_once(self, *, trades: int) -> None:
+        """Assert I1, I2, I5, I9 independently of the code under test's own bookkeeping."""
+        self.assertEqual(Trade.objects.count(), trades, "every accepted trade exists")
+        self.assertEqual(pipeline_violations(), [], self.logs())
+        deductions = Counter(
+            LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEDUCTION).values_list("message_id", flat=True)
+        )
+        deducted_by_account: dict[int, int] = defaultdict(int)
+        for trade in Trade.objects.all():
+            expected = 1 if trade.status == Trade.Status.DEDUCTED else 0
+            self.assertEqual(deductions[trade.deduction_message_id], expected, f"ledger entries of {trade}")
+            if trade.status == Trade.Status.DEDUCTED:
+                deducted_by_account[trade.account_id] += trade.beans
+        for account in Account.objects.all():
+            self.assertGreaterEqual(account.balance, 0)
+            self.assertEqual(
+                account.balance,
+                self.initial_balances[account.pk] - deducted_by_account[account.pk],
+                f"balance of account {account.pk} == initial - sum of its deducted trades",
+            )

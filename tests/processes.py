@@ -1,0 +1,115 @@
+"""Real Celery worker and beat processes for the integration tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+REPO = Path(settings.BASE_DIR)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "") -> None:
+    """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def test_database_url() -> str:
+    params = connection.settings_dict
+    host = params["HOST"] or "127.0.0.1"
+    port = params["PORT"] or "5432"
+    auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
+    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+
+
+class CeleryProcess:
+    """A ``celery -A project worker|beat`` subprocess in its own process group."""
+
+    def __init__(self, kind: str, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None):
+        self.kind, self.name, self.concurrency = kind, name, concurrency
+        self.extra_env = env or {}
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"celery-{kind}-"))
+        self.log_path = self.workdir / f"{kind}-{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        base = [sys.executable, "-m", "celery", "-A", "project", self.kind, "-l", "info"]
+        if self.kind == "worker":
+            return [
+                *base,
+                "-n",
+                f"{self.name}@%h",
+                "-c",
+                str(self.concurrency),
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        return [*base, "--schedule", str(self.workdir / "beat-schedule")]
+
+    def start(self) -> "CeleryProcess":
+        env = {
+            **os.environ,
+            "DATABASE_URL": test_database_url(),
+            "DJANGO_ENV": "test",
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        if self.kind == "worker":
+            wait_until(lambda: b" ready." in self.log_path.read_bytes() or not self.alive(), timeout=60, what="worker")
+            if not self.alive():
+                raise AssertionError(f"worker died on start:\n{self.log_tail()}")
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def children(self) -> list[int]:
+        """Return the pids of the prefork pool's child processes."""
+        assert self.process is not None
+        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in path.read_text().split()] if path.exists() else []
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (main process and pool children)."""
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL whatever is left."""
+        if self.alive():
+            self.kill(signal.SIGTERM)
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,160 @@
+"""The HTTP API: status codes, JSON shapes, and that a refused request writes nothing.
+
+``TestCase`` discards ``on_commit`` callbacks, so the after-commit publish never
+runs and these tests need no broker.
+"""
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpResponse
+from django.test import TestCase
+
+from beans.services import account_create
+from reliability.models import OutboxMessage
+from trades.models import Trade
+
+TRADES_URL = "/api/trades/"
+
+
+class TradeApiTests(TestCase):
+    def setUp(self) -> None:
+        self.account = account_create(owner="alice", balance=100)
+
+    def _post(self, body: Any, *, content_type: str = "application/json", **headers: str) -> HttpResponse:
+        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        return self.client.post(TRADES_URL, data=data, content_type=content_type, headers=headers)
+
+    def _assert_refused(self, response: HttpResponse, status: int) -> None:
+        self.assertEqual(response.status_code, status, response.content)
+        self.assertEqual(response["Content-Type"], "application/json")
+        self.assertIsInstance(response.json()["error"], str)
+        self.assertEqual(Trade.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+
+    def test_valid_trade_is_created_pending(self) -> None:
+        response = self._post({"account": self.account.pk, "beans": 30})
+
+        self.assertEqual(response.status_code, 201)
+        body = response.json()
+        trade = Trade.objects.get()
+        self.assertEqual(body["id"], trade.pk)
+        self.assertEqual((body["account"], body["beans"], body["status"]), (self.account.pk, 30, "pending"))
+        self.assertEqual(body["message_id"], str(trade.deduction_message_id))
+        self.assertEqual(str(OutboxMessage.objects.get().message_id), body["message_id"])
+
+    def test_json_content_type_with_charset_is_accepted(self) -> None:
+        response = self._post(
+            {"account": self.account.pk, "beans": 30}, content_type="application/json; charset=utf-8"
+        )
+        self.assertEqual(response.status_code, 201)
+
+    def test_repeated_idempotency_key_returns_the_same_trade(self) -> None:
+        first = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "order-1"})
+        again = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "order-1"})
+
+        self.assertEqual((first.status_code, again.status_code), (201, 200))
+        self.assertEqual(again.json()["id"], first.json()["id"])
+        self.assertEqual(again.json()["message_id"], first.json()["message_id"])
+        self.assertEqual(Trade.objects.count(), 1)
+        self.assertEqual(OutboxMessage.objects.count(), 1)
+
+    def test_idempotency_key_reused_for_other_beans_is_a_conflict(self) -> None:
+        self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "order-1"})
+
+        response = self._post({"account": self.account.pk, "beans": 31}, **{"Idempotency-Key": "order-1"})
+
+        self.assertEqual(response.status_code, 409)
+        self.assertIsInstance(response.json()["error"], str)
+        self.assertEqual(Trade.objects.count(), 1)
+
+    def test_malformed_requests_are_refused_and_write_nothing(self) -> None:
+        account = self.account.pk
+        cases: dict[str, tuple[Any, str]] = {
+            "invalid JSON": (b'{"account": 1, "beans":', "application/json"),
+            "empty body": (b"", "application/json"),
+            "array body": ([account, 30], "application/json"),
+            "number body": (b"30", "application/json"),
+            "missing beans": ({"account": account}, "application/json"),
+            "missing account": ({"beans": 30}, "application/json"),
+            "unknown field": ({"account": account, "beans": 30, "note": "x"}, "application/json"),
+            "beans 0": ({"account": account, "beans": 0}, "application/json"),
+            "beans negative": ({"account": account, "beans": -5}, "application/json"),
+            "beans as text": ({"account": account, "beans": "100"}, "application/json"),
+            "beans true": ({"account": account, "beans": True}, "application/json"),
+            "beans null": ({"account": account, "beans": None}, "application/json"),
+            "beans float": (f'{{"account": {account}, "beans": 1e3}}', "application/json"),
+            "beans NaN": (f'{{"account": {account}, "beans": NaN}}', "application/json"),
+            "beans huge": ({"account": account, "beans": 10**30}, "application/json"),
+            "beans above maximum": (
+                {"account": account, "beans": settings.TRADES_MAX_BEANS + 1},
+                "application/json",
+            ),
+            "account as text": ({"account": str(account), "beans": 30}, "application/json"),
+            "account beyond bigint": ({"account": 2**63, "beans": 30}, "application/json"),
+            "wrong content type": ({"account": account, "beans": 30}, "text/plain"),
+            "form content type": (f"account={account}&beans=30", "application/x-www-form-urlencoded"),
+            "body over 4096 bytes": (
+                json.dumps({"account": account, "beans": 30}) + " " * 4096,
+                "application/json",
+            ),
+            "invalid UTF-8": (b'{"account": 1, "beans": 30, "\xff\xfe": 1}', "application/json"),
+        }
+        for label, (body, content_type) in cases.items():
+            with self.subTest(label):
+                self._assert_refused(self._post(body, content_type=content_type), 400)
+
+    def test_deeply_nested_json_is_refused(self) -> None:
+        # 4000 bytes, under the size limit, but deeper than the json module's recursion limit.
+        self._assert_refused(self._post("[" * 2000 + "]" * 2000), 400)
+
+    def test_empty_idempotency_key_is_refused(self) -> None:
+        response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": ""})
+        self._assert_refused(response, 400)
+
+    def test_unknown_account_is_not_found(self) -> None:
+        response = self._post({"account": self.account.pk + 1000, "beans": 30})
+        self._assert_refused(response, 404)
+
+    def test_get_on_the_collection_is_not_allowed(self) -> None:
+        response = self.client.get(TRADES_URL)
+        self.assertEqual(response.status_code, 405)
+        self.assertEqual(response["Allow"], "POST")
+
+    def test_trade_detail_shows_the_trade(self) -> None:
+        created = self._post({"account": self.account.pk, "beans": 30}).json()
+
+        response = self.client.get(f"{TRADES_URL}{created['id']}/")
+
+        self.assertEqual(response.status_code, 200)
+        body = response.json()
+        self.assertEqual(body["id"], created["id"])
+        self.assertEqual((body["status"], body["beans"], body["settled_at"]), ("pending", 30, None))
+        self.assertEqual(body["message_id"], created["message_id"])
+
+    def test_unknown_trade_is_not_found(self) -> None:
+        response = self.client.get(f"{TRADES_URL}999999/")
+        self.assertEqual(response.status_code, 404)
+        self.assertIsInstance(response.json()["error"], str)
+
+    def test_post_on_a_trade_is_not_allowed(self) -> None:
+        created = self._post({"account": self.account.pk, "beans": 30}).json()
+        response = self.client.post(f"{TRADES_URL}{created['id']}/")
+        self.assertEqual(response.status_code, 405)
+
+
+class AccountApiTests(TestCase):
+    def test_account_detail_shows_the_balance(self) -> None:
+        account = account_create(owner="alice", balance=100)
+
+        response = self.client.get(f"/api/accounts/{account.pk}/")
+
+        self.assertEqual(response.status_code, 200)
+        body = response.json()
+        self.assertEqual((body["id"], body["owner"], body["balance"]), (account.pk, "alice", 100))
+
+    def test_unknown_account_is_not_found(self) -> None:
+        response = self.client.get("/api/accounts/999999/")
+        self.assertEqual(response.status_code, 404)
+        self.assertIsInstance(response.json()["error"], str)

@@ -1,0 +1,168 @@
+"""The consumer middleware, called directly with JSON-round-tripped envelopes.
+
+``message_consume`` is what every exactly-once task runs; here it gets a stand-in
+for the bound Celery task (only ``.name`` and ``.request.retries`` are read) and
+a recording handler, so each path is checked without a broker or a worker.
+"""
+
+import json
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
+
+from celery.exceptions import Reject
+from django.db import OperationalError, transaction
+from django.test import TestCase
+
+from reliability.consumer import Message, message_consume
+from reliability.models import DeadLetter, MessageLog, OutboxMessage
+from reliability.services import outbox_enqueue, outbox_envelope
+
+HANDLER_NAME = "tests.handler"
+
+
+class FakeTask:
+    """The parts of a bound Celery task that ``message_consume`` reads."""
+
+    def __init__(self, name: str = HANDLER_NAME) -> None:
+        self.name = name
+        self.request = SimpleNamespace(retries=0)
+
+
+class RecordingHandler:
+    def __init__(self, outcome: str | None = "done", error: Exception | None = None) -> None:
+        self.outcome, self.error = outcome, error
+        self.calls: list[Message] = []
+
+    def __call__(self, message: Message) -> str | None:
+        self.calls.append(message)
+        if self.error is not None:
+            # A write before the failure, to show the rollback takes it away too.
+            outbox_enqueue(task_name="tests.effect", queue="beans", stream="effects", payload={})
+            raise self.error
+        return self.outcome
+
+
+def _consume(envelope: Any, handler: RecordingHandler, task: FakeTask | None = None) -> str:
+    return message_consume(task=task or FakeTask(), envelope=envelope, handler=handler, using="default")
+
+
+class MessageConsumeTests(TestCase):
+    def setUp(self) -> None:
+        with transaction.atomic():
+            self.row = outbox_enqueue(
+                task_name=HANDLER_NAME, queue="beans", stream="deductions.3", payload={"trade_id": 1}
+            )
+        self.envelope = json.loads(json.dumps(outbox_envelope(self.row)))
+
+    def test_first_delivery_applies_the_handler_once(self) -> None:
+        handler = RecordingHandler()
+
+        self.assertEqual(_consume(self.envelope, handler), "done")
+
+        self.assertEqual(len(handler.calls), 1)
+        message = handler.calls[0]
+        self.assertEqual(message.message_id, self.row.message_id)
+        self.assertEqual((message.stream, message.seq), ("deductions.3", self.row.seq))
+        self.assertEqual(message.payload, {"trade_id": 1})
+        log = MessageLog.objects.get()
+        self.assertEqual((log.handler, log.message_id), (HANDLER_NAME, self.row.message_id))
+        self.assertEqual((log.stream, log.seq, log.outcome, log.redeliveries), ("deductions.3", 1, "done", 0))
+
+    def test_handler_without_outcome_is_recorded_as_applied(self) -> None:
+        self.assertEqual(_consume(self.envelope, RecordingHandler(outcome=None)), "applied")
+        self.assertEqual(MessageLog.objects.get().outcome, "applied")
+
+    def test_duplicate_delivery_is_skipped_and_counted(self) -> None:
+        handler = RecordingHandler()
+        _consume(self.envelope, handler)
+
+        self.assertEqual(_consume(self.envelope, handler), "duplicate")
+        self.assertEqual(_consume(json.loads(json.dumps(self.envelope)), handler), "duplicate")
+
+        self.assertEqual(len(handler.calls), 1)
+        log = MessageLog.objects.get()
+        self.assertEqual((log.outcome, log.redeliveries), ("done", 2))
+
+    def test_same_message_is_applied_once_per_handler(self) -> None:
+        first, second = RecordingHandler(), RecordingHandler()
+
+        _consume(self.envelope, first, FakeTask("tests.first"))
+        _consume(self.envelope, second, FakeTask("tests.second"))
+
+        self.assertEqual((len(first.calls), len(second.calls)), (1, 1))
+        self.assertEqual(MessageLog.objects.filter(message_id=self.row.message_id).count(), 2)
+
+    def test_invalid_envelope_is_dead_lettered_without_calling_the_handler(self) -> None:
+        def without(key: str) -> dict[str, Any]:
+            return {k: v for k, v in self.envelope.items() if k != key}
+
+        cases = {
+            "not a dict": ["not", "an", "envelope"],
+            "a string": "hello",
+            "missing message_id": without("message_id"),
+            "malformed message_id": {**self.envelope, "message_id": "not-a-uuid"},
+            "missing stream": without("stream"),
+            "seq 0": {**self.envelope, "seq": 0},
+            "seq as text": {**self.envelope, "seq": "1"},
+            "seq as bool": {**self.envelope, "seq": True},
+            "payload not a dict": {**self.envelope, "payload": [1, 2]},
+            "wrong version": {**self.envelope, "v": 2},
+            "missing version": without("v"),
+        }
+        for label, envelope in cases.items():
+            with self.subTest(label):
+                handler = RecordingHandler()
+                with self.assertLogs("reliability", level="ERROR"):
+                    outcome = _consume(json.loads(json.dumps(envelope)), handler)
+
+                self.assertEqual(outcome, "dead-lettered")
+                self.assertEqual(handler.calls, [])
+                letter = DeadLetter.objects.latest("id")
+                self.assertEqual(
+                    (letter.reason, letter.handler, letter.status),
+                    (DeadLetter.Reason.INVALID_ENVELOPE, HANDLER_NAME, DeadLetter.Status.OPEN),
+                )
+                self.assertEqual(letter.envelope, envelope)
+        self.assertEqual(DeadLetter.objects.count(), len(cases))
+        self.assertFalse(MessageLog.objects.exists())
+
+    def test_failing_handler_is_dead_lettered_and_its_effects_rolled_back(self) -> None:
+        handler = RecordingHandler(error=ValueError("bad payload"))
+        outbox_rows = OutboxMessage.objects.count()
+
+        with self.assertLogs("reliability", level="ERROR"):
+            outcome = _consume(self.envelope, handler)
+
+        self.assertEqual(outcome, "dead-lettered")
+        self.assertEqual(len(handler.calls), 1)
+        letter = DeadLetter.objects.get()
+        self.assertEqual(letter.reason, DeadLetter.Reason.HANDLER_FAILED)
+        self.assertEqual(letter.message_id, self.row.message_id)
+        self.assertIn("ValueError: bad payload", letter.detail)
+        self.assertEqual(letter.envelope, self.envelope)
+        self.assertFalse(MessageLog.objects.exists())
+        self.assertEqual(OutboxMessage.objects.count(), outbox_rows)
+
+    def test_dead_lettered_message_can_be_applied_once_fixed(self) -> None:
+        with self.assertLogs("reliability", level="ERROR"):
+            _consume(self.envelope, RecordingHandler(error=ValueError("bug")))
+
+        fixed = RecordingHandler()
+        self.assertEqual(_consume(self.envelope, fixed), "done")
+        self.assertEqual(len(fixed.calls), 1)
+
+    def test_transient_database_error_requeues_without_dead_letter(self) -> None:
+        handler = RecordingHandler(error=OperationalError("connection lost"))
+
+        with (
+            mock.patch("reliability.consumer.time.sleep") as sleep,
+            self.assertLogs("reliability", level="WARNING"),
+            self.assertRaises(Reject) as raised,
+        ):
+            _consume(self.envelope, handler)
+
+        self.assertTrue(raised.exception.requeue)
+        sleep.assert_called_once()
+        self.assertFalse(DeadLetter.objects.exists())
+        self.assertFalse(MessageLog.objects.exists())

@@ -1,0 +1,377 @@
+"""Service tests against the real database: trades, the outbox, accounts, deductions, outcomes.
+
+In ``TestCase`` the after-commit fast path never runs (``on_commit`` callbacks are
+discarded with the test's transaction), so nothing here touches the broker.
+"""
+
+import uuid
+from typing import Any
+from unittest import mock
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.test import TestCase, TransactionTestCase, override_settings
+
+from beans import exceptions as beans_exceptions
+from beans.models import Account, LedgerEntry
+from beans.services import account_create, account_credit, deduction_apply
+from reliability.consumer import Message, envelope_parse
+from reliability.exceptions import OutboxUsageError
+from reliability.ids import message_id_new
+from reliability.models import OutboxMessage, StreamCounter
+from reliability.services import outbox_enqueue, outbox_envelope
+from trades.exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
+from trades.models import Trade
+from trades.services import deduction_stream, trade_place, trade_record_outcome
+
+
+def _message(payload: dict[str, Any], *, stream: str = "deductions.1", seq: int = 1) -> Message:
+    return Message(message_id=message_id_new(), stream=stream, seq=seq, produced_at="", payload=payload)
+
+
+def _enqueue(stream: str = "tests.stream") -> OutboxMessage:
+    return outbox_enqueue(task_name="tests.handler", queue="beans", stream=stream, payload={})
+
+
+class TradePlaceTests(TestCase):
+    def setUp(self) -> None:
+        self.account = account_create(owner="alice", balance=100)
+
+    def test_trade_and_its_deduction_message_are_written_together(self) -> None:
+        trade, created = trade_place(account_id=self.account.pk, beans=30)
+
+        self.assertTrue(created)
+        self.assertEqual(trade.status, Trade.Status.PENDING)
+        message = OutboxMessage.objects.get()
+        self.assertEqual(message.message_id, trade.deduction_message_id)
+        self.assertEqual(message.task_name, "beans.deduct")
+        self.assertEqual(message.queue, "beans")
+        self.assertEqual(message.stream, deduction_stream(self.account.pk))
+        self.assertEqual(message.seq, 1)
+        self.assertEqual(message.status, OutboxMessage.Status.PENDING)
+        self.assertEqual(message.payload, {"trade_id": trade.pk, "account_id": self.account.pk, "beans": 30})
+
+    def test_trade_is_rolled_back_when_the_outbox_insert_fails(self) -> None:
+        with (
+            mock.patch("reliability.services.stream_seq_allocate", side_effect=RuntimeError("outbox down")),
+            self.assertRaisesMessage(RuntimeError, "outbox down"),
+        ):
+            trade_place(account_id=self.account.pk, beans=30)
+
+        self.assertEqual(Trade.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+
+    def test_an_accounts_trades_share_one_stream_with_contiguous_seqs(self) -> None:
+        for _ in range(3):
+            trade_place(account_id=self.account.pk, beans=1)
+
+        rows = OutboxMessage.objects.order_by("id").values_list("stream", "seq")
+        self.assertEqual(list(rows), [(deduction_stream(self.account.pk), seq) for seq in (1, 2, 3)])
+
+    def test_repeated_idempotency_key_returns_the_first_trade(self) -> None:
+        first, first_created = trade_place(account_id=self.account.pk, beans=30, idempotency_key="key-1")
+        again, again_created = trade_place(account_id=self.account.pk, beans=30, idempotency_key="key-1")
+
+        self.assertTrue(first_created)
+        self.assertFalse(again_created)
+        self.assertEqual(again.pk, first.pk)
+        self.assertEqual(Trade.objects.count(), 1)
+        self.assertEqual(OutboxMessage.objects.count(), 1)
+
+    def test_idempotency_key_reused_for_other_beans_is_a_conflict(self) -> None:
+        trade_place(account_id=self.account.pk, beans=30, idempotency_key="key-1")
+
+        with self.assertRaises(IdempotencyConflict):
+            trade_place(account_id=self.account.pk, beans=31, idempotency_key="key-1")
+        self.assertEqual(Trade.objects.count(), 1)
+        self.assertEqual(OutboxMessage.objects.count(), 1)
+
+    def test_idempotency_key_reused_for_another_account_is_a_conflict(self) -> None:
+        other = account_create(owner="bob", balance=100)
+        trade_place(account_id=self.account.pk, beans=30, idempotency_key="key-1")
+
+        with self.assertRaises(IdempotencyConflict):
+            trade_place(account_id=other.pk, beans=30, idempotency_key="key-1")
+        self.assertEqual(Trade.objects.count(), 1)
+
+    def test_invalid_beans_are_refused_and_nothing_is_written(self) -> None:
+        for beans in (0, -1, 1.5, "100", True, None, settings.TRADES_MAX_BEANS + 1):
+            with self.subTest(beans=beans), self.assertRaises(TradeInvalid):
+                trade_place(account_id=self.account.pk, beans=beans)
+        self.assertEqual(Trade.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+
+    @override_settings(TRADES_MAX_BEANS=50)
+    def test_beans_up_to_the_maximum_are_accepted(self) -> None:
+        trade, _ = trade_place(account_id=self.account.pk, beans=50)
+        self.assertEqual(trade.beans, 50)
+        with self.assertRaises(TradeInvalid):
+            trade_place(account_id=self.account.pk, beans=51)
+
+    def test_invalid_account_id_is_refused(self) -> None:
+        for account_id in (0, -1, "1", 1.0, True, None, 2**63):
+            with self.subTest(account_id=account_id), self.assertRaises(TradeInvalid):
+                trade_place(account_id=account_id, beans=1)
+        self.assertEqual(Trade.objects.count(), 0)
+
+    def test_invalid_idempotency_key_is_refused(self) -> None:
+        for key in ("", "k" * 201):
+            with self.subTest(length=len(key)), self.assertRaises(TradeInvalid):
+                trade_place(account_id=self.account.pk, beans=1, idempotency_key=key)
+        self.assertEqual(Trade.objects.count(), 0)
+
+    def test_unknown_account_is_refused_and_nothing_is_written(self) -> None:
+        with self.assertRaises(AccountNotFound):
+            trade_place(account_id=self.account.pk + 1000, beans=1)
+        self.assertEqual(Trade.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+
+
+class OutboxEnqueueTests(TestCase):
+    def test_rolled_back_enqueue_leaves_no_gap_in_the_stream(self) -> None:
+        with self.assertRaisesMessage(RuntimeError, "abort"), transaction.atomic():
+            _enqueue()
+            raise RuntimeError("abort")
+        with transaction.atomic():
+            first, second = _enqueue(), _enqueue()
+
+        self.assertEqual([first.seq, second.seq], [1, 2])
+        self.assertEqual(StreamCounter.objects.get(stream="tests.stream").last_seq, 2)
+
+    def test_streams_are_numbered_independently(self) -> None:
+        with transaction.atomic():
+            seqs = [_enqueue("a").seq, _enqueue("b").seq, _enqueue("a").seq]
+        self.assertEqual(seqs, [1, 1, 2])
+
+    def test_enqueue_keeps_a_given_message_id(self) -> None:
+        message_id = message_id_new()
+        with transaction.atomic():
+            message = outbox_enqueue(
+                task_name="tests.handler", queue="beans", stream="s", payload={}, message_id=message_id
+            )
+        self.assertEqual(message.message_id, message_id)
+
+    def test_envelope_round_trips_through_the_consumer_parser(self) -> None:
+        with transaction.atomic():
+            row = outbox_enqueue(task_name="tests.handler", queue="beans", stream="s", payload={"k": 1})
+        message = envelope_parse(outbox_envelope(row))
+        self.assertEqual((message.message_id, message.stream, message.seq), (row.message_id, "s", 1))
+        self.assertEqual(message.payload, {"k": 1})
+
+
+class OutboxEnqueueOutsideTransactionTests(TransactionTestCase):
+    def test_enqueue_outside_a_transaction_is_refused(self) -> None:
+        self.assertFalse(connection.in_atomic_block)
+        with self.assertRaises(OutboxUsageError):
+            _enqueue()
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+
+
+class AccountServiceTests(TestCase):
+    def test_account_create_writes_an_opening_ledger_entry(self) -> None:
+        account = account_create(owner="alice", balance=100)
+
+        self.assertEqual(account.balance, 100)
+        entry = LedgerEntry.objects.get(account=account)
+        self.assertEqual((entry.kind, entry.beans, entry.balance_after), (LedgerEntry.Kind.OPENING, 100, 100))
+
+    def test_account_with_no_opening_balance_has_no_ledger_entry(self) -> None:
+        account = account_create(owner="alice")
+        self.assertEqual(account.balance, 0)
+        self.assertFalse(LedgerEntry.objects.exists())
+
+    def test_invalid_opening_balance_is_refused(self) -> None:
+        for balance in (-1, 1.5, "10", True):
+            with self.subTest(balance=balance), self.assertRaises(beans_exceptions.InvalidAmount):
+                account_create(owner="alice", balance=balance)
+        self.assertFalse(Account.objects.exists())
+
+    def test_account_credit_adds_a_credit_entry_and_raises_the_balance(self) -> None:
+        account = account_create(owner="alice", balance=100)
+
+        entry = account_credit(account_id=account.pk, beans=50, note="welcome bonus")
+
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 150)
+        self.assertEqual(
+            (entry.kind, entry.beans, entry.balance_after, entry.note),
+            (LedgerEntry.Kind.CREDIT, 50, 150, "welcome bonus"),
+        )
+
+    def test_invalid_credit_is_refused(self) -> None:
+        account = account_create(owner="alice", balance=100)
+        for beans in (0, -5, 1.5, "5", True, None):
+            with self.subTest(beans=beans), self.assertRaises(beans_exceptions.InvalidAmount):
+                account_credit(account_id=account.pk, beans=beans)
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 100)
+        self.assertEqual(LedgerEntry.objects.count(), 1)
+
+    def test_credit_to_unknown_account_is_refused(self) -> None:
+        with self.assertRaises(beans_exceptions.AccountNotFound):
+            account_credit(account_id=999_999, beans=5)
+
+
+class DeductionApplyTests(TestCase):
+    def _apply(self, payload: dict[str, Any]) -> tuple[str, Message]:
+        message = _message(payload)
+        with transaction.atomic():
+            return deduction_apply(message), message
+
+    def test_sufficient_balance_is_deducted_once_and_reported(self) -> None:
+        account = account_create(owner="alice", balance=100)
+
+        outcome, message = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
+
+        self.assertEqual(outcome, "deducted")
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 70)
+        entry = LedgerEntry.objects.get(kind=LedgerEntry.Kind.DEDUCTION)
+        self.assertEqual(
+            (entry.account_id, entry.beans, entry.balance_after, entry.message_id, entry.trade_id),
+            (account.pk, 30, 70, message.message_id, 7),
+        )
+        report = OutboxMessage.objects.get()
+        self.assertEqual((report.task_name, report.queue), ("trades.record_outcome", "trades"))
+        self.assertEqual(report.stream, "outcomes.deductions.1")
+        self.assertEqual(
+            report.payload,
+            {
+                "trade_id": 7,
+                "outcome": "deducted",
+                "balance_after": 70,
+                "deduction_message_id": str(message.message_id),
+            },
+        )
+
+    def test_exact_balance_is_deducted_to_zero(self) -> None:
+        account = account_create(owner="alice", balance=30)
+        outcome, _ = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
+        self.assertEqual(outcome, "deducted")
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 0)
+
+    def test_insufficient_balance_is_rejected_without_a_ledger_entry(self) -> None:
+        account = account_create(owner="alice", balance=10)
+
+        outcome, message = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
+
+        self.assertEqual(outcome, "rejected")
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 10)
+        self.assertFalse(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEDUCTION).exists())
+        report = OutboxMessage.objects.get()
+        self.assertEqual(report.task_name, "trades.record_outcome")
+        self.assertEqual(report.payload["outcome"], "rejected")
+        self.assertEqual(report.payload["balance_after"], 10)
+        self.assertEqual(report.payload["deduction_message_id"], str(message.message_id))
+
+    def test_unknown_account_raises_account_not_found(self) -> None:
+        with self.assertRaises(beans_exceptions.AccountNotFound):
+            self._apply({"trade_id": 7, "account_id": 999_999, "beans": 30})
+        self.assertFalse(OutboxMessage.objects.exists())
+
+    def test_malformed_payload_raises_invalid_deduction(self) -> None:
+        account = account_create(owner="alice", balance=100)
+        for payload in (
+            {"trade_id": 7, "account_id": account.pk},
+            {"trade_id": 7, "account_id": account.pk, "beans": 0},
+            {"trade_id": 7, "account_id": account.pk, "beans": "30"},
+            {"trade_id": None, "account_id": account.pk, "beans": 30},
+        ):
+            with self.subTest(payload=payload), self.assertRaises(beans_exceptions.InvalidDeduction):
+                self._apply(payload)
+        account.refresh_from_db()
+        self.assertEqual(account.balance, 100)
+
+
+class TradeRecordOutcomeTests(TestCase):
+    def setUp(self) -> None:
+        account = account_create(owner="alice", balance=100)
+        self.trade, _ = trade_place(account_id=account.pk, beans=30)
+
+    def _record(
+        self, outcome: str, *, balance_after: int = 70, deduction_message_id: uuid.UUID | None = None
+    ) -> str:
+        message = _message(
+            {
+                "trade_id": self.trade.pk,
+                "outcome": outcome,
+                "balance_after": balance_after,
+                "deduction_message_id": str(deduction_message_id or self.trade.deduction_message_id),
+            },
+            stream="outcomes.deductions.1",
+        )
+        with transaction.atomic():
+            return trade_record_outcome(message)
+
+    def test_deducted_outcome_settles_the_pending_trade(self) -> None:
+        self.assertEqual(self._record("deducted"), "deducted")
+
+        self.trade.refresh_from_db()
+        self.assertEqual(self.trade.status, Trade.Status.DEDUCTED)
+        self.assertEqual(self.trade.balance_after, 70)
+        self.assertIsNotNone(self.trade.settled_at)
+        self.assertEqual(self.trade.rejection_reason, "")
+
+    def test_rejected_outcome_settles_with_a_reason(self) -> None:
+        self.assertEqual(self._record("rejected", balance_after=10), "rejected")
+
+        self.trade.refresh_from_db()
+        self.assertEqual(self.trade.status, Trade.Status.REJECTED)
+        self.assertEqual(self.trade.rejection_reason, "insufficient funds")
+        self.assertIsNotNone(self.trade.settled_at)
+
+    def test_same_outcome_again_changes_nothing(self) -> None:
+        self._record("deducted")
+        self.trade.refresh_from_db()
+        settled_at = self.trade.settled_at
+
+        self.assertEqual(self._record("deducted", balance_after=1), "already settled")
+
+        self.trade.refresh_from_db()
+        self.assertEqual((self.trade.settled_at, self.trade.balance_after), (settled_at, 70))
+
+    def test_contradicting_outcome_is_refused(self) -> None:
+        self._record("deducted")
+
+        with self.assertRaises(InvalidOutcome):
+            self._record("rejected")
+        self.trade.refresh_from_db()
+        self.assertEqual(self.trade.status, Trade.Status.DEDUCTED)
+
+    def test_outcome_for_another_deduction_is_refused(self) -> None:
+        with self.assertRaises(InvalidOutcome):
+            self._record("deducted", deduction_message_id=message_id_new())
+        self.trade.refresh_from_db()
+        self.assertEqual(self.trade.status, Trade.Status.PENDING)
+
+    def test_unknown_outcome_is_refused(self) -> None:
+        with self.assertRaises(InvalidOutcome):
+            self._record("maybe")
+
+    def test_outcome_for_unknown_trade_is_refused(self) -> None:
+        message = _message({"trade_id": 999_999, "outcome": "deducted"})
+        with self.assertRaises(InvalidOutcome), transaction.atomic():
+            trade_record_outcome(message)
+
+
+class PipelineServiceTests(TestCase):
+    """The two services wired by their envelopes, without a broker in between."""
+
+    def test_placed_trade_is_deducted_and_settled_through_its_messages(self) -> None:
+        account = account_create(owner="alice", balance=100)
+        trade, _ = trade_place(account_id=account.pk, beans=30)
+
+        deduction = envelope_parse(outbox_envelope(OutboxMessage.objects.get(task_name="beans.deduct")))
+        with transaction.atomic():
+            deduction_apply(deduction)
+        report = envelope_parse(outbox_envelope(OutboxMessage.objects.get(task_name="trades.record_outcome")))
+        with transaction.atomic():
+            trade_record_outcome(report)
+
+        trade.refresh_from_db()
+        account.refresh_from_db()
+        self.assertEqual((trade.status, trade.balance_after), (Trade.Status.DEDUCTED, 70))
+        self.assertEqual(account.balance, 70)
+        self.assertEqual(LedgerEntry.objects.get(kind=LedgerEntry.Kind.DEDUCTION).trade_id, trade.pk)

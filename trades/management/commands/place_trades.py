@@ -1,0 +1,47 @@
+import itertools
+import sys
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from beans.models import Account
+from trades import services
+from trades.exceptions import TradeError
+
+
+def progress_bar(done: int, total: int, started: float, width: int = 40) -> str:
+    filled = width * done // total
+    rate = done / max(time.monotonic() - started, 1e-9)
+    return f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} trades ({rate:,.0f}/s)"
+
+
+class Command(BaseCommand):
+    help = "Place trades through the same service as the API, spread over existing accounts."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--count", type=int, required=True, help="how many trades")
+        parser.add_argument("--beans", type=int, default=100, help="beans per trade")
+        parser.add_argument("--account", type=int, action="append", help="account id (repeatable); default all")
+        parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
+
+    def handle(self, *args: Any, count: int, beans: int, account: list[int] | None, **options: Any) -> None:
+        account_ids = account or list(Account.objects.order_by("id").values_list("id", flat=True))
+        if not account_ids:
+            raise CommandError("no accounts: run `manage.py create_accounts` first")
+        if count <= 0:
+            raise CommandError("--count must be positive")
+        show = not options["no_progress"]
+        started = time.monotonic()
+        for done, account_id in enumerate(itertools.islice(itertools.cycle(account_ids), count), start=1):
+            try:
+                services.trade_place(account_id=account_id, beans=beans)
+            except TradeError as exc:
+                raise CommandError(f"trade {done} on account {account_id}: {exc}") from exc
+            if show and (done % 10 == 0 or done == count):
+                sys.stderr.write(progress_bar(done, count, started))
+                sys.stderr.flush()
+        if show:
+            sys.stderr.write("\n")
+        elapsed = time.monotonic() - started
+        self.stdout.write(f"placed {count} trades of {beans} beans in {elapsed:.1f}s")
