@@ -51,7 +51,9 @@ class LedgerEntry(models.Model):
         verbose_name_plural = "ledger entries"
         constraints = [
             models.CheckConstraint(condition=Q(beans__gt=0), name="ledger_beans_positive"),
-            models.CheckConstraint(condition=Q(balance_after__gte=0), name="ledger_balance_after_nonnegative"),
+            models.CheckConstraint(
+                condition=Q(balance_after__gte=0), name="ledger_balance_after_nonnegative"
+            ),
             models.CheckConstraint(
                 condition=~Q(kind="deduction") | Q(message_id__isnull=False),
                 name="ledger_deduction_has_message_id",

@@ -98,7 +98,11 @@ def deduction_apply(message: Message) -> str:
         outcome = DeductionOutcome.REJECTED
         logger.info(
             "message %s: trade %d rejected, account %d has %d beans, needs %d",
-            message.message_id, trade_id, account_id, account.balance, beans,
+            message.message_id,
+            trade_id,
+            account_id,
+            account.balance,
+            beans,
         )
     outbox_enqueue(
         task_name=OUTCOME_TASK,

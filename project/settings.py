@@ -84,9 +84,7 @@ IS_PRODUCTION = ENVIRONMENT == "production"
 DEBUG = env_bool("DJANGO_DEBUG", False)
 if IS_PRODUCTION:
     if "DJANGO_SECRET_KEY" not in os.environ or "DJANGO_ALLOWED_HOSTS" not in os.environ:
-        raise ImproperlyConfigured(
-            "DJANGO_ENV=production needs DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS"
-        )
+        raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS")
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-development-key-never-use-in-production")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 
@@ -132,9 +130,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": database_from_url(
-        env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")
-    ),
+    "default": database_from_url(env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")),
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -130,7 +130,10 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
         if _is_transient(exc):
             pause = min(0.2 * 2 ** min(task.request.retries or 0, 5), _REQUEUE_PAUSE_MAX_S)
             logger.warning(
-                "message %s for %s hit a transient error, requeueing: %s", message.message_id, handler_name, exc
+                "message %s for %s hit a transient error, requeueing: %s",
+                message.message_id,
+                handler_name,
+                exc,
             )
             time.sleep(pause)
             raise Reject(exc, requeue=True) from exc
@@ -158,7 +161,9 @@ class ExactlyOnceTask(Task):
     ignore_result = True
 
 
-def exactly_once_task(*, name: str, queue: str, using: str = "default", **options: Any) -> Callable[[Handler], Task]:
+def exactly_once_task(
+    *, name: str, queue: str, using: str = "default", **options: Any
+) -> Callable[[Handler], Task]:
     """Turn ``handler(message) -> outcome`` into an exactly-once Celery task named ``name``.
 
     ``using`` is the database alias holding both the handler's data and the

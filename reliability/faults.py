@@ -53,6 +53,8 @@ def fault_point(point: str, *, message_id: object = None) -> None:
     if not _claim(point, times):
         return
     if action == "kill":
-        logger.warning("fault point %s: killing process %d with SIGKILL (message %s)", point, os.getpid(), message_id)
+        logger.warning(
+            "fault point %s: killing process %d with SIGKILL (message %s)", point, os.getpid(), message_id
+        )
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(f"fault point {point}: unknown action {action!r}")

@@ -56,8 +56,7 @@ class OutboxMessage(models.Model):
             models.UniqueConstraint(fields=["stream", "seq"], name="outbox_stream_seq_unique"),
             models.CheckConstraint(condition=Q(seq__gte=1), name="outbox_seq_positive"),
             models.CheckConstraint(
-                condition=Q(status="pending", sent_at__isnull=True)
-                | Q(status="sent", sent_at__isnull=False),
+                condition=Q(status="pending", sent_at__isnull=True) | Q(status="sent", sent_at__isnull=False),
                 name="outbox_sent_iff_sent_at",
             ),
         ]

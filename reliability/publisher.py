@@ -12,7 +12,6 @@ instead of each waiting for a connect timeout: the relay sweep retries later.
 
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from celery import current_app
 from django.conf import settings
 from kombu import Connection, Producer
 
-from .exceptions import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
+from .exceptions import BrokerUnavailable, PublishError, PublishNacked, PublishReturned, PublishTimeout
 from .topology import dead_letter_queue, topology_declare
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class ConfirmedPublisher:
         if self._connection is not None:
             try:
                 self._connection.release()
-            except Exception:  # noqa: BLE001 - the connection is being discarded anyway
+            except Exception:
                 logger.debug("error while closing the publisher connection", exc_info=True)
         self._connection, self._producer = None, None
 
@@ -112,20 +111,28 @@ class ConfirmedPublisher:
                     delivery_mode=2,
                     confirm_timeout=settings.RELIABILITY_CONFIRM_TIMEOUT_S,
                 )
-            except MessageNacked as exc:
-                raise PublishNacked(f"broker nacked message {message_id}") from exc
-            except socket.timeout as exc:
-                self.close()
-                raise PublishTimeout(
-                    f"no confirm for message {message_id} within "
-                    f"{settings.RELIABILITY_CONFIRM_TIMEOUT_S}s"
-                ) from exc
             except Exception as exc:
-                self.close()
-                self._circuit_open_until = time.monotonic() + _CIRCUIT_OPEN_S
-                raise BrokerUnavailable(f"publish of message {message_id} failed: {exc!r}") from exc
+                raise self._publish_error(exc, message_id) from exc
             if self._returned:
                 raise PublishReturned(f"message {message_id} unroutable: {self._returned[0]}")
+
+
+    def _publish_error(self, exc: Exception, message_id: str) -> PublishError:
+        """Classify a failed publish. kombu wraps py-amqp errors, so look down the chain."""
+        chain: list[BaseException] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(chain) < 10:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        if any(isinstance(error, MessageNacked) for error in chain):
+            return PublishNacked(f"broker nacked message {message_id} (queue full or unable to store it)")
+        self.close()
+        if any(isinstance(error, socket.timeout) for error in chain):
+            return PublishTimeout(
+                f"no confirm for message {message_id} within {settings.RELIABILITY_CONFIRM_TIMEOUT_S}s"
+            )
+        self._circuit_open_until = time.monotonic() + _CIRCUIT_OPEN_S
+        return BrokerUnavailable(f"publish of message {message_id} failed: {exc!r}")
 
 
 _publisher = ConfirmedPublisher()

@@ -1,5 +1,6 @@
 """Read-side queries of the reliability app (database and broker)."""
 
+import logging
 from typing import Any
 
 from celery import current_app
@@ -9,6 +10,8 @@ from django.utils import timezone
 from kombu import Connection
 
 from .models import DeadLetter, MessageLog, OutboxMessage
+
+logger = logging.getLogger(__name__)
 
 
 def outbox_pending_stats(*, using: str = "default") -> dict[str, Any]:
@@ -43,7 +46,9 @@ def queue_depths() -> dict[str, int | None]:
     names.append(settings.RELIABILITY_DEAD_LETTER_QUEUE)
     depths: dict[str, int | None] = dict.fromkeys(names)
     try:
-        with Connection(current_app.conf.broker_url, connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S) as conn:
+        with Connection(
+            current_app.conf.broker_url, connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S
+        ) as conn:
             conn.ensure_connection(max_retries=1, timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S)
             for name in names:
                 channel = conn.channel()
@@ -54,8 +59,8 @@ def queue_depths() -> dict[str, int | None]:
                 finally:
                     try:
                         channel.close()
-                    except Exception:  # noqa: BLE001, S110 - already closed by the broker
-                        pass
-    except Exception:  # noqa: BLE001 - broker down: depths stay unknown
-        pass
+                    except Exception:
+                        logger.debug("channel already closed", exc_info=True)
+    except Exception:
+        logger.warning("broker unreachable; queue depths unknown", exc_info=True)
     return depths

@@ -201,8 +201,12 @@ def message_log_insert(
         return cursor.fetchone() is not None
 
 
-def message_log_record_outcome(*, handler: str, message_id: uuid.UUID, outcome: str, using: str = "default") -> None:
-    MessageLog.objects.using(using).filter(handler=handler, message_id=message_id).update(outcome=outcome[:200])
+def message_log_record_outcome(
+    *, handler: str, message_id: uuid.UUID, outcome: str, using: str = "default"
+) -> None:
+    MessageLog.objects.using(using).filter(handler=handler, message_id=message_id).update(
+        outcome=outcome[:200]
+    )
 
 
 def message_log_count_redelivery(*, handler: str, message_id: uuid.UUID, using: str = "default") -> None:

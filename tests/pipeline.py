@@ -1,8 +1,8 @@
 """Shared harness of the integration tests: real worker/beat processes and invariant checks."""
 
 import subprocess
-from urllib.parse import unquote, urlsplit
 from collections import Counter, defaultdict
+from urllib.parse import unquote, urlsplit
 
 from celery import current_app
 from django.conf import settings
@@ -28,16 +28,16 @@ def rabbitmqctl(*args: str) -> None:
 
 
 def queue_message_counts() -> dict[str, int]:
-    """Return ready + unacknowledged messages per project queue (from rabbitmqctl)."""
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", broker_vhost(), "--no-table-headers", "name", "messages"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    counts = dict(line.split("\t") for line in listing.splitlines() if "\t" in line)
-    return {name: int(counts.get(name, 0)) for name in broker_queues()}
+    """Return the ready messages of every project queue, straight from the queues.
+
+    A passive declare asks the queue itself; ``rabbitmqctl list_queues`` reports
+    quorum-queue counts from periodic metrics and lags by seconds.
+    """
+    counts = {}
+    with Connection(current_app.conf.broker_url) as conn:
+        for name in broker_queues():
+            counts[name] = conn.channel().queue_declare(name, passive=True).message_count
+    return counts
 
 
 def broker_vhost() -> str:
@@ -57,7 +57,9 @@ class PipelineTestCase(TransactionTestCase):
         self.addCleanup(self.purge_queues)
         self.addCleanup(self.stop_processes)
 
-    def start_worker(self, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None) -> CeleryProcess:
+    def start_worker(
+        self, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> CeleryProcess:
         worker = CeleryProcess("worker", name=name, concurrency=concurrency, env=env).start()
         self.processes.append(worker)
         return worker
@@ -79,7 +81,7 @@ class PipelineTestCase(TransactionTestCase):
                 try:
                     channel.queue_purge(name)
                 except Exception:  # noqa: BLE001 - a queue a test deleted
-                    pass
+                    continue
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.kind} {p.name} ---\n{p.log_tail()}" for p in self.processes)
@@ -106,10 +108,12 @@ class PipelineTestCase(TransactionTestCase):
         except AssertionError as exc:
             pending = Trade.objects.filter(status=Trade.Status.PENDING).count()
             outbox = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count()
-            raise AssertionError(f"{exc}: {pending} trades pending, {outbox} outbox rows\n{self.logs()}") from None
+            raise AssertionError(
+                f"{exc}: {pending} trades pending, {outbox} outbox rows\n{self.logs()}"
+            ) from None
 
     def wait_queues_empty(self, *, timeout: float = 60) -> None:
-        """Wait until no message is ready or unacked in any project queue."""
+        """Wait until no message is ready in any project queue."""
 
         def empty() -> bool:
             return all(count == 0 for count in queue_message_counts().values())

@@ -15,7 +15,9 @@ from django.db import connection
 REPO = Path(settings.BASE_DIR)
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "") -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = ""
+) -> None:
     """Poll ``predicate`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -36,7 +38,9 @@ def test_database_url() -> str:
 class CeleryProcess:
     """A ``celery -A project worker|beat`` subprocess in its own process group."""
 
-    def __init__(self, kind: str, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None):
+    def __init__(
+        self, kind: str, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None
+    ):
         self.kind, self.name, self.concurrency = kind, name, concurrency
         self.extra_env = env or {}
         self.workdir = Path(tempfile.mkdtemp(prefix=f"celery-{kind}-"))
@@ -71,7 +75,11 @@ class CeleryProcess:
         )
         log.close()
         if self.kind == "worker":
-            wait_until(lambda: b" ready." in self.log_path.read_bytes() or not self.alive(), timeout=60, what="worker")
+            wait_until(
+                lambda: b" ready." in self.log_path.read_bytes() or not self.alive(),
+                timeout=60,
+                what="worker",
+            )
             if not self.alive():
                 raise AssertionError(f"worker died on start:\n{self.log_tail()}")
         return self

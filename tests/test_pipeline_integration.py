@@ -46,7 +46,10 @@ class PipelineIntegrationTests(PipelineTestCase):
         self.assertEqual(message.status, OutboxMessage.Status.SENT)
         for _ in range(2):  # straight to the queue, bypassing the outbox
             current_app.send_task(
-                message.task_name, args=[outbox_envelope(message)], task_id=str(message.message_id), queue="beans"
+                message.task_name,
+                args=[outbox_envelope(message)],
+                task_id=str(message.message_id),
+                queue="beans",
             )
         self.start_worker()
         self.wait_drained()

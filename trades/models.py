@@ -28,7 +28,8 @@ class Trade(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     rejection_reason = models.CharField(max_length=200, blank=True, default="")
     balance_after = models.BigIntegerField(null=True, blank=True)
-    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    # NULL, not "": many trades have no key, and NULLs never collide in the unique constraint.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     deduction_message_id = models.UUIDField(editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)

@@ -45,9 +45,7 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
     for message_id in deductions.keys() - trade_messages:
         violations.append(f"I3: ledger deduction from message {message_id} matches no trade")
 
-    outbox = set(
-        OutboxMessage.objects.filter(task_name=DEDUCT_TASK).values_list("message_id", flat=True)
-    )
+    outbox = set(OutboxMessage.objects.filter(task_name=DEDUCT_TASK).values_list("message_id", flat=True))
     outbox_ids = {str(message_id) for message_id in outbox}
     for message_id in trade_messages - outbox_ids:
         violations.append(f"I5: trade with deduction message {message_id} has no outbox message")

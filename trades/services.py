@@ -93,7 +93,9 @@ def trade_record_outcome(message: Message) -> str:
     except (Trade.DoesNotExist, ValueError, TypeError) as exc:
         raise InvalidOutcome(f"message {message.message_id}: no trade {trade_id!r}") from exc
     if str(trade.deduction_message_id) != payload.get("deduction_message_id"):
-        raise InvalidOutcome(f"message {message.message_id}: outcome is for another deduction of trade {trade_id}")
+        raise InvalidOutcome(
+            f"message {message.message_id}: outcome is for another deduction of trade {trade_id}"
+        )
     balance_after = payload.get("balance_after")
     if balance_after is not None and (not isinstance(balance_after, int) or isinstance(balance_after, bool)):
         raise InvalidOutcome(f"message {message.message_id}: balance_after must be an integer or null")

@@ -19,7 +19,8 @@ class Command(BaseCommand):
             raise CommandError("--count must be positive")
         try:
             accounts = [
-                services.account_create(owner=f"{owner_prefix}-{n:04d}", balance=balance) for n in range(1, count + 1)
+                services.account_create(owner=f"{owner_prefix}-{n:04d}", balance=balance)
+                for n in range(1, count + 1)
             ]
         except InvalidAmount as exc:
             raise CommandError(str(exc)) from exc

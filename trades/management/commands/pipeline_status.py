@@ -3,7 +3,12 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from reliability.selectors import dead_letter_open_count, message_log_stats, outbox_pending_stats, queue_depths
+from reliability.selectors import (
+    dead_letter_open_count,
+    message_log_stats,
+    outbox_pending_stats,
+    queue_depths,
+)
 from trades.selectors import trade_counts_by_status
 
 

@@ -22,7 +22,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--count", type=int, required=True, help="how many trades")
         parser.add_argument("--beans", type=int, default=100, help="beans per trade")
-        parser.add_argument("--account", type=int, action="append", help="account id (repeatable); default all")
+        parser.add_argument(
+            "--account", type=int, action="append", help="account id (repeatable); default all"
+        )
         parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
 
     def handle(self, *args: Any, count: int, beans: int, account: list[int] | None, **options: Any) -> None:

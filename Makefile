@@ -1,0 +1,74 @@
+# Exactly-once bean deduction pipeline -- developer entry points.
+# Run `make` (or `make help`) to list the targets.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+
+TEST_ARGS ?=
+BENCH_ARGS ?=
+
+# requirements-dev.txt is optional; the stamp is rebuilt when any of these change.
+REQUIREMENTS := requirements.txt $(wildcard requirements-dev.txt)
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+.PHONY: help venv services migrate demo test bench lint typecheck worker beat clean distclean
+
+help: ## Show this list of targets
+	@awk 'BEGIN { FS = ":.*## " } \
+	     /^[A-Za-z0-9_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' \
+	     $(MAKEFILE_LIST)
+
+venv: $(STAMP) ## Create $(VENV) and install the requirements (re-runs only when they change)
+	@:
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(REQUIREMENTS) | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install $(addprefix -r ,$(REQUIREMENTS))
+	@touch $@
+
+requirements.txt:
+	@echo "requirements.txt is missing: it is needed to build $(VENV)" >&2
+	@exit 1
+
+services: ## Make sure PostgreSQL, RabbitMQ and Redis are running (installs them if missing and root)
+	scripts/ensure-services
+
+migrate: venv services ## Apply the database migrations
+	$(PY) manage.py migrate --noinput
+
+demo: venv services migrate ## Run the end-to-end demo (worker + beat + trades + verify)
+	VENV=$(VENV) scripts/demo
+
+test: venv services ## Run the test suite (extra arguments: TEST_ARGS="--tag integration")
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
+
+bench: venv services migrate ## Run the benchmark (extra arguments: BENCH_ARGS=...)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+lint: venv ## Run ruff (lint + format check)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: venv ## Run mypy
+	$(VENV)/bin/mypy .
+
+worker: venv services ## Run a Celery worker in the foreground
+	$(VENV)/bin/celery -A project worker -l info
+
+beat: venv services ## Run Celery beat in the foreground
+	$(VENV)/bin/celery -A project beat -l info
+
+clean: ## Remove .run/ and Python caches (keeps the venv)
+	rm -rf .run .mypy_cache .ruff_cache .pytest_cache
+	find . \( -path './$(patsubst ./%,%,$(VENV))' -o -path ./.git \) -prune -o \
+	     -type d -name __pycache__ -prune -exec rm -rf {} + -o \
+	     -type f -name '*.py[co]' -exec rm -f {} +
+
+distclean: clean ## Like clean, and also remove the venv
+	rm -rf $(VENV)

@@ -1,0 +1,103 @@
+"""The production stage against a real RabbitMQ: confirms, returns, nacks, backoff."""
+
+import json
+import subprocess
+
+from celery import current_app
+from django.test import tag
+from kombu import Connection
+
+from reliability.models import OutboxMessage
+from reliability.services import outbox_relay_batch, outbox_relay_messages
+from trades.services import trade_place
+
+from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
+from .processes import wait_until
+
+
+def queue_policy(name: str) -> str:
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", broker_vhost(), "--no-table-headers", "name", "policy"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    policies = dict(line.split("\t", 1) for line in listing.splitlines() if "\t" in line)
+    return policies.get(name, "").strip()
+
+
+def pending_message(trade_message_id: object) -> OutboxMessage:
+    return OutboxMessage.objects.get(message_id=trade_message_id)
+
+
+@tag("integration")
+class RelayIntegrationTests(PipelineTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        (self.account,) = self.create_accounts(1, balance=1000)
+
+    def test_confirmed_publish_marks_the_row_sent_and_the_message_is_stored(self) -> None:
+        trade, _ = trade_place(account_id=self.account, beans=10)
+        message = pending_message(trade.deduction_message_id)
+        self.assertEqual(message.status, OutboxMessage.Status.SENT)
+        self.assertIsNotNone(message.sent_at)
+        self.assertEqual(queue_message_counts()["beans"], 1)
+
+    def test_unroutable_publish_is_returned_and_stays_pending_until_routable(self) -> None:
+        self._unbind_beans()
+        self.addCleanup(self._rebind_beans)
+        trade, _ = trade_place(account_id=self.account, beans=10)
+        message = pending_message(trade.deduction_message_id)
+        self.assertEqual(message.status, OutboxMessage.Status.PENDING)
+        self.assertEqual(message.attempts, 1)
+        self.assertIn("PublishReturned", message.last_error)
+        self.assertGreater(message.next_attempt_at, message.created_at, "a backoff was set")
+        self.assertEqual(queue_message_counts()["beans"], 0)
+
+        self._rebind_beans()
+        self.assertEqual(outbox_relay_messages(ids=None, due_only=False), 1)
+        self.assertEqual(pending_message(trade.deduction_message_id).status, OutboxMessage.Status.SENT)
+        self.assertEqual(queue_message_counts()["beans"], 1)
+
+    def test_nacked_publish_stays_pending_until_consumers_drain_the_queue(self) -> None:
+        # A full queue with overflow=reject-publish answers basic.nack.
+        policy = json.dumps({"max-length": 1})
+        rabbitmqctl("set_policy", "-p", broker_vhost(), "--apply-to", "queues", "full", "^beans$", policy)
+        self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "clear_policy", "-p", broker_vhost(), "full"])
+        wait_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
+        placed = []
+        for _ in range(5):  # fill the queue until the broker refuses one
+            trade, _ = trade_place(account_id=self.account, beans=10)
+            placed.append(trade)
+            if pending_message(trade.deduction_message_id).status == OutboxMessage.Status.PENDING:
+                break
+        message = pending_message(placed[-1].deduction_message_id)
+        self.assertEqual(message.status, OutboxMessage.Status.PENDING, "the full queue refused a publish")
+        self.assertIn("PublishNacked", message.last_error)
+        self.assertEqual(queue_message_counts()["beans"], len(placed) - 1)
+
+        # Back-pressure, not loss: once a consumer drains the queue, the relay gets it in.
+        self.start_worker()
+        self.start_beat()
+        self.wait_drained(timeout=120)
+        self.assert_exactly_once(trades=len(placed))
+
+    def test_sweep_skips_rows_in_backoff(self) -> None:
+        self._unbind_beans()
+        self.addCleanup(self._rebind_beans)
+        trade, _ = trade_place(account_id=self.account, beans=10)
+        self._rebind_beans()
+        self.assertEqual(outbox_relay_batch(), 0, "the failed row waits out its backoff")
+        OutboxMessage.objects.update(next_attempt_at=pending_message(trade.deduction_message_id).created_at)
+        self.assertEqual(outbox_relay_batch(), 1)
+
+    def _unbind_beans(self) -> None:
+        # Celery's native delayed delivery adds a "#.beans" binding beside "beans".
+        with Connection(current_app.conf.broker_url) as conn:
+            for routing_key in ("beans", "#.beans"):
+                conn.default_channel.queue_unbind("beans", "beans", routing_key)
+
+    def _rebind_beans(self) -> None:
+        with Connection(current_app.conf.broker_url) as conn:
+            conn.default_channel.queue_bind("beans", "beans", "beans")
