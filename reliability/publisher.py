@@ -127,7 +127,7 @@ class ConfirmedPublisher:
         if any(isinstance(error, MessageNacked) for error in chain):
             return PublishNacked(f"broker nacked message {message_id} (queue full or unable to store it)")
         self.close()
-        if any(isinstance(error, socket.timeout) for error in chain):
+        if any(isinstance(error, TimeoutError) for error in chain):
             return PublishTimeout(
                 f"no confirm for message {message_id} within {settings.RELIABILITY_CONFIRM_TIMEOUT_S}s"
             )
