@@ -59,10 +59,12 @@ class AccountAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-id",)
 
-    def get_form(self, request: HttpRequest, obj: Account | None = None, **kwargs: Any) -> type[ModelForm]:
+    def get_form(
+        self, request: HttpRequest, obj: Account | None = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm]:
         if obj is None:
             kwargs.setdefault("form", self.add_form)
-        return super().get_form(request, obj, **kwargs)
+        return super().get_form(request, obj, change=change, **kwargs)
 
     def get_readonly_fields(self, request: HttpRequest, obj: Account | None = None) -> tuple[str, ...]:
         return () if obj is None else ("owner", "balance", "created_at", "updated_at")
@@ -87,7 +89,7 @@ class AccountAdmin(admin.ModelAdmin):
     def credit_accounts(self, request: HttpRequest, queryset: QuerySet[Account]) -> None:
         form = CreditForm(request.POST)
         if not form.is_valid():
-            problem = " ".join(form.errors["beans"])
+            problem = " ".join(str(error) for error in form.errors["beans"])
             self.message_user(request, f"No account credited: beans: {problem}", messages.ERROR)
             return
         beans = form.cleaned_data["beans"]

@@ -116,7 +116,6 @@ class ConfirmedPublisher:
             if self._returned:
                 raise PublishReturned(f"message {message_id} unroutable: {self._returned[0]}")
 
-
     def _publish_error(self, exc: Exception, message_id: str) -> PublishError:
         """Classify a failed publish. kombu wraps py-amqp errors, so look down the chain."""
         chain: list[BaseException] = []

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpResponse
 from django.test import TestCase
 
 from beans.services import account_create
@@ -22,11 +21,11 @@ class TradeApiTests(TestCase):
     def setUp(self) -> None:
         self.account = account_create(owner="alice", balance=100)
 
-    def _post(self, body: Any, *, content_type: str = "application/json", **headers: str) -> HttpResponse:
+    def _post(self, body: Any, *, content_type: str = "application/json", **headers: str) -> Any:
         data = body if isinstance(body, bytes | str) else json.dumps(body)
         return self.client.post(TRADES_URL, data=data, content_type=content_type, headers=headers)
 
-    def _assert_refused(self, response: HttpResponse, status: int) -> None:
+    def _assert_refused(self, response: Any, status: int) -> None:
         self.assertEqual(response.status_code, status, response.content)
         self.assertEqual(response["Content-Type"], "application/json")
         self.assertIsInstance(response.json()["error"], str)

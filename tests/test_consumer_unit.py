@@ -44,7 +44,8 @@ class RecordingHandler:
 
 
 def _consume(envelope: Any, handler: RecordingHandler, task: FakeTask | None = None) -> str:
-    return message_consume(task=task or FakeTask(), envelope=envelope, handler=handler, using="default")
+    stand_in: Any = task or FakeTask()
+    return message_consume(task=stand_in, envelope=envelope, handler=handler, using="default")
 
 
 class MessageConsumeTests(TestCase):

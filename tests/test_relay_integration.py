@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import uuid
 
 from celery import current_app
 from django.test import tag
@@ -27,7 +28,7 @@ def queue_policy(name: str) -> str:
     return policies.get(name, "").strip()
 
 
-def pending_message(trade_message_id: object) -> OutboxMessage:
+def pending_message(trade_message_id: uuid.UUID) -> OutboxMessage:
     return OutboxMessage.objects.get(message_id=trade_message_id)
 
 

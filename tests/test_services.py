@@ -183,7 +183,7 @@ class AccountServiceTests(TestCase):
     def test_invalid_opening_balance_is_refused(self) -> None:
         for balance in (-1, 1.5, "10", True):
             with self.subTest(balance=balance), self.assertRaises(beans_exceptions.InvalidAmount):
-                account_create(owner="alice", balance=balance)
+                account_create(owner="alice", balance=balance)  # type: ignore[arg-type]
         self.assertFalse(Account.objects.exists())
 
     def test_account_credit_adds_a_credit_entry_and_raises_the_balance(self) -> None:
@@ -202,7 +202,7 @@ class AccountServiceTests(TestCase):
         account = account_create(owner="alice", balance=100)
         for beans in (0, -5, 1.5, "5", True, None):
             with self.subTest(beans=beans), self.assertRaises(beans_exceptions.InvalidAmount):
-                account_credit(account_id=account.pk, beans=beans)
+                account_credit(account_id=account.pk, beans=beans)  # type: ignore[arg-type]
         account.refresh_from_db()
         self.assertEqual(account.balance, 100)
         self.assertEqual(LedgerEntry.objects.count(), 1)

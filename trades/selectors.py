@@ -30,10 +30,10 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
     violations: list[str] = []
     deductions = deductions_by_message_id()
     trades = list(Trade.objects.values_list("id", "status", "beans", "deduction_message_id"))
-    trade_messages = {str(message_id) for _, _, _, message_id in trades}
+    trade_messages = {str(trade_message_id) for _, _, _, trade_message_id in trades}
 
-    for trade_id, status, beans, message_id in trades:
-        applied = deductions.get(str(message_id), 0)
+    for trade_id, status, beans, trade_message_id in trades:
+        applied = deductions.get(str(trade_message_id), 0)
         if beans <= 0:
             violations.append(f"I9: trade {trade_id} has {beans} beans")
         if status == Trade.Status.DEDUCTED and applied != 1:
@@ -42,8 +42,8 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
             violations.append(f"I9: trade {trade_id} was rejected but has {applied} ledger deductions")
         elif status == Trade.Status.PENDING and not in_flight_ok:
             violations.append(f"I1: trade {trade_id} is still pending ({applied} ledger deductions)")
-    for message_id in deductions.keys() - trade_messages:
-        violations.append(f"I3: ledger deduction from message {message_id} matches no trade")
+    for orphan in deductions.keys() - trade_messages:
+        violations.append(f"I3: ledger deduction from message {orphan} matches no trade")
 
     outbox = set(OutboxMessage.objects.filter(task_name=DEDUCT_TASK).values_list("message_id", flat=True))
     outbox_ids = {str(message_id) for message_id in outbox}

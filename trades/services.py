@@ -86,11 +86,13 @@ def trade_record_outcome(message: Message) -> str:
     """Settle a pending trade from the bean service's outcome (exactly once)."""
     payload = message.payload
     trade_id, outcome = payload.get("trade_id"), payload.get("outcome")
+    if not isinstance(trade_id, int) or isinstance(trade_id, bool):
+        raise InvalidOutcome(f"message {message.message_id}: trade_id must be an integer, got {trade_id!r}")
     if outcome not in {Trade.Status.DEDUCTED, Trade.Status.REJECTED}:
         raise InvalidOutcome(f"message {message.message_id}: unknown outcome {outcome!r}")
     try:
         trade = Trade.objects.select_for_update().get(pk=trade_id)
-    except (Trade.DoesNotExist, ValueError, TypeError) as exc:
+    except Trade.DoesNotExist as exc:
         raise InvalidOutcome(f"message {message.message_id}: no trade {trade_id!r}") from exc
     if str(trade.deduction_message_id) != payload.get("deduction_message_id"):
         raise InvalidOutcome(
