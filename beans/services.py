@@ -3,6 +3,7 @@
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -31,35 +32,39 @@ def _positive_int(value: Any, *, what: str) -> int:
     return value
 
 
-@transaction.atomic
 def account_create(*, owner: str, balance: int = 0) -> Account:
     """Open an account; a positive opening balance is written as its first ledger entry."""
     if not isinstance(balance, int) or isinstance(balance, bool) or balance < 0:
         raise InvalidAmount(f"opening balance must be a non-negative integer, got {balance!r}")
-    account = Account.objects.create(owner=owner, balance=balance)
-    if balance:
-        LedgerEntry.objects.create(
-            account=account, kind=LedgerEntry.Kind.OPENING, beans=balance, balance_after=balance
-        )
+    with transaction.atomic(using=settings.BEANS_DATABASE):
+        account = Account.objects.create(owner=owner, balance=balance)
+        if balance:
+            LedgerEntry.objects.create(
+                account=account, kind=LedgerEntry.Kind.OPENING, beans=balance, balance_after=balance
+            )
     return account
 
 
-@transaction.atomic
 def account_credit(*, account_id: int, beans: int, note: str = "") -> LedgerEntry:
     """Add beans to an account, through a ledger entry."""
     beans = _positive_int(beans, what="beans")
-    try:
-        account = Account.objects.select_for_update().get(pk=account_id)
-    except Account.DoesNotExist as exc:
-        raise AccountNotFound(f"account {account_id} does not exist") from exc
-    if beans > BALANCE_MAX - account.balance:
-        raise InvalidAmount(f"crediting {beans} beans would overflow account {account_id}'s balance")
-    account.balance += beans
-    account.updated_at = timezone.now()
-    account.save(update_fields=["balance", "updated_at"])
-    return LedgerEntry.objects.create(
-        account=account, kind=LedgerEntry.Kind.CREDIT, beans=beans, balance_after=account.balance, note=note
-    )
+    with transaction.atomic(using=settings.BEANS_DATABASE):
+        try:
+            account = Account.objects.select_for_update().get(pk=account_id)
+        except Account.DoesNotExist as exc:
+            raise AccountNotFound(f"account {account_id} does not exist") from exc
+        if beans > BALANCE_MAX - account.balance:
+            raise InvalidAmount(f"crediting {beans} beans would overflow account {account_id}'s balance")
+        account.balance += beans
+        account.updated_at = timezone.now()
+        account.save(update_fields=["balance", "updated_at"])
+        return LedgerEntry.objects.create(
+            account=account,
+            kind=LedgerEntry.Kind.CREDIT,
+            beans=beans,
+            balance_after=account.balance,
+            note=note,
+        )
 
 
 def deduction_apply(message: Message) -> str:
@@ -114,5 +119,6 @@ def deduction_apply(message: Message) -> str:
             "balance_after": account.balance,
             "deduction_message_id": str(message.message_id),
         },
+        using=settings.BEANS_DATABASE,
     )
     return outcome

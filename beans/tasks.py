@@ -1,11 +1,13 @@
 """The bean service's consumer: a thin exactly-once task over ``deduction_apply``."""
 
+from django.conf import settings
+
 from reliability.consumer import Message, exactly_once_task
 
 from . import services
 
 
-@exactly_once_task(name="beans.deduct", queue="beans")
+@exactly_once_task(name="beans.deduct", queue="beans", using=settings.BEANS_DATABASE)
 def deduct(message: Message) -> str:
     """Deduct a trade's beans from the buyer's account, exactly once."""
     return services.deduction_apply(message)

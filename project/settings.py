@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from reliability.retention_rules import retention_horizons_check
 from reliability.topology import quorum_queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
-def database_from_url(url: str) -> dict[str, object]:
+def database_from_url(url: str, *, test_name: str = "") -> dict[str, object]:
     """Turn ``postgres://user:password@host:port/name`` into a DATABASES entry."""
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql"}:
@@ -72,7 +73,7 @@ def database_from_url(url: str) -> dict[str, object]:
         # Persistent connections: workers and the relay run many short transactions.
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
-        "TEST": {"NAME": env_str("DATABASE_TEST_NAME", "") or None},
+        "TEST": {"NAME": test_name or None},
     }
 
 
@@ -130,8 +131,20 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": database_from_url(env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")),
+    "default": database_from_url(
+        env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans"),
+        test_name=env_str("DATABASE_TEST_NAME", ""),
+    ),
 }
+# The bean service in a database of its own (optional): its accounts, ledger, outbox
+# and message log live there, so "one transaction" still holds on each side.
+BEANS_DATABASE_URL = env_str("BEANS_DATABASE_URL", "")
+if BEANS_DATABASE_URL:
+    DATABASES["beans"] = database_from_url(
+        BEANS_DATABASE_URL, test_name=env_str("BEANS_DATABASE_TEST_NAME", "")
+    )
+BEANS_DATABASE = "beans" if BEANS_DATABASE_URL else "default"
+DATABASE_ROUTERS = ["project.routers.ServiceDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -238,6 +251,24 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=env_float("RELIABILITY_RELAY_INTERVAL_S", 1.0)),
         "options": {"expires": 10},
     },
+    # Finds gaps and lost tails from the consumers' watermarks and re-publishes them.
+    "reconcile": {
+        "task": "reliability.reconcile",
+        "schedule": timedelta(seconds=env_float("RELIABILITY_RECONCILE_INTERVAL_S", 10.0)),
+        "options": {"expires": 60},
+    },
+    # Tells each stream's consumer the producer's high-water mark (lost-tail detection).
+    "stream-heartbeat": {
+        "task": "reliability.stream_heartbeat",
+        "schedule": timedelta(seconds=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0)),
+        "options": {"expires": 30},
+    },
+    # Deletes outbox, message-log and gap rows past retention, in bounded batches.
+    "retention": {
+        "task": "reliability.purge_old_rows",
+        "schedule": timedelta(minutes=10),
+        "options": {"expires": 600},
+    },
 }
 
 # --- Reliability (outbox, relay, consumer middleware) ----------------------
@@ -254,6 +285,31 @@ RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S",
 RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)
 # Transient handler failures (database gone, deadlock) are retried this often.
 RELIABILITY_HANDLER_MAX_RETRIES = env_int("RELIABILITY_HANDLER_MAX_RETRIES", 10)
+
+# Reconciler: re-publish what the consumer never saw, once it is older than the grace.
+RELIABILITY_RECONCILE_GRACE_S = env_float("RELIABILITY_RECONCILE_GRACE_S", 30.0)
+RELIABILITY_RECONCILE_MAX_ATTEMPTS = env_int("RELIABILITY_RECONCILE_MAX_ATTEMPTS", 5)
+RELIABILITY_RECONCILE_BATCH_SIZE = env_int("RELIABILITY_RECONCILE_BATCH_SIZE", 500)
+RELIABILITY_RECONCILE_INTERVAL_S = env_float("RELIABILITY_RECONCILE_INTERVAL_S", 10.0)
+RELIABILITY_HEARTBEAT_INTERVAL_S = env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0)
+
+# Retention. The dedupe window (how long message-log rows are kept) must outlast
+# every way a message can come back; settings that break this are refused below.
+RELIABILITY_DEDUPE_WINDOW_S = env_float("RELIABILITY_DEDUPE_WINDOW_S", 14 * 86400)
+RELIABILITY_OUTBOX_RETENTION_S = env_float("RELIABILITY_OUTBOX_RETENTION_S", 14 * 86400)
+# Longest a message may wait in a queue; older ones are dead-lettered, not applied.
+RELIABILITY_MAX_MESSAGE_AGE_S = env_float("RELIABILITY_MAX_MESSAGE_AGE_S", 3 * 86400)
+RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S = env_float("RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S", 7 * 86400)
+_retention_problems = retention_horizons_check(
+    dedupe_window_s=RELIABILITY_DEDUPE_WINDOW_S,
+    outbox_retention_s=RELIABILITY_OUTBOX_RETENTION_S,
+    max_message_age_s=RELIABILITY_MAX_MESSAGE_AGE_S,
+    reconcile_grace_s=RELIABILITY_RECONCILE_GRACE_S,
+    reconcile_max_attempts=RELIABILITY_RECONCILE_MAX_ATTEMPTS,
+    dead_letter_replay_window_s=RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S,
+)
+if _retention_problems:
+    raise ImproperlyConfigured("unsafe retention settings: " + "; ".join(_retention_problems))
 
 # Fault points for the failure tests (see reliability/faults.py). Refused in production.
 RELIABILITY_FAULT_INJECTION = env_bool("RELIABILITY_FAULT_INJECTION", False)
@@ -280,3 +336,6 @@ RELIABILITY_FAULTS = env_str("RELIABILITY_FAULTS", "")
 RELIABILITY_FAULT_DIR = env_str("RELIABILITY_FAULT_DIR", str(BASE_DIR / ".run" / "faults"))
 
 TEST_RUNNER = "tests.runner.PipelineTestRunner"
+
+# Databases holding reliability tables (each side's outbox and message log live with its data).
+RELIABILITY_DATABASES = list(DATABASES)

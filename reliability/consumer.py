@@ -27,16 +27,20 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.utils import timezone
 
 from . import services
 from .exceptions import InvalidEnvelope
 from .faults import fault_point
 from .models import DeadLetter
+from .streams import stream_high_record, stream_position_record
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ _TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # SQLSTATE classes worth retrying: serialization failure, deadlock.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
 _REQUEUE_PAUSE_MAX_S = 5.0
+HEARTBEAT = "heartbeat"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Message:
     seq: int
     produced_at: str
     payload: dict[str, Any]
+    producer_high: int | None = None
 
 
 Handler = Callable[[Message], str | None]
@@ -77,13 +83,44 @@ def envelope_parse(envelope: Any) -> Message:
         raise InvalidEnvelope("envelope seq must be a positive integer")
     if not isinstance(payload, dict):
         raise InvalidEnvelope("envelope payload must be a JSON object")
+    high = envelope.get("high")
+    if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high < seq):
+        raise InvalidEnvelope("envelope high must be an integer >= seq")
     return Message(
         message_id=message_id,
         stream=stream,
         seq=seq,
         produced_at=str(envelope.get("produced_at", "")),
         payload=payload,
+        producer_high=high,
     )
+
+
+def heartbeat_apply(*, handler_name: str, envelope: dict[str, Any], using: str) -> str:
+    """Record a stream heartbeat: the producer's high-water mark, for lost-tail detection."""
+    stream, high = envelope.get("stream"), envelope.get("high")
+    if (
+        not isinstance(stream, str)
+        or not stream
+        or not isinstance(high, int)
+        or isinstance(high, bool)
+        or high < 0
+    ):
+        raise InvalidEnvelope("heartbeat needs a stream name and a non-negative integer high")
+    with transaction.atomic(using=using):
+        stream_high_record(handler=handler_name, stream=stream, producer_high=high, using=using)
+    return "heartbeat"
+
+
+def message_age_s(message: Message) -> float | None:
+    """Return how long ago the message was produced, or None when the envelope does not say."""
+    try:
+        produced = datetime.fromisoformat(message.produced_at)
+    except ValueError:
+        return None
+    if produced.tzinfo is None:
+        return None
+    return (timezone.now() - produced).total_seconds()
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -97,6 +134,8 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
     """Apply ``envelope`` through ``handler`` exactly once; return the outcome."""
     handler_name = task.name
     try:
+        if isinstance(envelope, dict) and envelope.get("kind") == HEARTBEAT:
+            return heartbeat_apply(handler_name=handler_name, envelope=envelope, using=using)
         message = envelope_parse(envelope)
     except InvalidEnvelope as exc:
         services.dead_letter_record(
@@ -104,6 +143,20 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             reason=DeadLetter.Reason.INVALID_ENVELOPE,
             detail=str(exc),
             envelope=envelope,
+            using=using,
+        )
+        return "dead-lettered"
+    age = message_age_s(message)
+    if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
+        # Its message-log row may be gone (retention): applying it could apply it twice.
+        services.dead_letter_record(
+            handler=handler_name,
+            reason=DeadLetter.Reason.EXPIRED,
+            detail=f"produced {age:.0f}s ago, more than RELIABILITY_MAX_MESSAGE_AGE_S",
+            envelope=envelope,
+            message_id=message.message_id,
+            stream=message.stream,
+            seq=message.seq,
             using=using,
         )
         return "dead-lettered"
@@ -117,6 +170,13 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
                 using=using,
             )
             if first:
+                stream_position_record(
+                    handler=handler_name,
+                    stream=message.stream,
+                    seq=message.seq,
+                    producer_high=message.producer_high,
+                    using=using,
+                )
                 outcome = handler(message) or "applied"
                 services.message_log_record_outcome(
                     handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
@@ -144,6 +204,8 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             detail=f"{type(exc).__name__}: {exc}",
             envelope=envelope,
             message_id=message.message_id,
+            stream=message.stream,
+            seq=message.seq,
             using=using,
         )
         return "dead-lettered"

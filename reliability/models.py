@@ -73,10 +73,16 @@ class OutboxMessage(models.Model):
 
 
 class StreamCounter(models.Model):
-    """The last sequence number handed out on a stream (one locked row per stream)."""
+    """The last sequence number handed out on a stream (one locked row per stream).
+
+    A stream has one consumer: the task (and queue) its first message named. The
+    heartbeat tells that consumer the stream's high-water mark.
+    """
 
     stream = models.CharField(max_length=100, primary_key=True)
     last_seq = models.BigIntegerField(default=0)
+    task_name = models.CharField(max_length=200, blank=True, default="")
+    queue = models.CharField(max_length=100, blank=True, default="")
 
     class Meta:
         constraints = [
@@ -117,12 +123,112 @@ class MessageLog(models.Model):
         return f"{self.handler} {self.message_id} ({self.outcome})"
 
 
+class StreamWatermark(models.Model):
+    """What one handler has applied of one stream: the consumer's own view, no join needed.
+
+    ``watermark``: every seq <= watermark was applied (or dead-lettered). ``max_seen``:
+    the highest seq applied. ``producer_high``: the highest seq the producer said
+    exists (from envelopes and heartbeats). Seqs in (watermark, max_seen] that are
+    missing have a ``StreamGap`` row; (max_seen, producer_high] is the possibly lost
+    tail, materialised as gaps by the reconciler once it is older than the grace.
+    """
+
+    handler = models.CharField(max_length=200)
+    stream = models.CharField(max_length=100)
+    watermark = models.BigIntegerField(default=0)
+    max_seen = models.BigIntegerField(default=0)
+    producer_high = models.BigIntegerField(default=0)
+    producer_high_at = models.DateTimeField(null=True, blank=True)
+    gaps_found = models.BigIntegerField(default=0)
+    gaps_healed = models.BigIntegerField(default=0)
+    gaps_open = models.BigIntegerField(default=0, help_text="Gap rows not healed (open or escalated).")
+    last_applied_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handler", "stream"], name="stream_watermark_handler_stream_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(watermark__gte=0) & Q(watermark__lte=models.F("max_seen")),
+                name="stream_watermark_below_max_seen",
+            ),
+            models.CheckConstraint(
+                condition=Q(gaps_open__gte=0), name="stream_watermark_gaps_open_nonnegative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.stream}: watermark {self.watermark}, seen {self.max_seen}"
+
+
+class StreamGap(models.Model):
+    """A seq of a stream that a handler has not seen although a later one arrived."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        HEALED = "healed", "Healed"
+        ESCALATED = "escalated", "Escalated"
+
+    handler = models.CharField(max_length=200)
+    stream = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    detected_at = models.DateTimeField(default=timezone.now)
+    healed_at = models.DateTimeField(null=True, blank=True)
+    republish_attempts = models.PositiveIntegerField(default=0)
+    last_republished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["handler", "stream", "seq"], name="stream_gap_unique"),
+            models.CheckConstraint(
+                condition=~Q(status="healed") | Q(healed_at__isnull=False),
+                name="stream_gap_healed_has_healed_at",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["handler", "stream", "seq"],
+                condition=~Q(status="healed"),
+                name="stream_gap_unhealed_idx",
+            ),
+            models.Index(fields=["status", "detected_at"], name="stream_gap_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.stream}#{self.seq} ({self.status})"
+
+
+class ReconcileRun(models.Model):
+    """What one reconciler pass found and did."""
+
+    database = models.CharField(max_length=100)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    tail_gaps_found = models.PositiveIntegerField(default=0)
+    gaps_open = models.PositiveIntegerField(default=0)
+    republished = models.PositiveIntegerField(default=0)
+    not_in_outbox = models.PositiveIntegerField(default=0)
+    escalated = models.PositiveIntegerField(default=0)
+    outbox_relayed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["started_at"], name="reconcile_run_started_idx")]
+
+    def __str__(self) -> str:
+        return f"reconcile {self.database} at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+
 class DeadLetter(models.Model):
     """A message that can never succeed as it is: kept with the reason, never dropped."""
 
     class Reason(models.TextChoices):
         INVALID_ENVELOPE = "invalid_envelope", "Invalid envelope"
         HANDLER_FAILED = "handler_failed", "Handler failed"
+        EXPIRED = "expired", "Older than the maximum message age"
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -131,6 +237,8 @@ class DeadLetter(models.Model):
 
     message_id = models.UUIDField(null=True, blank=True)
     handler = models.CharField(max_length=200)
+    stream = models.CharField(max_length=100, blank=True, default="")
+    seq = models.BigIntegerField(null=True, blank=True)
     reason = models.CharField(max_length=32, choices=Reason.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     detail = models.TextField(blank=True, default="")

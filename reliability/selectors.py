@@ -9,32 +9,84 @@ from django.db.models import Min, Sum
 from django.utils import timezone
 from kombu import Connection
 
-from .models import DeadLetter, MessageLog, OutboxMessage
+from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter, StreamGap, StreamWatermark
 
 logger = logging.getLogger(__name__)
 
 
-def outbox_pending_stats(*, using: str = "default") -> dict[str, Any]:
-    """Return the number of pending outbox rows and the age of the oldest, in seconds."""
-    pending = OutboxMessage.objects.using(using).filter(status=OutboxMessage.Status.PENDING)
-    oldest = pending.aggregate(oldest=Min("created_at"))["oldest"]
+def _databases() -> list[str]:
+    return list(settings.RELIABILITY_DATABASES)
+
+
+def outbox_pending_stats() -> dict[str, Any]:
+    """Return the number of pending outbox rows and the age of the oldest, in seconds (all databases)."""
+    count, oldest = 0, None
+    for alias in _databases():
+        pending = OutboxMessage.objects.using(alias).filter(status=OutboxMessage.Status.PENDING)
+        count += pending.count()
+        first = pending.aggregate(oldest=Min("created_at"))["oldest"]
+        if first is not None and (oldest is None or first < oldest):
+            oldest = first
     return {
-        "outbox_pending": pending.count(),
+        "outbox_pending": count,
         "outbox_oldest_pending_age_s": round((timezone.now() - oldest).total_seconds(), 3) if oldest else 0.0,
     }
 
 
-def message_log_stats(*, using: str = "default") -> dict[str, int]:
+def message_log_stats() -> dict[str, int]:
     """Return how many messages were applied and how many duplicate deliveries were skipped."""
-    totals = MessageLog.objects.using(using).aggregate(duplicates=Sum("redeliveries", default=0))
-    return {
-        "consumed": MessageLog.objects.using(using).count(),
-        "duplicates_suppressed": int(totals["duplicates"]),
-    }
+    consumed = duplicates = 0
+    for alias in _databases():
+        consumed += MessageLog.objects.using(alias).count()
+        duplicates += MessageLog.objects.using(alias).aggregate(n=Sum("redeliveries", default=0))["n"]
+    return {"consumed": consumed, "duplicates_suppressed": int(duplicates)}
 
 
-def dead_letter_open_count(*, using: str = "default") -> int:
-    return DeadLetter.objects.using(using).filter(status=DeadLetter.Status.OPEN).count()
+def dead_letter_open_count() -> int:
+    return sum(
+        DeadLetter.objects.using(alias).filter(status=DeadLetter.Status.OPEN).count()
+        for alias in _databases()
+    )
+
+
+def gaps_escalated_count() -> int:
+    return sum(
+        StreamGap.objects.using(alias).filter(status=StreamGap.Status.ESCALATED).count()
+        for alias in _databases()
+    )
+
+
+def stream_positions() -> list[dict[str, Any]]:
+    """Return, per stream, the producer's seq and the consumer's watermark and gaps.
+
+    Read from each side's own tables and put side by side for display only;
+    detection never needs this join.
+    """
+    produced: dict[str, dict[str, Any]] = {}
+    for alias in _databases():
+        for counter in StreamCounter.objects.using(alias).order_by("stream"):
+            produced[counter.stream] = {"task_name": counter.task_name, "produced_seq": counter.last_seq}
+    consumed: dict[str, StreamWatermark] = {}
+    for alias in _databases():
+        for position in StreamWatermark.objects.using(alias):
+            consumed[position.stream] = position
+    streams = []
+    for name in sorted(produced.keys() | consumed.keys()):
+        watermark = consumed.get(name)
+        streams.append(
+            {
+                "stream": name,
+                "handler": watermark.handler if watermark else produced[name]["task_name"],
+                "produced_seq": produced.get(name, {}).get("produced_seq"),
+                "consumed_watermark": watermark.watermark if watermark else 0,
+                "max_seen": watermark.max_seen if watermark else 0,
+                "producer_high_seen": watermark.producer_high if watermark else 0,
+                "gaps_found": watermark.gaps_found if watermark else 0,
+                "gaps_open": watermark.gaps_open if watermark else 0,
+                "gaps_healed": watermark.gaps_healed if watermark else 0,
+            }
+        )
+    return streams
 
 
 def queue_depths() -> dict[str, int | None]:

@@ -18,30 +18,37 @@ from .faults import fault_point
 from .ids import message_id_new
 from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
 from .publisher import publisher
+from .streams import stream_position_record
 
 logger = logging.getLogger(__name__)
 
 ENVELOPE_VERSION = 1
 
 
-def stream_seq_allocate(*, stream: str, using: str = "default") -> int:
+def stream_seq_allocate(*, stream: str, task_name: str, queue: str, using: str = "default") -> int:
     """Return the next sequence number of ``stream``, inside the caller's transaction.
 
     The counter row stays locked until the caller commits, and a rollback undoes
     the increment, so a stream's numbers are gap-free. A database sequence or
     Redis INCR would not be: their increments survive a rollback and would show
     up as false gaps. Each stream has its own row, so streams do not serialize
-    each other.
+    each other. A stream has one consumer (task and queue): the gap detection and
+    the heartbeat address it.
     """
     table = StreamCounter._meta.db_table
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (stream, last_seq) VALUES (%s, 1) "  # noqa: S608 - table name is ours
+            f"INSERT INTO {table} (stream, last_seq, task_name, queue) VALUES (%s, 1, %s, %s) "  # noqa: S608
             f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + 1 "
-            "RETURNING last_seq",
-            [stream],
+            "RETURNING last_seq, task_name, queue",
+            [stream, task_name, queue],
         )
-        (seq,) = cursor.fetchone()
+        seq, owner_task, owner_queue = cursor.fetchone()
+    if (owner_task, owner_queue) != (task_name, queue):
+        raise OutboxUsageError(
+            f"stream {stream!r} belongs to {owner_task} on queue {owner_queue}; "
+            f"use another stream name for {task_name} on {queue}"
+        )
     return int(seq)
 
 
@@ -72,7 +79,7 @@ def outbox_enqueue(
         task_name=task_name,
         queue=queue,
         stream=stream,
-        seq=stream_seq_allocate(stream=stream, using=using),
+        seq=stream_seq_allocate(stream=stream, task_name=task_name, queue=queue, using=using),
         payload=payload,
         created_at=now,
         # The sweep leaves a fresh row to the after-commit fast path for a moment.
@@ -82,16 +89,29 @@ def outbox_enqueue(
     return message
 
 
-def outbox_envelope(message: OutboxMessage) -> dict[str, Any]:
-    """Return the JSON envelope a consumer receives for ``message``."""
+def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None) -> dict[str, Any]:
+    """Return the JSON envelope a consumer receives for ``message``.
+
+    ``high`` is the stream's high-water mark when published, so the consumer can
+    see that later seqs exist (a lost tail) even if none of them arrives.
+    """
     return {
         "v": ENVELOPE_VERSION,
         "message_id": str(message.message_id),
         "stream": message.stream,
         "seq": message.seq,
+        "high": max(producer_high or 0, message.seq),
         "produced_at": message.created_at.isoformat(),
         "payload": message.payload,
     }
+
+
+def stream_highs(*, streams: Iterable[str], using: str = "default") -> dict[str, int]:
+    """Return the current last seq of each stream (committed values)."""
+    rows = (
+        StreamCounter.objects.using(using).filter(stream__in=set(streams)).values_list("stream", "last_seq")
+    )
+    return dict(rows)
 
 
 def outbox_publish_after_commit(*, ids: list[int], using: str = "default") -> None:
@@ -138,14 +158,16 @@ def outbox_relay_messages(
             rows = rows.filter(pk__in=list(ids))
         if due_only:
             rows = rows.filter(next_attempt_at__lte=timezone.now())
-        for message in rows.order_by("id")[:limit]:
+        batch = list(rows.order_by("id")[:limit])
+        highs = stream_highs(streams=(message.stream for message in batch), using=using)
+        for message in batch:
             fault_point("relay.before_publish", message_id=message.message_id)
             try:
                 publisher().publish(
                     task_name=message.task_name,
                     queue=message.queue,
                     message_id=str(message.message_id),
-                    envelope=outbox_envelope(message),
+                    envelope=outbox_envelope(message, producer_high=highs.get(message.stream)),
                 )
             except PublishError as exc:
                 _outbox_publish_failed(message, exc, using=using)
@@ -222,20 +244,30 @@ def dead_letter_record(
     detail: str,
     envelope: Any,
     message_id: uuid.UUID | None = None,
+    stream: str = "",
+    seq: int | None = None,
     using: str = "default",
 ) -> DeadLetter:
-    """Keep a message that can never succeed, with the reason; it is never dropped."""
+    """Keep a message that can never succeed, with the reason; it is never dropped.
+
+    Its seq counts as accounted for, so the reconciler does not chase it as a gap.
+    """
     stored_envelope = envelope
     try:
         json.dumps(envelope)
     except (TypeError, ValueError):
         stored_envelope = {"unserializable": repr(envelope)[:10_000]}
-    letter = DeadLetter.objects.using(using).create(
-        handler=handler,
-        reason=reason,
-        detail=detail[:10_000],
-        envelope=stored_envelope,
-        message_id=message_id,
-    )
+    with transaction.atomic(using=using):
+        letter = DeadLetter.objects.using(using).create(
+            handler=handler,
+            reason=reason,
+            detail=detail[:10_000],
+            envelope=stored_envelope,
+            message_id=message_id,
+            stream=stream,
+            seq=seq,
+        )
+        if stream and seq is not None:
+            stream_position_record(handler=handler, stream=stream, seq=seq, using=using)
     logger.error("dead-lettered message %s for %s: %s: %s", message_id, handler, reason, detail[:500])
     return letter

@@ -2,10 +2,38 @@
 
 from celery import shared_task
 
-from . import services
+from . import heartbeat, reconciler, retention, services
 
 
 @shared_task(name="reliability.relay_outbox", ignore_result=False, acks_late=False)
-def relay_outbox(using: str = "default") -> int:
+def relay_outbox() -> dict[str, int]:
     """Publish due pending outbox rows (the safety net behind the fast path)."""
-    return services.outbox_relay_batch(using=using)
+    return {alias: services.outbox_relay_batch(using=alias) for alias in reconciler.reliability_databases()}
+
+
+@shared_task(name="reliability.reconcile", ignore_result=False, acks_late=False)
+def reconcile() -> list[dict[str, object]]:
+    """Find gaps and lost tails and publish them again with their original message_id."""
+    return [
+        {
+            "database": run.database,
+            "tail_gaps_found": run.tail_gaps_found,
+            "republished": run.republished,
+            "not_in_outbox": run.not_in_outbox,
+            "escalated": run.escalated,
+            "gaps_open": run.gaps_open,
+        }
+        for run in reconciler.reconcile_all()
+    ]
+
+
+@shared_task(name="reliability.stream_heartbeat", acks_late=False)
+def stream_heartbeat() -> int:
+    """Tell each stream's consumer the producer's high-water mark."""
+    return sum(heartbeat.stream_heartbeat_send(using=alias) for alias in reconciler.reliability_databases())
+
+
+@shared_task(name="reliability.purge_old_rows", ignore_result=False, acks_late=False)
+def purge_old_rows() -> dict[str, dict[str, int]]:
+    """Delete outbox, message-log and gap rows past retention, in bounded batches."""
+    return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}

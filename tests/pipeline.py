@@ -47,6 +47,7 @@ def broker_vhost() -> str:
 class PipelineTestCase(TransactionTestCase):
     """Integration tests against a real RabbitMQ, PostgreSQL and Celery processes."""
 
+    databases = "__all__"
     processes: list[CeleryProcess]
 
     def setUp(self) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import connections
 
 REPO = Path(settings.BASE_DIR)
 
@@ -27,8 +27,8 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
-def test_database_url() -> str:
-    params = connection.settings_dict
+def test_database_url(alias: str = "default") -> str:
+    params = connections[alias].settings_dict
     host = params["HOST"] or "127.0.0.1"
     port = params["PORT"] or "5432"
     auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
@@ -65,6 +65,7 @@ class CeleryProcess:
         env = {
             **os.environ,
             "DATABASE_URL": test_database_url(),
+            **({"BEANS_DATABASE_URL": test_database_url("beans")} if "beans" in connections else {}),
             "DJANGO_ENV": "test",
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,

@@ -1,5 +1,6 @@
 """Read-side queries of the trade service."""
 
+from django.conf import settings
 from django.db.models import Count
 
 from .models import Trade
@@ -54,9 +55,9 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
 
     applied_log = {
         str(message_id)
-        for message_id in MessageLog.objects.filter(handler=DEDUCT_TASK, outcome="deducted").values_list(
-            "message_id", flat=True
-        )
+        for message_id in MessageLog.objects.using(settings.BEANS_DATABASE)
+        .filter(handler=DEDUCT_TASK, outcome="deducted")
+        .values_list("message_id", flat=True)
     }
     for message_id in applied_log - deductions.keys():
         violations.append(f"I5: message log says {message_id} was deducted but the ledger has no entry")

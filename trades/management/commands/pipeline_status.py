@@ -5,9 +5,11 @@ from django.core.management.base import BaseCommand
 
 from reliability.selectors import (
     dead_letter_open_count,
+    gaps_escalated_count,
     message_log_stats,
     outbox_pending_stats,
     queue_depths,
+    stream_positions,
 )
 from trades.selectors import trade_counts_by_status
 
@@ -18,7 +20,9 @@ def pipeline_status() -> dict[str, Any]:
         **outbox_pending_stats(),
         **message_log_stats(),
         "dead_letters": dead_letter_open_count(),
+        "gaps_escalated": gaps_escalated_count(),
         "queue_depths": queue_depths(),
+        "streams": stream_positions(),
     }
 
 
@@ -40,6 +44,7 @@ class Command(BaseCommand):
             ("messages consumed", status["consumed"]),
             ("duplicate deliveries suppressed", status["duplicates_suppressed"]),
             ("dead letters (open)", status["dead_letters"]),
+            ("gaps escalated (need a human)", status["gaps_escalated"]),
         ]
         rows += [
             (f"queue {name} depth", "unknown" if depth is None else depth)
@@ -48,3 +53,20 @@ class Command(BaseCommand):
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
             self.stdout.write(f"{label:<{width}}  {value}")
+        if status["streams"]:
+            line = "{:<32} {:>9} {:>9} {:>9} {:>10} {:>6} {:>7}"
+            self.stdout.write(
+                "\n" + line.format("stream", "produced", "watermark", "seen", "gaps found", "open", "healed")
+            )
+            for stream in status["streams"]:
+                self.stdout.write(
+                    line.format(
+                        stream["stream"][:32],
+                        "-" if stream["produced_seq"] is None else stream["produced_seq"],
+                        stream["consumed_watermark"],
+                        stream["max_seen"],
+                        stream["gaps_found"],
+                        stream["gaps_open"],
+                        stream["gaps_healed"],
+                    )
+                )

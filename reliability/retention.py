@@ -1,0 +1,61 @@
+"""Retention: delete old outbox, message-log and gap rows in bounded batches.
+
+A message-log row is the only thing that recognises a redelivery, so it must
+outlive every way a message can come back: sitting in a queue (``max message
+age``), the reconciler's re-publishes (grace x attempts), and a dead-letter
+replay. ``retention_horizons_check`` refuses settings that break that rule, and
+the consumer refuses (dead-letters) a message older than the dedupe window.
+"""
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Model, QuerySet
+from django.utils import timezone
+
+from .models import MessageLog, OutboxMessage, ReconcileRun, StreamGap
+from .retention_rules import retention_horizons_check
+
+__all__ = ["retention_horizons_check", "retention_purge"]
+
+logger = logging.getLogger(__name__)
+
+
+def _delete_in_batches(queryset: QuerySet[Model], *, using: str, batch_size: int, max_batches: int) -> int:
+    deleted = 0
+    for _ in range(max_batches):
+        with transaction.atomic(using=using):
+            ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
+            if not ids:
+                break
+            count, _ = queryset.model._default_manager.using(using).filter(pk__in=ids).delete()
+        deleted += count
+    return deleted
+
+
+def retention_purge(
+    *, using: str = "default", batch_size: int = 1000, max_batches: int = 50
+) -> dict[str, int]:
+    """Delete rows past their retention; each table at most ``batch_size x max_batches`` per call."""
+    now = timezone.now()
+    dedupe_cutoff = now - timedelta(seconds=settings.RELIABILITY_DEDUPE_WINDOW_S)
+    outbox_cutoff = now - timedelta(seconds=settings.RELIABILITY_OUTBOX_RETENTION_S)
+    targets: dict[str, QuerySet[Model]] = {
+        "outbox": OutboxMessage.objects.using(using).filter(
+            status=OutboxMessage.Status.SENT, created_at__lt=outbox_cutoff
+        ),
+        "message_log": MessageLog.objects.using(using).filter(applied_at__lt=dedupe_cutoff),
+        "healed_gaps": StreamGap.objects.using(using).filter(
+            status=StreamGap.Status.HEALED, healed_at__lt=dedupe_cutoff
+        ),
+        "reconcile_runs": ReconcileRun.objects.using(using).filter(started_at__lt=dedupe_cutoff),
+    }
+    counts = {
+        name: _delete_in_batches(queryset, using=using, batch_size=batch_size, max_batches=max_batches)
+        for name, queryset in targets.items()
+    }
+    if any(counts.values()):
+        logger.info("retention on %s deleted %s", using, counts)
+    return counts
