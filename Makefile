@@ -46,8 +46,19 @@ migrate: venv services ## Apply the database migrations
 demo: venv services migrate ## Run the end-to-end demo (worker + beat + trades + verify)
 	VENV=$(VENV) scripts/demo
 
-test: venv services ## Run the test suite (extra arguments: TEST_ARGS="--tag integration")
+# The end-to-end tests again with the bean service in a database of its own.
+TWO_DATABASE_TESTS := \
+	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
+	tests.test_reconcile_integration.ReconcilerIntegrationTests.test_a_message_removed_from_the_queue_is_detected_and_republished
+
+test: venv services ## Run the test suite, then the end-to-end tests with two databases (TEST_ARGS=... for one run)
+ifeq ($(strip $(TEST_ARGS)),)
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput
+	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL=postgres://root@127.0.0.1:5432/beans_side \
+		$(PY) manage.py test --noinput $(TWO_DATABASE_TESTS)
+else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
+endif
 
 bench: venv services migrate ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -273,6 +273,8 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Reliability (outbox, relay, consumer middleware) ----------------------
 
+# Publish right after commit (the sweep is the safety net). Off: the sweep does it all.
+RELIABILITY_RELAY_FAST_PATH = env_bool("RELIABILITY_RELAY_FAST_PATH", True)
 # Rows published per relay sweep (bounded, locked, ordered by id).
 RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
 # The sweep leaves a fresh row this long to the after-commit fast path.

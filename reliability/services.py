@@ -85,7 +85,10 @@ def outbox_enqueue(
         # The sweep leaves a fresh row to the after-commit fast path for a moment.
         next_attempt_at=now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S),
     )
-    transaction.on_commit(partial(outbox_publish_after_commit, ids=[message.pk], using=using), using=using)
+    if settings.RELIABILITY_RELAY_FAST_PATH:
+        transaction.on_commit(
+            partial(outbox_publish_after_commit, ids=[message.pk], using=using), using=using
+        )
     return message
 
 

@@ -13,10 +13,11 @@ from beans.models import Account, LedgerEntry
 from beans.services import account_create
 from reliability.models import OutboxMessage
 from reliability.publisher import publisher
+from reliability.selectors import stream_positions
 from trades.models import Trade
 from trades.selectors import pipeline_violations
 
-from .processes import CeleryProcess, wait_until
+from .processes import CeleryProcess, run_manage_command, wait_until
 
 
 def broker_queues() -> list[str]:
@@ -58,17 +59,40 @@ class PipelineTestCase(TransactionTestCase):
         self.addCleanup(self.purge_queues)
         self.addCleanup(self.stop_processes)
 
+    # Short reconciler periods so that healing shows within a test.
+    process_env = {
+        "RELIABILITY_RECONCILE_GRACE_S": "1",
+        "RELIABILITY_RECONCILE_INTERVAL_S": "1",
+        "RELIABILITY_HEARTBEAT_INTERVAL_S": "1",
+    }
+
     def start_worker(
         self, *, name: str = "w1", concurrency: int = 2, env: dict[str, str] | None = None
     ) -> CeleryProcess:
-        worker = CeleryProcess("worker", name=name, concurrency=concurrency, env=env).start()
+        worker = CeleryProcess(
+            "worker", name=name, concurrency=concurrency, env={**self.process_env, **(env or {})}
+        )
         self.processes.append(worker)
-        return worker
+        return worker.start()
 
     def start_beat(self) -> CeleryProcess:
-        beat = CeleryProcess("beat").start()
+        beat = CeleryProcess("beat", env=self.process_env)
         self.processes.append(beat)
-        return beat
+        return beat.start()
+
+    def run_manage(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> int:
+        """Run a management command in a subprocess against the test databases; return its exit code."""
+        return run_manage_command(*args, env={**self.process_env, **(env or {})}, timeout=timeout)
+
+    def assert_streams_contiguous(self) -> None:
+        """I6: every stream's consumed seqs are exactly 1..k, with k the producer's last seq."""
+        positions = stream_positions()
+        self.assertTrue(positions, "some streams were produced")
+        for position in positions:
+            with self.subTest(stream=position["stream"]):
+                self.assertEqual(position["consumed_watermark"], position["produced_seq"], position)
+                self.assertEqual(position["max_seen"], position["produced_seq"], position)
+                self.assertEqual(position["gaps_open"], 0, position)
 
     def stop_processes(self) -> None:
         for process in self.processes:

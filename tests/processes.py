@@ -35,6 +35,25 @@ def test_database_url(alias: str = "default") -> str:
     return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
 
 
+def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a subprocess that works on the test databases and vhost."""
+    return {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        **({"BEANS_DATABASE_URL": test_database_url("beans")} if "beans" in connections else {}),
+        "DJANGO_ENV": "test",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
+def run_manage_command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> int:
+    completed = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO, env=subprocess_env(env), timeout=timeout, check=False
+    )
+    return completed.returncode
+
+
 class CeleryProcess:
     """A ``celery -A project worker|beat`` subprocess in its own process group."""
 
@@ -62,14 +81,7 @@ class CeleryProcess:
         return [*base, "--schedule", str(self.workdir / "beat-schedule")]
 
     def start(self) -> "CeleryProcess":
-        env = {
-            **os.environ,
-            "DATABASE_URL": test_database_url(),
-            **({"BEANS_DATABASE_URL": test_database_url("beans")} if "beans" in connections else {}),
-            "DJANGO_ENV": "test",
-            "PYTHONUNBUFFERED": "1",
-            **self.extra_env,
-        }
+        env = subprocess_env(self.extra_env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
