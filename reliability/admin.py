@@ -11,7 +11,15 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
+from .models import (
+    DeadLetter,
+    MessageLog,
+    OutboxMessage,
+    ReconcileRun,
+    StreamCounter,
+    StreamGap,
+    StreamWatermark,
+)
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -86,4 +94,63 @@ class DeadLetterAdmin(ReadOnlyModelAdmin):
     list_filter = ("reason", "status", "handler", "created_at")
     search_fields = ("=message_id", "handler", "detail")
     date_hierarchy = "created_at"
+    ordering = ("-id",)
+
+
+@admin.register(StreamWatermark)
+class StreamWatermarkAdmin(ReadOnlyModelAdmin):
+    """Per stream and handler: how far the consumer got, and the gaps found, open and healed."""
+
+    list_display = (
+        "stream",
+        "handler",
+        "watermark",
+        "max_seen",
+        "producer_high",
+        "gaps_found",
+        "gaps_open",
+        "gaps_healed",
+        "last_applied_at",
+    )
+    list_filter = ("handler",)
+    search_fields = ("stream", "handler")
+    date_hierarchy = "updated_at"
+    ordering = ("stream", "handler")
+
+
+@admin.register(StreamGap)
+class StreamGapAdmin(ReadOnlyModelAdmin):
+    """Missing seqs; an escalated one has outlived the reconciler's attempts and needs a human."""
+
+    list_display = (
+        "stream",
+        "seq",
+        "handler",
+        "status",
+        "republish_attempts",
+        "detected_at",
+        "last_republished_at",
+        "healed_at",
+    )
+    list_filter = ("status", "handler")
+    search_fields = ("stream", "=seq", "last_error")
+    date_hierarchy = "detected_at"
+    ordering = ("-id",)
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(ReadOnlyModelAdmin):
+    list_display = (
+        "started_at",
+        "database",
+        "outbox_relayed",
+        "tail_gaps_found",
+        "republished",
+        "not_in_outbox",
+        "escalated",
+        "gaps_open",
+        "finished_at",
+    )
+    list_filter = ("database",)
+    date_hierarchy = "started_at"
     ordering = ("-id",)

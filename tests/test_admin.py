@@ -11,8 +11,17 @@ from django.urls import reverse
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
-from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
+from reliability.models import (
+    DeadLetter,
+    MessageLog,
+    OutboxMessage,
+    ReconcileRun,
+    StreamCounter,
+    StreamGap,
+    StreamWatermark,
+)
 from reliability.services import dead_letter_record, message_log_insert
+from reliability.streams import stream_position_record
 from trades.models import Trade
 from trades.services import trade_place
 
@@ -21,6 +30,9 @@ ALL_MODELS: list[type[models.Model]] = [
     StreamCounter,
     MessageLog,
     DeadLetter,
+    StreamWatermark,
+    StreamGap,
+    ReconcileRun,
     Account,
     LedgerEntry,
     Trade,
@@ -42,6 +54,8 @@ class AdminTestCase(TestCase):
         self.message_id = self.trade.deduction_message_id
         self.outbox = OutboxMessage.objects.get(message_id=self.message_id)
         message_log_insert(handler="beans.deduct", message_id=self.message_id, stream="deductions.1", seq=1)
+        stream_position_record(handler="beans.deduct", stream="deductions.1", seq=3)  # seqs 1 and 2: gaps
+        ReconcileRun.objects.create(database="default")
         with self.assertLogs("reliability", level="ERROR"):
             dead_letter_record(
                 handler="beans.deduct", reason=DeadLetter.Reason.HANDLER_FAILED, detail="test", envelope={}
