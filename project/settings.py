@@ -313,6 +313,25 @@ _retention_problems = retention_horizons_check(
 if _retention_problems:
     raise ImproperlyConfigured("unsafe retention settings: " + "; ".join(_retention_problems))
 
+# --- Message ids (reliability/ids.py) ----------------------------------------
+# Which generator assigns message ids: snowflake (default), uuid7, redis or database.
+RELIABILITY_ID_GENERATOR = env_str("RELIABILITY_ID_GENERATOR", "snowflake")
+if RELIABILITY_ID_GENERATOR not in {"snowflake", "uuid7", "redis", "database"}:
+    raise ImproperlyConfigured("RELIABILITY_ID_GENERATOR must be snowflake, uuid7, redis or database")
+# Redis for snowflake worker-id leases and the "redis" counter; when unreachable, ids stop
+# rather than risk a duplicate. No delivery guarantee depends on Redis.
+RELIABILITY_REDIS_URL = env_str("RELIABILITY_REDIS_URL", "redis://127.0.0.1:6379/0")
+# A fixed snowflake worker id (0..1023), unique per *process*; unset: leased from Redis.
+RELIABILITY_SNOWFLAKE_WORKER_ID = (
+    env_int("RELIABILITY_SNOWFLAKE_WORKER_ID", 0)
+    if os.environ.get("RELIABILITY_SNOWFLAKE_WORKER_ID")
+    else None
+)
+# Lease TTL of a Redis-leased worker id (renewed every TTL/3); ids stop after this long without Redis.
+RELIABILITY_SNOWFLAKE_LEASE_TTL_S = env_float("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", 30.0)
+# A clock step back of up to this many ms is waited out; more raises ClockMovedBackwards.
+RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS = env_int("RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS", 50)
+
 # Fault points for the failure tests (see reliability/faults.py). Refused in production.
 RELIABILITY_FAULT_INJECTION = env_bool("RELIABILITY_FAULT_INJECTION", False)
 if RELIABILITY_FAULT_INJECTION and IS_PRODUCTION:

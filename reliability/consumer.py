@@ -39,12 +39,14 @@ from django.utils import timezone
 from . import services
 from .exceptions import InvalidEnvelope
 from .faults import fault_point
+from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter
 from .streams import stream_high_record, stream_position_record
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# Worth another try: the database went away, or ids cannot be issued for a moment.
+_TRANSIENT_ERRORS = (OperationalError, InterfaceError, ClockMovedBackwards, WorkerIdUnavailable)
 # SQLSTATE classes worth retrying: serialization failure, deadlock.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
 _REQUEUE_PAUSE_MAX_S = 5.0

@@ -16,6 +16,8 @@ from django.test.runner import DiscoverRunner
 
 from reliability.publisher import publisher
 
+TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
+
 
 def rabbitmqctl(*args: str) -> None:
     if shutil.which("rabbitmqctl") is None:
@@ -28,6 +30,10 @@ class PipelineTestRunner(DiscoverRunner):
 
     def setup_test_environment(self, **kwargs: Any) -> None:
         super().setup_test_environment(**kwargs)
+        # Short snowflake leases: after a Redis flush a new process waits at most one TTL.
+        os.environ.setdefault("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", "3")
+        # A Redis database of the tests' own, so a test may flush it.
+        os.environ.setdefault("RELIABILITY_REDIS_URL", TEST_REDIS_URL)
         self.vhost = f"test-{os.getpid()}"
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")

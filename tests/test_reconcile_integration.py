@@ -1,8 +1,10 @@
 """Design for failure, end to end: gaps, lost tails, a killed relay, a restarted broker."""
 
+import os
 import tempfile
 import threading
 
+import redis
 from celery import current_app
 from django.conf import settings
 from django.test import override_settings, tag
@@ -120,3 +122,19 @@ class ReconcilerIntegrationTests(PipelineTestCase):
         self.assert_exactly_once(trades=300)
         self.assert_streams_contiguous()
         self.assertEqual(Trade.objects.filter(status=Trade.Status.DEDUCTED).count(), 300)
+
+    def test_redis_flushed_mid_run_breaks_no_guarantee(self) -> None:
+        accounts = self.create_accounts(5, balance=100_000)
+        self.start_worker()
+        self.start_beat()
+        for n in range(100):
+            trade_place(account_id=accounts[n % 5], beans=10)
+        client = redis.Redis.from_url(os.environ["RELIABILITY_REDIS_URL"])
+        self.assertTrue(client.keys("*"), "worker ids are leased in Redis")
+        client.flushdb()
+        for n in range(100):
+            trade_place(account_id=accounts[n % 5], beans=10)
+        self.wait_drained(timeout=180)
+        self.assert_exactly_once(trades=200)
+        self.assert_streams_contiguous()
+        self.assertTrue(client.keys("*"), "the live processes leased their worker ids again")

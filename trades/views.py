@@ -7,6 +7,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
+
 from . import selectors, services
 from .exceptions import AccountNotFound, IdempotencyConflict, TradeInvalid
 from .models import Trade
@@ -68,6 +70,10 @@ def trade_create(request: HttpRequest) -> JsonResponse:
         return _error(404, str(exc))
     except IdempotencyConflict as exc:
         return _error(409, str(exc))
+    except (WorkerIdUnavailable, ClockMovedBackwards) as exc:
+        response = _error(503, f"cannot assign a message id right now, nothing was written: {exc}")
+        response["Retry-After"] = "5"
+        return response
     return JsonResponse(trade_json(trade), status=201 if created else 200)
 
 
