@@ -227,6 +227,9 @@ RELIABILITY_DEAD_LETTER_EXCHANGE = "dead-letters"
 RELIABILITY_DEAD_LETTER_QUEUE = "dead-letters"
 # How many times the broker delivers a message before dead-lettering it (quorum queues).
 RELIABILITY_DELIVERY_LIMIT = env_int("RELIABILITY_DELIVERY_LIMIT", 20)
+# Replicas of every quorum queue on a cluster (a majority must store a message before
+# the broker confirms it); a single node holds one.
+RELIABILITY_QUORUM_REPLICAS = env_int("RELIABILITY_QUORUM_REPLICAS", 3)
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
 CELERY_TASK_QUEUES = [
@@ -234,6 +237,7 @@ CELERY_TASK_QUEUES = [
         name,
         dead_letter_exchange=RELIABILITY_DEAD_LETTER_EXCHANGE,
         delivery_limit=RELIABILITY_DELIVERY_LIMIT,
+        replicas=RELIABILITY_QUORUM_REPLICAS,
     )
     for name in ("beans", "trades", "housekeeping")
 ]

@@ -51,14 +51,21 @@ class ConfirmedPublisher:
         if time.monotonic() < self._circuit_open_until:
             raise BrokerUnavailable("broker unreachable a moment ago; leaving it to the relay")
         app = current_app
+        # Several ';'-separated URLs are cluster nodes: try each once, round robin.
         connection = Connection(
             app.conf.broker_url,
             connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,
             transport_options={"confirm_publish": True},
+            failover_strategy="round-robin",
             heartbeat=0,
         )
         try:
-            connection.ensure_connection(max_retries=1, timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S)
+            connection.ensure_connection(
+                max_retries=len(app.conf.broker_url.split(";")),
+                interval_start=0,
+                interval_step=0,
+                timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,
+            )
             topology_declare(connection, app.conf.task_queues, self._dead_letter_queues())
             producer = Producer(connection.channel(), on_return=self._on_return, auto_declare=False)
         except Exception as exc:
@@ -74,6 +81,7 @@ class ConfirmedPublisher:
             exchange=settings.RELIABILITY_DEAD_LETTER_EXCHANGE,
             queue=settings.RELIABILITY_DEAD_LETTER_QUEUE,
             routing_keys=[queue.routing_key for queue in current_app.conf.task_queues],
+            replicas=settings.RELIABILITY_QUORUM_REPLICAS,
         )
 
     def topology_declare(self) -> list[str]:

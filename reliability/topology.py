@@ -11,11 +11,13 @@ from collections.abc import Iterable
 from kombu import Connection, Exchange, Queue
 
 
-def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int) -> Queue:
+def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int, replicas: int = 3) -> Queue:
     """Return a durable quorum queue bound to a topic exchange of the same name.
 
     Topic, not direct: Celery's native delayed delivery (countdowns on quorum
-    queues) only works through topic or fanout exchanges.
+    queues) only works through topic or fanout exchanges. ``replicas`` is the
+    Raft group size on a cluster (a single node simply holds the one replica);
+    a publish is confirmed once a majority of them stored the message.
     """
     return Queue(
         name,
@@ -24,6 +26,7 @@ def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int) -
         durable=True,
         queue_arguments={
             "x-queue-type": "quorum",
+            "x-quorum-initial-group-size": replicas,
             "x-dead-letter-exchange": dead_letter_exchange,
             "x-dead-letter-routing-key": name,
             "x-delivery-limit": delivery_limit,
@@ -35,11 +38,19 @@ def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int) -
     )
 
 
-def dead_letter_queue(*, exchange: str, queue: str, routing_keys: Iterable[str]) -> list[Queue]:
+def dead_letter_queue(
+    *, exchange: str, queue: str, routing_keys: Iterable[str], replicas: int = 3
+) -> list[Queue]:
     """Return the dead-letter queue bound once per source queue's routing key."""
     dlx = Exchange(exchange, type="direct", durable=True)
     return [
-        Queue(queue, dlx, routing_key=key, durable=True, queue_arguments={"x-queue-type": "quorum"})
+        Queue(
+            queue,
+            dlx,
+            routing_key=key,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum", "x-quorum-initial-group-size": replicas},
+        )
         for key in routing_keys
     ]
 
