@@ -60,7 +60,7 @@ else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
 
-bench: venv services migrate ## Run the benchmark (extra arguments: BENCH_ARGS=...)
+bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: venv ## Run ruff (lint + format check)

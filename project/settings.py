@@ -220,6 +220,9 @@ CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
 # A task routed to a queue nobody declared is a bug, not a reason to invent a queue.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
 CELERY_TASK_CREATE_MISSING_QUEUES = False
+# Undecodable messages are rejected to the dead-letter exchange, not acknowledged away.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-consumer
+CELERY_WORKER_CONSUMER = "reliability.worker:DeadLetteringConsumer"
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 
@@ -267,6 +270,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0)),
         "options": {"expires": 30},
     },
+    # Records what the broker dead-lettered (with reason, headers, body) in the DeadLetter table.
+    "drain-dead-letters": {
+        "task": "reliability.drain_dead_letters",
+        "schedule": timedelta(seconds=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0)),
+        "options": {"expires": 30},
+    },
     # Deletes outbox, message-log and gap rows past retention, in bounded batches.
     "retention": {
         "task": "reliability.purge_old_rows",
@@ -289,8 +298,9 @@ RELIABILITY_CONNECT_TIMEOUT_S = env_float("RELIABILITY_CONNECT_TIMEOUT_S", 2.0)
 # Backoff after a failed publish: min(base * 2**attempts, max), in seconds.
 RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S", 0.5)
 RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)
-# Transient handler failures (database gone, deadlock) are retried this often.
-RELIABILITY_HANDLER_MAX_RETRIES = env_int("RELIABILITY_HANDLER_MAX_RETRIES", 10)
+# A failed delivery is requeued after min(0.1 s x 2^deliveries, this); the queue's
+# delivery limit (RELIABILITY_DELIVERY_LIMIT) bounds the loop and dead-letters the rest.
+RELIABILITY_REQUEUE_PAUSE_MAX_S = env_float("RELIABILITY_REQUEUE_PAUSE_MAX_S", 5.0)
 
 # Reconciler: re-publish what the consumer never saw, once it is older than the grace.
 RELIABILITY_RECONCILE_GRACE_S = env_float("RELIABILITY_RECONCILE_GRACE_S", 30.0)

@@ -5,12 +5,15 @@ touch. The one write, "Publish now", goes through the relay service: it marks a
 row sent only after the broker confirmed it, exactly as the sweep would.
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import services
+from . import dead_letters, services
+from .exceptions import ReliabilityError
 from .models import (
     DeadLetter,
     MessageLog,
@@ -20,6 +23,10 @@ from .models import (
     StreamGap,
     StreamWatermark,
 )
+
+
+class DiscardActionForm(ActionForm):
+    reason = forms.CharField(required=False, label="Discard reason", max_length=2000)
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -90,11 +97,52 @@ class MessageLogAdmin(ReadOnlyModelAdmin):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(ReadOnlyModelAdmin):
-    list_display = ("id", "message_id", "handler", "reason", "status", "created_at")
+    """Dead letters with their reason; replay (original message_id) or discard with a reason."""
+
+    list_display = (
+        "id",
+        "message_id",
+        "handler",
+        "reason",
+        "status",
+        "occurrences",
+        "replays",
+        "created_at",
+        "last_replayed_at",
+    )
     list_filter = ("reason", "status", "handler", "created_at")
-    search_fields = ("=message_id", "handler", "detail")
+    search_fields = ("=message_id", "handler", "detail", "discard_reason")
     date_hierarchy = "created_at"
     ordering = ("-id",)
+    action_form = DiscardActionForm
+    actions = ("replay", "discard")
+
+    @admin.action(description="Replay (publish again with the original message_id)", permissions=["publish"])
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        replayed, refused = 0, []
+        for letter in queryset:
+            try:
+                dead_letters.dead_letter_replay(letter_id=letter.pk, using=queryset.db)
+                replayed += 1
+            except ReliabilityError as exc:
+                refused.append(str(exc))
+        self.message_user(request, f"{replayed} dead letters replayed.", messages.SUCCESS)
+        for problem in refused:
+            self.message_user(request, problem, messages.WARNING)
+
+    @admin.action(description="Discard (give the reason in the box)", permissions=["publish"])
+    def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        reason = request.POST.get("reason", "").strip()
+        if not reason:
+            self.message_user(request, "Nothing discarded: a discard needs a reason.", messages.ERROR)
+            return
+        for letter in queryset:
+            dead_letters.dead_letter_discard(letter_id=letter.pk, reason=reason, using=queryset.db)
+        self.message_user(request, f"{queryset.count()} dead letters discarded.", messages.SUCCESS)
+
+    def has_publish_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
 
 
 @admin.register(StreamWatermark)

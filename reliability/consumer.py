@@ -37,7 +37,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from django.utils import timezone
 
 from . import services
-from .exceptions import InvalidEnvelope
+from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 _TRANSIENT_ERRORS = (OperationalError, InterfaceError, ClockMovedBackwards, WorkerIdUnavailable)
 # SQLSTATE classes worth retrying: serialization failure, deadlock.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
-_REQUEUE_PAUSE_MAX_S = 5.0
 HEARTBEAT = "heartbeat"
 
 
@@ -125,6 +124,18 @@ def message_age_s(message: Message) -> float | None:
     return (timezone.now() - produced).total_seconds()
 
 
+def delivery_count(task: Task) -> int:
+    """Return how often the broker delivered this message before (quorum queues say so)."""
+    request = task.request
+    raw = vars(request).get("x-delivery-count")
+    if raw is None:
+        raw = (getattr(request, "headers", None) or {}).get("x-delivery-count")
+    try:
+        return int(raw or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _TRANSIENT_ERRORS):
         return True
@@ -159,6 +170,7 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             message_id=message.message_id,
             stream=message.stream,
             seq=message.seq,
+            queue=getattr(task, "queue", "") or "",
             using=using,
         )
         return "dead-lettered"
@@ -179,6 +191,7 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
                     producer_high=message.producer_high,
                     using=using,
                 )
+                fault_point("consume.before_handler", message_id=message.message_id)
                 outcome = handler(message) or "applied"
                 services.message_log_record_outcome(
                     handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
@@ -189,17 +202,24 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
                     handler=handler_name, message_id=message.message_id, using=using
                 )
     except Exception as exc:
-        if _is_transient(exc):
-            pause = min(0.2 * 2 ** min(task.request.retries or 0, 5), _REQUEUE_PAUSE_MAX_S)
-            logger.warning(
-                "message %s for %s hit a transient error, requeueing: %s",
+        if not isinstance(exc, PoisonMessage):
+            # Maybe transient (a database hiccup), maybe a bug: requeue after a pause that
+            # grows with the deliveries. The queue's delivery limit bounds the loop and
+            # dead-letters what keeps failing; the drain records it with the reason.
+            deliveries = delivery_count(task)
+            pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
+            log = logger.warning if _is_transient(exc) else logger.error
+            log(
+                "message %s for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
                 message.message_id,
                 handler_name,
+                deliveries + 1,
+                pause,
+                type(exc).__name__,
                 exc,
             )
             time.sleep(pause)
             raise Reject(exc, requeue=True) from exc
-        logger.exception("handler %s failed on message %s", handler_name, message.message_id)
         services.dead_letter_record(
             handler=handler_name,
             reason=DeadLetter.Reason.HANDLER_FAILED,
@@ -208,6 +228,7 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             message_id=message.message_id,
             stream=message.stream,
             seq=message.seq,
+            queue=getattr(task, "queue", "") or "",
             using=using,
         )
         return "dead-lettered"
@@ -223,6 +244,7 @@ class ExactlyOnceTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    reliability_database = "default"
 
 
 def exactly_once_task(
@@ -240,6 +262,8 @@ def exactly_once_task(
 
         consume.__name__ = handler.__name__
         consume.__doc__ = handler.__doc__
-        return shared_task(name=name, queue=queue, base=ExactlyOnceTask, bind=True, **options)(consume)
+        return shared_task(
+            name=name, queue=queue, base=ExactlyOnceTask, bind=True, reliability_database=using, **options
+        )(consume)
 
     return decorate

@@ -5,6 +5,14 @@ class ReliabilityError(Exception):
     """Base class of every error the reliability app raises."""
 
 
+class PoisonMessage(ReliabilityError):
+    """Raise (or subclass) in a handler for a message that can never succeed as it is.
+
+    The middleware records it as a dead letter at once and acknowledges it, instead
+    of requeueing it until the delivery limit. Replay it once the cause is fixed.
+    """
+
+
 class OutboxUsageError(ReliabilityError):
     """The outbox was used in a way that would break the commit-together rule."""
 

@@ -3,7 +3,8 @@
 Enabled only when ``settings.RELIABILITY_FAULT_INJECTION`` is true, which settings
 refuse in production. ``settings.RELIABILITY_FAULTS`` names the points, e.g.
 ``consume.after_commit=kill:2,relay.after_publish=kill:1``: the first two times
-any process passes ``consume.after_commit`` it is killed with SIGKILL. The count is
+any process passes ``consume.after_commit`` it is killed with SIGKILL. The action
+``raise`` raises ``RuntimeError`` instead (a handler that keeps failing). The count is
 shared across processes through marker files in ``settings.RELIABILITY_FAULT_DIR``
 (created with O_EXCL), so "kill once" means once for the whole test run.
 """
@@ -52,6 +53,8 @@ def fault_point(point: str, *, message_id: object = None) -> None:
     action, times = fault
     if not _claim(point, times):
         return
+    if action == "raise":
+        raise RuntimeError(f"fault point {point}: injected failure (message {message_id})")
     if action == "kill":
         logger.warning(
             "fault point %s: killing process %d with SIGKILL (message %s)", point, os.getpid(), message_id

@@ -223,12 +223,23 @@ class ReconcileRun(models.Model):
 
 
 class DeadLetter(models.Model):
-    """A message that can never succeed as it is: kept with the reason, never dropped."""
+    """A message that cannot succeed as it is: kept with the reason, never dropped.
+
+    Recorded by the consumer middleware (a message that can never succeed) or by
+    the dead-letter drain (what the broker dead-lettered: a handler that kept
+    failing past the delivery limit, a body Celery could not decode). A replay
+    re-publishes it with its original message_id, so the message log makes a
+    replay of something already applied harmless. One row per (handler,
+    message_id): failing again reopens it.
+    """
 
     class Reason(models.TextChoices):
         INVALID_ENVELOPE = "invalid_envelope", "Invalid envelope"
-        HANDLER_FAILED = "handler_failed", "Handler failed"
+        HANDLER_FAILED = "handler_failed", "Handler refused it for good"
         EXPIRED = "expired", "Older than the maximum message age"
+        DELIVERY_LIMIT = "delivery_limit", "Kept failing past the delivery limit"
+        REJECTED = "rejected", "Rejected by the worker (undecodable, unknown task)"
+        BROKER_OTHER = "broker_other", "Dead-lettered by the broker for another reason"
 
     class Status(models.TextChoices):
         OPEN = "open", "Open"
@@ -242,10 +253,29 @@ class DeadLetter(models.Model):
     reason = models.CharField(max_length=32, choices=Reason.choices)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     detail = models.TextField(blank=True, default="")
-    envelope = models.JSONField(null=True, blank=True)
+    envelope = models.JSONField(null=True, blank=True, help_text="What a replay publishes again.")
+    queue = models.CharField(max_length=100, blank=True, default="")
+    headers = models.JSONField(null=True, blank=True)
+    body = models.TextField(blank=True, default="", help_text="The raw body, as the broker held it.")
+    occurrences = models.PositiveIntegerField(default=1)
+    replays = models.PositiveIntegerField(default=0)
+    last_replayed_at = models.DateTimeField(null=True, blank=True)
+    discard_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handler", "message_id"],
+                condition=Q(message_id__isnull=False),
+                name="dead_letter_handler_message_unique",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="discarded") | ~Q(discard_reason=""),
+                name="dead_letter_discard_has_reason",
+            ),
+        ]
         indexes = [models.Index(fields=["status", "created_at"], name="dead_letter_status_idx")]
 
     def __str__(self) -> str:

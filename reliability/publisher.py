@@ -104,25 +104,37 @@ class ConfirmedPublisher:
     def publish(self, *, task_name: str, queue: str, message_id: str, envelope: dict[str, Any]) -> None:
         """Publish one task message and return only once the broker confirmed it."""
         with self._lock:
-            producer = self._connect()
-            self._returned.clear()
+            reused = self._producer is not None and self._pid == os.getpid()
             try:
-                current_app.send_task(
-                    task_name,
-                    args=[envelope],
-                    task_id=message_id,
-                    queue=queue,
-                    producer=producer,
-                    mandatory=True,
-                    retry=False,
-                    declare=[],
-                    delivery_mode=2,
-                    confirm_timeout=settings.RELIABILITY_CONFIRM_TIMEOUT_S,
-                )
-            except Exception as exc:
-                raise self._publish_error(exc, message_id) from exc
-            if self._returned:
-                raise PublishReturned(f"message {message_id} unroutable: {self._returned[0]}")
+                self._publish_once(task_name, queue, message_id, envelope)
+            except BrokerUnavailable:
+                if not reused:
+                    raise
+                # The kept connection had died (broker restart, idle cut): one fresh try.
+                # If the failed attempt did reach the broker, the consumer drops the copy.
+                self._circuit_open_until = 0.0
+                self._publish_once(task_name, queue, message_id, envelope)
+
+    def _publish_once(self, task_name: str, queue: str, message_id: str, envelope: dict[str, Any]) -> None:
+        producer = self._connect()
+        self._returned.clear()
+        try:
+            current_app.send_task(
+                task_name,
+                args=[envelope],
+                task_id=message_id,
+                queue=queue,
+                producer=producer,
+                mandatory=True,
+                retry=False,
+                declare=[],
+                delivery_mode=2,
+                confirm_timeout=settings.RELIABILITY_CONFIRM_TIMEOUT_S,
+            )
+        except Exception as exc:
+            raise self._publish_error(exc, message_id) from exc
+        if self._returned:
+            raise PublishReturned(f"message {message_id} unroutable: {self._returned[0]}")
 
     def _publish_error(self, exc: Exception, message_id: str) -> PublishError:
         """Classify a failed publish. kombu wraps py-amqp errors, so look down the chain."""

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -249,28 +249,81 @@ def dead_letter_record(
     message_id: uuid.UUID | None = None,
     stream: str = "",
     seq: int | None = None,
+    queue: str = "",
+    headers: dict[str, Any] | None = None,
+    body: str = "",
     using: str = "default",
 ) -> DeadLetter:
-    """Keep a message that can never succeed, with the reason; it is never dropped.
+    """Keep a message that cannot succeed, with the reason; it is never dropped.
 
-    Its seq counts as accounted for, so the reconciler does not chase it as a gap.
+    One row per (handler, message_id): a message that fails again (say after a
+    replay) reopens its row and counts another occurrence. Its seq counts as
+    accounted for, so the reconciler does not chase it as a gap.
     """
-    stored_envelope = envelope
-    try:
-        json.dumps(envelope)
-    except (TypeError, ValueError):
-        stored_envelope = {"unserializable": repr(envelope)[:10_000]}
+    now = timezone.now()
+    fields = {
+        "reason": reason,
+        "detail": detail[:10_000],
+        "envelope": json_safe(envelope),
+        "stream": stream,
+        "seq": seq,
+        "queue": queue,
+        "headers": json_safe(headers),
+        "body": body[:100_000],
+        "updated_at": now,
+    }
     with transaction.atomic(using=using):
-        letter = DeadLetter.objects.using(using).create(
-            handler=handler,
-            reason=reason,
-            detail=detail[:10_000],
-            envelope=stored_envelope,
-            message_id=message_id,
-            stream=stream,
-            seq=seq,
-        )
+        letter = None
+        if message_id is not None:
+            letter = (
+                DeadLetter.objects.using(using)
+                .select_for_update()
+                .filter(handler=handler, message_id=message_id)
+                .first()
+            )
+        if letter is None:
+            try:
+                with transaction.atomic(using=using):
+                    letter = DeadLetter.objects.using(using).create(
+                        handler=handler, message_id=message_id, **fields
+                    )
+            except IntegrityError:  # recorded concurrently: reopen that one
+                letter = (
+                    DeadLetter.objects.using(using)
+                    .select_for_update()
+                    .get(handler=handler, message_id=message_id)
+                )
+                letter = _dead_letter_reopen(letter, fields, using=using)
+        else:
+            letter = _dead_letter_reopen(letter, fields, using=using)
         if stream and seq is not None:
             stream_position_record(handler=handler, stream=stream, seq=seq, using=using)
     logger.error("dead-lettered message %s for %s: %s: %s", message_id, handler, reason, detail[:500])
     return letter
+
+
+def _dead_letter_reopen(letter: DeadLetter, fields: dict[str, Any], *, using: str) -> DeadLetter:
+    for name, value in fields.items():
+        if value not in (None, "") or name in {"reason", "detail"}:
+            setattr(letter, name, value)
+    letter.status = DeadLetter.Status.OPEN
+    letter.discard_reason = ""
+    letter.occurrences += 1
+    letter.save(using=using)
+    return letter
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` if it is JSON, else its JSON rendering with unknown types as text."""
+    if value is None:
+        return None
+    try:
+        return json.loads(json.dumps(value, default=_json_default))
+    except (TypeError, ValueError):
+        return {"unserializable": repr(value)[:10_000]}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

@@ -2,10 +2,12 @@
 
 from celery import shared_task
 
-from . import heartbeat, reconciler, retention, services
+from . import dead_letters, heartbeat, reconciler, retention, services
 
 
-@shared_task(name="reliability.relay_outbox", ignore_result=False, acks_late=False)
+# The frequent housekeeping tasks keep no result (one row a second would pile up);
+# the reconciler and retention keep theirs in django-celery-results as an audit trail.
+@shared_task(name="reliability.relay_outbox", ignore_result=True, acks_late=False)
 def relay_outbox() -> dict[str, int]:
     """Publish due pending outbox rows (the safety net behind the fast path)."""
     return {alias: services.outbox_relay_batch(using=alias) for alias in reconciler.reliability_databases()}
@@ -37,3 +39,9 @@ def stream_heartbeat() -> int:
 def purge_old_rows() -> dict[str, dict[str, int]]:
     """Delete outbox, message-log and gap rows past retention, in bounded batches."""
     return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}
+
+
+@shared_task(name="reliability.drain_dead_letters", ignore_result=True, acks_late=False)
+def drain_dead_letters() -> int:
+    """Record what the broker dead-lettered in the DeadLetter table, then acknowledge it."""
+    return dead_letters.dead_letters_drain()

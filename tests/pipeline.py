@@ -2,6 +2,7 @@
 
 import subprocess
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from celery import current_app
@@ -64,6 +65,8 @@ class PipelineTestCase(TransactionTestCase):
         "RELIABILITY_RECONCILE_GRACE_S": "1",
         "RELIABILITY_RECONCILE_INTERVAL_S": "1",
         "RELIABILITY_HEARTBEAT_INTERVAL_S": "1",
+        "RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S": "1",
+        "RELIABILITY_REQUEUE_PAUSE_MAX_S": "0.05",
     }
 
     def start_worker(
@@ -118,6 +121,13 @@ class PipelineTestCase(TransactionTestCase):
             self.initial_balances[account.pk] = balance
             ids.append(account.pk)
         return ids
+
+    def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+        """Like ``wait_until``, with the worker and beat logs in the failure message."""
+        try:
+            wait_until(predicate, timeout=timeout, interval=0.5, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     def wait_drained(self, *, timeout: float = 120) -> None:
         """Wait until every trade is settled and the outbox is empty."""

@@ -15,6 +15,7 @@ from django.db import OperationalError, transaction
 from django.test import TestCase
 
 from reliability.consumer import Message, message_consume
+from reliability.exceptions import PoisonMessage
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
 from reliability.services import outbox_enqueue, outbox_envelope
 
@@ -128,8 +129,8 @@ class MessageConsumeTests(TestCase):
         self.assertEqual(DeadLetter.objects.count(), len(cases))
         self.assertFalse(MessageLog.objects.exists())
 
-    def test_failing_handler_is_dead_lettered_and_its_effects_rolled_back(self) -> None:
-        handler = RecordingHandler(error=ValueError("bad payload"))
+    def test_poison_message_is_dead_lettered_at_once_and_its_effects_rolled_back(self) -> None:
+        handler = RecordingHandler(error=PoisonMessage("bad payload"))
         outbox_rows = OutboxMessage.objects.count()
 
         with self.assertLogs("reliability", level="ERROR"):
@@ -140,18 +141,33 @@ class MessageConsumeTests(TestCase):
         letter = DeadLetter.objects.get()
         self.assertEqual(letter.reason, DeadLetter.Reason.HANDLER_FAILED)
         self.assertEqual(letter.message_id, self.row.message_id)
-        self.assertIn("ValueError: bad payload", letter.detail)
+        self.assertIn("PoisonMessage: bad payload", letter.detail)
         self.assertEqual(letter.envelope, self.envelope)
         self.assertFalse(MessageLog.objects.exists())
         self.assertEqual(OutboxMessage.objects.count(), outbox_rows)
 
     def test_dead_lettered_message_can_be_applied_once_fixed(self) -> None:
         with self.assertLogs("reliability", level="ERROR"):
-            _consume(self.envelope, RecordingHandler(error=ValueError("bug")))
+            _consume(self.envelope, RecordingHandler(error=PoisonMessage("bug")))
 
         fixed = RecordingHandler()
         self.assertEqual(_consume(self.envelope, fixed), "done")
         self.assertEqual(len(fixed.calls), 1)
+
+    def test_unexpected_handler_error_requeues_for_the_delivery_limit_to_bound(self) -> None:
+        handler = RecordingHandler(error=ValueError("bug"))
+
+        with (
+            mock.patch("reliability.consumer.time.sleep") as sleep,
+            self.assertLogs("reliability", level="ERROR"),
+            self.assertRaises(Reject) as raised,
+        ):
+            _consume(self.envelope, handler)
+
+        self.assertTrue(raised.exception.requeue)
+        sleep.assert_called_once()
+        self.assertFalse(DeadLetter.objects.exists(), "the broker dead-letters it after the delivery limit")
+        self.assertFalse(MessageLog.objects.exists())
 
     def test_transient_database_error_requeues_without_dead_letter(self) -> None:
         handler = RecordingHandler(error=OperationalError("connection lost"))

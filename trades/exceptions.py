@@ -1,3 +1,6 @@
+from reliability.exceptions import PoisonMessage
+
+
 class TradeError(Exception):
     """Base class of the trade service's errors."""
 
@@ -18,5 +21,5 @@ class TradeNotFound(TradeError):
     pass
 
 
-class InvalidOutcome(TradeError):
+class InvalidOutcome(TradeError, PoisonMessage):
     """An outcome message that does not fit the trade it names."""

@@ -1,0 +1,1050 @@
+"""Benchmark: exactly-once pipeline vs plain at-least-once Celery vs raw AMQP, in one run.
+
+Usage (from the repository root; ``make bench`` runs it)::
+
+    .venv/bin/python bench/run.py [--trades N] [--workers W] [--concurrency C] [--repeats R]
+
+Each repeat measures, one after the other on the same machine:
+
+* **exactly-once**: ``producers`` processes place N trades through
+  ``trades.services.trade_place`` while W ``celery -A project worker -c C`` and one
+  ``celery -A project beat`` run; the clock runs from the first placement until the
+  database shows every trade settled (outcome recorded). Latencies come from the
+  database: Trade.created_at to the deduction's LedgerEntry.created_at, and to
+  Trade.settled_at.
+* **baseline**: the same producers send N plain ``apply_async`` messages (no outbox,
+  no confirms) to W ``celery -A bench.baseline worker -c C`` whose task runs one
+  conditional UPDATE; the clock stops when the balances show all N applied.
+* **raw AMQP**: persistent publishes with batched confirms to a quorum queue,
+  consumed with one manual ack per message by W processes; no Celery, no database.
+
+Isolation: a fresh database ``beans_bench``, a private RabbitMQ vhost ``bench`` and
+Redis database 12 (snowflake worker-id leases), passed to every subprocess through
+DATABASE_URL, CELERY_BROKER_URL and RELIABILITY_REDIS_URL; the developer's other
+DJANGO_/CELERY_/RELIABILITY_/TRADES_ variables are cleared, so the project runs at its
+defaults. The vhost is deleted at the end, whatever happens; the database is kept
+for inspection. Worker and beat logs: ``.run/bench/``.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import cpu  # noqa: E402 - needs the repository on sys.path
+
+RUN_DIR = REPO / ".run" / "bench"
+RESULTS = REPO / "bench" / "results" / "latest.json"
+DB_NAME = "beans_bench"
+DB_HOST = "127.0.0.1"
+DB_PORT = "5432"
+VHOST = "bench"
+AMQP_HOST = "127.0.0.1:5672"
+DATABASE_URL = f"postgres://root@{DB_HOST}:{DB_PORT}/{DB_NAME}"
+BROKER_URL = f"amqp://guest:guest@{AMQP_HOST}/{VHOST}"
+REDIS_URL = "redis://127.0.0.1:6379/12"
+ACCOUNTS = 64
+OPENING_BALANCE = 10**15
+BEANS = 1
+POLL_S = 0.02
+
+# Queues the bench may declare or leave messages in; deleted before each measurement.
+QUEUES = ["beans", "trades", "housekeeping", "dead-letters", "bench-baseline", "bench-raw"]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _foreign(key: str) -> bool:
+    """A variable of the developer's that could point the bench at their data or change its setup."""
+    return (
+        key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_"))
+        or "DATABASE_URL" in key
+    )
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of the bench process and of every subprocess it starts."""
+    env = {key: value for key, value in os.environ.items() if not _foreign(key)}
+    env.update(
+        DATABASE_URL=DATABASE_URL,
+        CELERY_BROKER_URL=BROKER_URL,
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DJANGO_ENV="development",
+        DJANGO_DEBUG="false",
+        # Snowflake worker-id leases: a Redis database of the bench's own (tests use 13 and 15,
+        # bench/ids.py 14), never the developer's database 0.
+        RELIABILITY_REDIS_URL=REDIS_URL,
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv), check=check, capture_output=True, text=True, timeout=timeout, env=bench_env(), cwd=REPO
+    )
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    return run(ctl, "-q", *args, timeout=90, check=check)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Child:
+    """A subprocess in its own session (so Ctrl-C reaches only us), logging to a file."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name, self.argv = name, argv
+        self.log_path = RUN_DIR / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Child":
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=bench_env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL the whole process group."""
+        if self.process is None:
+            return
+        pid = self.process.pid
+        if self.alive():
+            self._signal(pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} did not stop within {timeout}s: killing it")
+        # Pool children left behind by a main process that died are in its group too.
+        self._signal(pid, signal.SIGKILL)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} (pid {pid}) survived SIGKILL?")
+
+    @staticmethod
+    def _signal(pgid: int, sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Children:
+    """Every subprocess started, so the ``finally`` can stop them all."""
+
+    def __init__(self) -> None:
+        self.running: list[Child] = []
+
+    def start(self, name: str, argv: list[str]) -> Child:
+        child = Child(name, argv)
+        self.running.append(child)
+        return child.start()
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.running.pop().stop()
+
+
+def celery_argv(app: str, kind: str, *extra: str, loglevel: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, kind, "-l", loglevel, *extra]
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def broker() -> Any:
+    from bench.rawamqp import Broker
+
+    return Broker(host=AMQP_HOST, userid="guest", password="guest", virtual_host=VHOST)  # noqa: S106
+
+
+def consumer_counts(names: list[str]) -> dict[str, int]:
+    """Return the consumer count of each queue (0 when it does not exist yet)."""
+    import amqp
+
+    counts: dict[str, int] = {}
+    connection = broker().connect()
+    try:
+        channel = connection.channel()
+        for name in names:
+            try:
+                counts[name] = channel.queue_declare(name, passive=True).consumer_count
+            except amqp.exceptions.NotFound:
+                counts[name] = 0
+                channel = connection.channel()
+    finally:
+        connection.close()
+    return counts
+
+
+def queues_reset() -> dict[str, int]:
+    """Delete the bench's queues in the bench vhost; return the messages that were left in each.
+
+    Deleted, not purged: each measurement declares them afresh, with the arguments of the
+    code as it is now (a queue declared by an earlier version would refuse a redeclare).
+    """
+    import amqp
+
+    left: dict[str, int] = {}
+    connection = broker().connect()
+    try:
+        channel = connection.channel()
+        for name in QUEUES:
+            try:
+                n = channel.queue_delete(name)
+            except amqp.exceptions.NotFound:
+                channel = connection.channel()
+                continue
+            if n:
+                left[name] = n
+    finally:
+        connection.close()
+    return left
+
+
+def check_alive(children: list[Child]) -> None:
+    for child in children:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited:\n{child.tail()}")
+
+
+def wait_consumers(queues: list[str], workers: int, children: list[Child], *, timeout: float = 90) -> None:
+    def ready() -> bool:
+        check_alive(children)
+        counts = consumer_counts(queues)
+        return all(counts[q] >= workers for q in queues)
+
+    wait_for(ready, timeout=timeout, what=f"{workers} consumer(s) on {', '.join(queues)}", interval=0.3)
+
+
+# --------------------------------------------------------------------------- database
+
+
+def database_create() -> None:
+    log(f"creating database {DB_NAME} and running migrations")
+    run("dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", DB_NAME)
+    run("createdb", "-h", DB_HOST, "-p", DB_PORT, DB_NAME)
+    result = run(sys.executable, "manage.py", "migrate", "--noinput", timeout=300, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
+
+
+def database_reset() -> list[int]:
+    """Empty every table of the pipeline's apps and open fresh accounts; return their ids."""
+    from django.apps import apps
+    from django.db import connection
+
+    from beans.services import account_create
+
+    tables = [
+        model._meta.db_table
+        for label in ("beans", "trades", "reliability", "django_celery_results")
+        for model in apps.get_app_config(label).get_models()
+    ]
+    existing = set(connection.introspection.table_names())
+    tables = [table for table in tables if table in existing]  # a model may not be migrated yet
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    ids = [account_create(owner=f"bench-{i}", balance=OPENING_BALANCE).pk for i in range(ACCOUNTS)]
+    connection.close()  # nothing of ours may be inherited by the forked producers
+    return ids
+
+
+def scalar_rows(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or [])
+        return list(cursor.fetchall())
+
+
+def scalar(sql: str, params: list[Any] | None = None) -> Any:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or [])
+        return cursor.fetchone()[0]
+
+
+# --------------------------------------------------------------------------- producers
+# Module-level functions: they run in forked producer processes.
+
+
+def _producer_init() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() must kill
+
+
+def _place_trades(job: tuple[list[int], int]) -> tuple[float, float]:
+    from trades.services import trade_place
+
+    accounts, count = job
+    started = time.time()
+    for i in range(count):
+        trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
+    return started, time.time()
+
+
+def _place_trades_paced(job: tuple[list[int], int, float]) -> tuple[float, float]:
+    """Place trades on a fixed schedule (open loop): the i-th at start + i / rate."""
+    from trades.services import trade_place
+
+    accounts, count, rate = job
+    started = time.time()
+    for i in range(count):
+        delay = started + i / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
+    return started, time.time()
+
+
+def _send_baseline(job: tuple[list[int], int]) -> tuple[float, float]:
+    from bench.baseline import deduct
+
+    accounts, count = job
+    started = time.time()
+    for i in range(count):
+        deduct.apply_async(args=[accounts[i % len(accounts)], BEANS])
+    return started, time.time()
+
+
+def jobs(accounts: list[int], total: int, producers: int) -> list[tuple[list[int], int]]:
+    """Split ``total`` over the producers, each cycling through its own slice of accounts."""
+    counts = [total // producers + (1 if p < total % producers else 0) for p in range(producers)]
+    return [(accounts[p::producers] or accounts, counts[p]) for p in range(producers)]
+
+
+@contextmanager
+def producer_pool(producers: int) -> Iterator[Any]:
+    from django.db import connections
+
+    connections.close_all()
+    pool = mp.get_context("fork").Pool(producers, initializer=_producer_init)
+    try:
+        yield pool
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def produce_and_wait(
+    pool: Any,
+    fn: Callable[[Any], tuple[float, float]],
+    work: list[Any],
+    *,
+    done: Callable[[], bool],
+    timeout: float,
+    what: str,
+) -> tuple[float, float, float]:
+    """Run the producers and poll ``done`` until it holds; return (start, placement end, end)."""
+    started = time.time()
+    pending = pool.map_async(fn, work)
+    deadline = time.monotonic() + timeout
+    while not pending.ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"producers did not finish within {timeout:.0f}s ({what})")
+        time.sleep(POLL_S)
+    spans = pending.get()  # re-raises a producer's exception
+    placed = max(end for _, end in spans)
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(POLL_S)
+    return started, placed, time.time()
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+@dataclass
+class ExactlyOnce:
+    trades: int
+    seconds: float
+    per_s: float
+    placement_per_s: float
+    db_seconds: float
+    p50_ms: float
+    p99_ms: float
+    settled_p50_ms: float
+    settled_p99_ms: float
+    max_ms: float
+    deducted: int
+    rejected: int
+    dead_letters: int
+    duplicates_suppressed: int
+    relayed_by_sweep: int
+    # Outbox row created -> broker confirmed, per consuming task: [p50, p99, max] in ms.
+    publish_delay_ms: dict[str, list[float]] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    # Sequence gaps the consumers' stream watermarks recorded (out-of-order deliveries); None: no such table.
+    gaps_found: int | None = None
+    # Latency of a separate run placed at a fixed rate below the throughput (no backlog).
+    paced: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Baseline:
+    messages: int
+    seconds: float
+    per_s: float
+    placement_per_s: float
+    applied: int
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Repeat:
+    exactly_once: ExactlyOnce
+    baseline: Baseline
+    raw_amqp: dict[str, float] | None = field(default=None)
+
+
+def cpu_usage(before: cpu.Snapshot, children: list[Child]) -> dict[str, float]:
+    groups = [child.process.pid for child in children if child.process is not None]
+    return cpu.attribute(
+        before, cpu.snapshot(), celery_groups=groups, bench_pid=os.getpid(), database=DB_NAME
+    )
+
+
+def cpu_line(cpu_s: dict[str, float], items: int) -> str:
+    """CPU milliseconds per item by group, and how busy the whole machine was."""
+    parts = [
+        f"{group} {seconds * 1000 / items:.1f}"
+        for group, seconds in cpu_s.items()
+        if group != "machine_busy_share"
+    ]
+    return f"CPU ms/item: {', '.join(parts)}; machine busy {cpu_s.get('machine_busy_share', 0):.0%}"
+
+
+def percentiles(sql: str, params: list[Any]) -> tuple[float, float, float]:
+    from django.db import connection
+
+    select = "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms)"
+    with connection.cursor() as cursor:
+        cursor.execute(f"{select} FROM ({sql}) AS s", params)
+        p50, p99, top = cursor.fetchone()
+    return float(p50 or 0), float(p99 or 0), float(top or 0)
+
+
+TRADE_TO_DEDUCTED = (
+    "SELECT extract(epoch FROM l.created_at - t.created_at) * 1000 AS ms "
+    "FROM trades_trade t JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id "
+    "WHERE t.id > %s"
+)
+TRADE_TO_SETTLED = (
+    "SELECT extract(epoch FROM t.settled_at - t.created_at) * 1000 AS ms FROM trades_trade t WHERE t.id > %s"
+)
+
+
+def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str) -> ExactlyOnce:
+    from django.conf import settings
+
+    accounts = database_reset()
+    queues_reset()
+    schedule = RUN_DIR / f"beat-schedule-{tag}"
+    for path in RUN_DIR.glob(f"beat-schedule-{tag}*"):
+        path.unlink()
+    workers = [
+        children.start(
+            f"eo-worker{i}-{tag}",
+            celery_argv(
+                "project",
+                "worker",
+                "-n",
+                f"bench-eo{i}@%h",
+                "-c",
+                str(args.concurrency),
+                "--without-mingle",
+                "--without-gossip",
+                loglevel=args.loglevel,
+            ),
+        )
+        for i in range(1, args.workers + 1)
+    ]
+    beat = children.start(
+        f"eo-beat-{tag}", celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel)
+    )
+    wait_consumers(["beans", "trades"], args.workers, [*workers, beat])
+
+    def settled() -> bool:
+        pending, dead = scalar_rows(
+            "SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending'), "
+            "(SELECT count(*) FROM reliability_deadletter)"
+        )[0]
+        if dead:  # a dead-lettered deduction never settles its trade: no point waiting
+            detail = scalar(
+                "SELECT handler || ': ' || detail FROM reliability_deadletter ORDER BY id LIMIT 1"
+            )
+            raise RuntimeError(f"{dead} message(s) dead-lettered, e.g. {detail}")
+        check_alive([*workers, beat])
+        return not pending
+
+    with producer_pool(args.producers) as pool:
+        # Warm-up: every worker child and producer opens its connections once.
+        warm = args.workers * args.concurrency * 4 + args.producers * 4
+        produce_and_wait(
+            pool,
+            _place_trades,
+            jobs(accounts, warm, args.producers),
+            done=settled,
+            timeout=args.timeout,
+            what="warm-up trades",
+        )
+        base_id = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+        cpu_before = cpu.snapshot()
+        started, placed, finished = produce_and_wait(
+            pool,
+            _place_trades,
+            jobs(accounts, args.trades, args.producers),
+            done=settled,
+            timeout=args.timeout,
+            what=f"{args.trades} trades to settle",
+        )
+        cpu_s = cpu_usage(cpu_before, [*workers, beat])
+        seconds = finished - started
+        paced: dict[str, float] = {}
+        if args.paced_trades:
+            # Latency without a backlog: trades placed at a fixed share of the throughput.
+            rate = max(args.paced_share * args.trades / seconds, 1.0)
+            paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+            work = [
+                (own, n, rate / args.producers)
+                for own, n in jobs(accounts, args.paced_trades, args.producers)
+            ]
+            produce_and_wait(
+                pool, _place_trades_paced, work, done=settled, timeout=args.timeout, what="paced trades"
+            )
+            d50, d99, _ = percentiles(TRADE_TO_DEDUCTED, [paced_base])
+            t50, t99, _ = percentiles(TRADE_TO_SETTLED, [paced_base])
+            paced = {
+                "rate_per_s": rate,
+                "trades": args.paced_trades,
+                "p50_ms": d50,
+                "p99_ms": d99,
+                "settled_p50_ms": t50,
+                "settled_p99_ms": t99,
+            }
+    end_id = base_id + args.trades
+    between = [base_id, end_id]
+    p50, p99, _ = percentiles(TRADE_TO_DEDUCTED + " AND t.id <= %s", between)
+    s50, s99, smax = percentiles(TRADE_TO_SETTLED + " AND t.id <= %s", between)
+    trades = int(scalar("SELECT count(*) FROM trades_trade WHERE id > %s AND id <= %s", between))
+    counts = dict(
+        scalar_rows(
+            "SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= %s GROUP BY status", between
+        )
+    )
+    entries = int(
+        scalar(
+            "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l "
+            "ON l.message_id = t.deduction_message_id WHERE t.id > %s AND t.id <= %s",
+            between,
+        )
+    )
+    db_seconds = float(
+        scalar(
+            "SELECT extract(epoch FROM max(settled_at) - min(created_at)) FROM trades_trade "
+            "WHERE id > %s AND id <= %s",
+            between,
+        )
+    )
+    window = [started, finished]
+    # A row published later than the fast path's grace period went out through the sweep.
+    relayed = int(
+        scalar(
+            "SELECT count(*) FROM reliability_outboxmessage "
+            "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) "
+            "AND (sent_at - created_at >= make_interval(secs => %s) OR attempts > 0)",
+            [*window, settings.RELIABILITY_RELAY_GRACE_S * 0.9],
+        )
+    )
+    publish_delay = {
+        task: list(
+            percentiles(
+                "SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM reliability_outboxmessage "
+                "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND task_name = %s",
+                [*window, task],
+            )
+        )
+        for task in ("beans.deduct", "trades.record_outcome")
+    }
+    gaps_found = None
+    if scalar("SELECT to_regclass('reliability_streamwatermark') IS NOT NULL"):
+        gaps_found = int(scalar("SELECT coalesce(sum(gaps_found), 0) FROM reliability_streamwatermark"))
+    for child in [*workers, beat]:
+        children.running.remove(child)
+        child.stop()
+    deducted = counts.get("deducted", 0)
+    if trades != args.trades or entries != deducted or counts.get("pending"):
+        raise RuntimeError(f"expected {args.trades} settled trades, got {counts}; {entries} ledger entries")
+    return ExactlyOnce(
+        trades=trades,
+        seconds=seconds,
+        per_s=trades / seconds,
+        placement_per_s=trades / (placed - started),
+        db_seconds=db_seconds,
+        p50_ms=p50,
+        p99_ms=p99,
+        settled_p50_ms=s50,
+        settled_p99_ms=s99,
+        max_ms=smax,
+        deducted=deducted,
+        rejected=counts.get("rejected", 0),
+        dead_letters=int(scalar("SELECT count(*) FROM reliability_deadletter")),
+        duplicates_suppressed=int(
+            scalar("SELECT coalesce(sum(redeliveries), 0) FROM reliability_messagelog")
+        ),
+        relayed_by_sweep=relayed,
+        publish_delay_ms=publish_delay,
+        cpu_s=cpu_s,
+        paced=paced,
+        gaps_found=gaps_found,
+    )
+
+
+def measure_baseline(args: argparse.Namespace, children: Children, tag: str) -> Baseline:
+    accounts = database_reset()
+    queues_reset()
+    workers = [
+        children.start(
+            f"baseline-worker{i}-{tag}",
+            celery_argv(
+                "bench.baseline",
+                "worker",
+                "-Q",
+                "bench-baseline",
+                "-n",
+                f"bench-baseline{i}@%h",
+                "-c",
+                str(args.concurrency),
+                "--without-mingle",
+                "--without-gossip",
+                loglevel=args.loglevel,
+            ),
+        )
+        for i in range(1, args.workers + 1)
+    ]
+    wait_consumers(["bench-baseline"], args.workers, workers)
+    total_sql = "SELECT coalesce(sum(balance), 0) FROM beans_account"
+    opening = int(scalar(total_sql))
+
+    def applied() -> int:
+        check_alive(workers)
+        return (opening - int(scalar(total_sql))) // BEANS
+
+    with producer_pool(args.producers) as pool:
+        warm = args.workers * args.concurrency * 4 + args.producers * 4
+        produce_and_wait(
+            pool,
+            _send_baseline,
+            jobs(accounts, warm, args.producers),
+            done=lambda: applied() >= warm,
+            timeout=args.timeout,
+            what="warm-up messages",
+        )
+        before = applied()
+        cpu_before = cpu.snapshot()
+        started, placed, finished = produce_and_wait(
+            pool,
+            _send_baseline,
+            jobs(accounts, args.trades, args.producers),
+            done=lambda: applied() - before >= args.trades,
+            timeout=args.timeout,
+            what=f"{args.trades} baseline updates",
+        )
+        cpu_s = cpu_usage(cpu_before, workers)
+    count = applied() - before
+    for child in workers:
+        children.running.remove(child)
+        child.stop()
+    seconds = finished - started
+    return Baseline(
+        messages=args.trades,
+        seconds=seconds,
+        per_s=args.trades / seconds,
+        placement_per_s=args.trades / (placed - started),
+        applied=count,
+        cpu_s=cpu_s,
+    )
+
+
+def measure_raw(args: argparse.Namespace) -> dict[str, float]:
+    from django.conf import settings
+
+    from bench.rawamqp import queue_declare, round_trip
+
+    queues_reset()
+    queue_declare(
+        broker(),
+        dead_letter_exchange=settings.RELIABILITY_DEAD_LETTER_EXCHANGE,
+        delivery_limit=settings.RELIABILITY_DELIVERY_LIMIT,
+    )
+    result = round_trip(
+        broker(),
+        messages=args.raw_messages,
+        consumers=args.workers,
+        prefetch=args.concurrency * settings.CELERY_WORKER_PREFETCH_MULTIPLIER,
+        timeout=args.timeout,
+    )
+    return {
+        "messages": result.messages,
+        "seconds": result.seconds,
+        "per_s": result.per_s,
+        "publish_per_s": result.messages / result.publish_seconds,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def median(values: list[float]) -> Any:
+    """The median, or None (JSON null) when there is nothing to take it of."""
+    return statistics.median(values) if values else None
+
+
+def cpu_medians(samples: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+    """Median CPU milliseconds per item of each group (the busy share stays a share)."""
+    groups = {group for cpu_s, _ in samples for group in cpu_s}
+    return {
+        group: median(
+            [
+                cpu_s.get(group, 0.0) * (1 if group == "machine_busy_share" else 1000 / items)
+                for cpu_s, items in samples
+            ]
+        )
+        for group in sorted(groups)
+    }
+
+
+OWN_CPU = ("celery", "bench+producers", f"postgres:{DB_NAME}")
+
+
+def cpu_cost_ratio(repeats: list[Repeat]) -> Any:
+    """Median over repeats of (own CPU per baseline message) / (own CPU per trade)."""
+    ratios = []
+    for r in repeats:
+        eo = sum(r.exactly_once.cpu_s.get(g, 0.0) for g in OWN_CPU) / r.exactly_once.trades
+        bl = sum(r.baseline.cpu_s.get(g, 0.0) for g in OWN_CPU) / r.baseline.messages
+        if eo > 0 and bl > 0:
+            ratios.append(bl / eo)
+    return median(ratios)
+
+
+def settings_snapshot() -> dict[str, Any]:
+    """The project settings that shape the figures (all at their defaults: the bench clears overrides)."""
+    from django.conf import settings
+
+    names = [
+        "CELERY_WORKER_PREFETCH_MULTIPLIER",
+        "CELERY_TASK_ACKS_LATE",
+        "CELERY_BROKER_TRANSPORT_OPTIONS",
+        "RELIABILITY_RELAY_GRACE_S",
+        "RELIABILITY_RELAY_BATCH_SIZE",
+        "TRADES_DEDUCTION_STREAMS",
+    ]
+    values = {name: getattr(settings, name, None) for name in names}
+    values["DATABASE_CONN_MAX_AGE"] = settings.DATABASES["default"].get("CONN_MAX_AGE")
+    values["beat_schedule"] = sorted(getattr(settings, "CELERY_BEAT_SCHEDULE", {}))
+    return values
+
+
+def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]:
+    eo = median([r.exactly_once.per_s for r in repeats])
+    bl = median([r.baseline.per_s for r in repeats])
+    raws = [r.raw_amqp["per_s"] for r in repeats if r.raw_amqp]
+    raw = median(raws) if raws else None
+    return {
+        "exactly_once_per_s": eo,
+        "baseline_per_s": bl,
+        "raw_amqp_per_s": raw,
+        "ratio_vs_baseline": eo / bl,
+        "ratio_vs_raw_amqp": eo / raw if raw else None,
+        "p50_ms": median([r.exactly_once.p50_ms for r in repeats]),
+        "p99_ms": median([r.exactly_once.p99_ms for r in repeats]),
+        "settled_p50_ms": median([r.exactly_once.settled_p50_ms for r in repeats]),
+        "settled_p99_ms": median([r.exactly_once.settled_p99_ms for r in repeats]),
+        "paced_p50_ms": median([r.exactly_once.paced["p50_ms"] for r in repeats if r.exactly_once.paced]),
+        "paced_p99_ms": median([r.exactly_once.paced["p99_ms"] for r in repeats if r.exactly_once.paced]),
+        "paced_settled_p50_ms": median(
+            [r.exactly_once.paced["settled_p50_ms"] for r in repeats if r.exactly_once.paced]
+        ),
+        "paced_settled_p99_ms": median(
+            [r.exactly_once.paced["settled_p99_ms"] for r in repeats if r.exactly_once.paced]
+        ),
+        "exactly_once_placement_per_s": median([r.exactly_once.placement_per_s for r in repeats]),
+        "baseline_placement_per_s": median([r.baseline.placement_per_s for r in repeats]),
+        "cpu_ms_per_item": {
+            "exactly_once": cpu_medians([(r.exactly_once.cpu_s, r.exactly_once.trades) for r in repeats]),
+            "baseline": cpu_medians([(r.baseline.cpu_s, r.baseline.messages) for r in repeats]),
+        },
+        # Less sensitive to the machine's other load than the throughput ratio: CPU the bench's own
+        # processes (producers, Celery, its PostgreSQL backends) spent per baseline message / per trade.
+        "cpu_cost_ratio_vs_baseline": cpu_cost_ratio(repeats),
+        "cpu_count": os.cpu_count(),
+        "params": {
+            "trades": args.trades,
+            "workers": args.workers,
+            "concurrency": args.concurrency,
+            "repeats": args.repeats,
+            "producers": args.producers,
+            "producer_kind": "processes",
+            "raw_messages": args.raw_messages,
+            "paced_trades": args.paced_trades,
+            "paced_share": args.paced_share,
+            "accounts": ACCOUNTS,
+            "beans_per_trade": BEANS,
+            "worker_loglevel": args.loglevel,
+        },
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "settings": settings_snapshot(),
+        "repeats": [asdict(r) for r in repeats],
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def rounded(value: Any) -> Any:
+    """Floats to 4 decimals, recursively: the noise is far larger."""
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(item) for item in value]
+    return value
+
+
+def report(summary: dict[str, Any]) -> None:
+    p = summary["params"]
+    print()
+    print("=" * 78)
+    print(
+        f"N={p['trades']} trades, W={p['workers']} worker(s) x C={p['concurrency']}, "
+        f"{p['producers']} producer processes, cpu_count={summary['cpu_count']}, "
+        f"repeats={p['repeats']} (medians below)"
+    )
+    for i, r in enumerate(summary["repeats"], start=1):
+        e, b, raw = r["exactly_once"], r["baseline"], r["raw_amqp"]
+        raw_text = f" | raw {raw['per_s']:7.0f}/s" if raw else ""
+        print(
+            f"  repeat {i}: exactly-once {e['per_s']:7.1f}/s (placed {e['placement_per_s']:6.1f}/s, "
+            f"p50 {e['p50_ms']:6.0f} ms, p99 {e['p99_ms']:6.0f} ms) | baseline {b['per_s']:7.1f}/s "
+            f"(sent {b['placement_per_s']:6.0f}/s){raw_text}"
+        )
+    print(f"exactly-once : {summary['exactly_once_per_s']:9.1f} deductions/s end to end")
+    print(
+        f"               trade->deducted p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms; "
+        f"trade->settled p50 {summary['settled_p50_ms']:.0f} ms, p99 {summary['settled_p99_ms']:.0f} ms"
+    )
+    print("               (under saturation: these include the backlog the producers build up)")
+    if p["paced_trades"]:
+        print(
+            f"  paced run  : trade->deducted p50 {summary['paced_p50_ms']:.0f} ms, p99 {summary['paced_p99_ms']:.0f} ms; "
+            f"trade->settled p50 {summary['paced_settled_p50_ms']:.0f} ms, "
+            f"p99 {summary['paced_settled_p99_ms']:.0f} ms "
+            f"({p['paced_trades']} trades at {p['paced_share']:.0%} of the throughput)"
+        )
+    print(f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)")
+    if summary["raw_amqp_per_s"]:
+        print(
+            f"raw AMQP     : {summary['raw_amqp_per_s']:9.1f} msgs/s "
+            f"({p['raw_messages']} persistent msgs, batched confirms, manual acks)"
+        )
+    for kind, per_group in summary["cpu_ms_per_item"].items():
+        busy = per_group.get("machine_busy_share", 0)
+        groups = ", ".join(f"{g} {ms:.1f}" for g, ms in per_group.items() if g != "machine_busy_share")
+        print(f"CPU ms per {kind:12s}: {groups} (machine busy {busy:.0%})")
+    print(f"ratio exactly_once/baseline = {summary['ratio_vs_baseline']:.3f}")
+    if summary["cpu_cost_ratio_vs_baseline"]:
+        print(
+            f"  CPU-cost ratio (baseline own CPU per msg / exactly-once own CPU per trade) = "
+            f"{summary['cpu_cost_ratio_vs_baseline']:.3f}"
+        )
+    if summary["ratio_vs_raw_amqp"]:
+        print(f"ratio exactly_once/raw_amqp = {summary['ratio_vs_raw_amqp']:.4f}")
+    print(f"results: {RESULTS.relative_to(REPO)}")
+    print("=" * 78)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trades", type=int, default=1000, help="trades (and baseline messages) per repeat")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (W)")
+    parser.add_argument("--concurrency", type=int, default=2, help="prefork children per worker (C)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported")
+    parser.add_argument("--producers", type=int, default=2, help="producer processes in the bench")
+    parser.add_argument("--raw-messages", type=int, default=10000, help="messages of the raw AMQP round trip")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw AMQP measurement")
+    parser.add_argument(
+        "--paced-trades",
+        type=int,
+        default=200,
+        help="trades of the paced latency run after each throughput run (0: none)",
+    )
+    parser.add_argument(
+        "--paced-share", type=float, default=0.5, help="paced rate as a share of the measured throughput"
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="bound of every wait, in seconds (default: max(300, N / 2))"
+    )
+    parser.add_argument("--loglevel", default="warning", help="log level of the Celery workers and beat")
+    args = parser.parse_args(argv)
+    if args.timeout is None:
+        args.timeout = max(300.0, args.trades / 2)
+    if args.paced_trades < 0 or not 0 < args.paced_share <= 1:
+        parser.error("--paced-trades must be >= 0 and --paced-share in (0, 1]")
+    for name in ("trades", "workers", "concurrency", "repeats", "producers", "raw_messages"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def vhost_create() -> None:
+    if VHOST in rabbitmqctl("list_vhosts", "name").stdout.split():
+        log(f"deleting vhost {VHOST!r} left over by an earlier run")
+        rabbitmqctl("delete_vhost", VHOST)
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in [*RUN_DIR.glob("*.log"), *RUN_DIR.glob("beat-schedule-*")]:
+        stale.unlink()  # logs of the previous run
+    os.chdir(REPO)
+    # Settings read the environment once: it must be ours before django.setup().
+    for key in [key for key in os.environ if _foreign(key)]:
+        del os.environ[key]
+    os.environ.update(bench_env())
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    # Even when started in the background by a shell that ignores SIGINT.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    children = Children()
+    vhost_made = False
+    started = time.monotonic()
+    try:
+        log(f"setting up vhost {VHOST!r}")
+        vhost_made = True
+        vhost_create()
+        database_create()
+        import django
+
+        django.setup()
+        # Imported once here, before any fork: the producers share one version of the code
+        # (and an import error shows now, not in the middle of a measurement).
+        import bench.baseline  # noqa: F401
+        import trades.services  # noqa: F401
+
+        repeats: list[Repeat] = []
+        for r in range(1, args.repeats + 1):
+            tag = f"r{r}"
+            log(f"repeat {r}/{args.repeats}: exactly-once, {args.trades} trades")
+            eo = measure_exactly_once(args, children, tag)
+            log(
+                f"  exactly-once {eo.per_s:.1f}/s in {eo.seconds:.2f}s (placement {eo.placement_per_s:.1f}/s), "
+                f"p50 {eo.p50_ms:.0f} ms, p99 {eo.p99_ms:.0f} ms, deducted {eo.deducted}, "
+                f"rejected {eo.rejected}, dead letters {eo.dead_letters}, "
+                f"duplicates suppressed {eo.duplicates_suppressed}, relayed by sweep {eo.relayed_by_sweep}, "
+                f"stream gaps recorded {eo.gaps_found}"
+            )
+            for task, (d50, d99, dmax) in eo.publish_delay_ms.items():
+                log(f"  outbox->confirmed for {task}: p50 {d50:.0f} ms, p99 {d99:.0f} ms, max {dmax:.0f} ms")
+            log(f"  {cpu_line(eo.cpu_s, eo.trades)}")
+            if eo.paced:
+                log(
+                    f"  paced at {eo.paced['rate_per_s']:.1f}/s: trade->deducted p50 {eo.paced['p50_ms']:.0f} ms, "
+                    f"p99 {eo.paced['p99_ms']:.0f} ms; trade->settled p50 {eo.paced['settled_p50_ms']:.0f} ms, "
+                    f"p99 {eo.paced['settled_p99_ms']:.0f} ms"
+                )
+            log(f"repeat {r}/{args.repeats}: baseline, {args.trades} messages")
+            bl = measure_baseline(args, children, tag)
+            log(f"  baseline {bl.per_s:.1f}/s in {bl.seconds:.2f}s (sent {bl.placement_per_s:.0f}/s)")
+            log(f"  {cpu_line(bl.cpu_s, bl.messages)}")
+            raw = None
+            if not args.no_raw:
+                log(f"repeat {r}/{args.repeats}: raw AMQP, {args.raw_messages} messages")
+                raw = measure_raw(args)
+                log(f"  raw AMQP {raw['per_s']:.0f}/s in {raw['seconds']:.2f}s")
+            repeats.append(Repeat(exactly_once=eo, baseline=bl, raw_amqp=raw))
+        summary = summarize(args, repeats)
+        summary["elapsed_s"] = time.monotonic() - started
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(rounded(summary), indent=2) + "\n")
+        report(summary)
+        return 0
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        return 130
+    finally:
+        # A second Ctrl-C must not cut the cleanup short (every step of it is bounded).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        children.stop_all()
+        if vhost_made:
+            try:
+                rabbitmqctl("delete_vhost", VHOST)
+            except (subprocess.SubprocessError, OSError) as exc:
+                log(f"could not delete vhost {VHOST!r}: {exc}")
+        log(f"done in {time.monotonic() - started:.0f}s; worker logs in {RUN_DIR.relative_to(REPO)}/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Dead letters: drain the broker's dead-letter queue into the table, replay, discard.
+
+The broker dead-letters a message when a consumer rejects it for good (a body
+Celery cannot decode, an unknown task) or when it exceeds the queue's delivery
+limit (a handler that kept failing). ``dead_letters_drain`` moves each one into
+``DeadLetter`` with the reason (from ``x-death``), its message_id, headers and raw
+body, and acknowledges it only after that row committed: nothing is dropped.
+
+A replay publishes the stored envelope again with its *original* message_id, so
+replaying something that was in fact applied has no effect (the message log).
+A discard keeps the row with the reason someone gave.
+"""
+
+import json
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from kombu import Connection
+
+from .exceptions import ReliabilityError
+from .models import DeadLetter
+from .publisher import publisher
+from .services import dead_letter_record
+
+logger = logging.getLogger(__name__)
+
+_X_DEATH_REASONS = {
+    "delivery_limit": DeadLetter.Reason.DELIVERY_LIMIT,
+    "rejected": DeadLetter.Reason.REJECTED,
+}
+
+
+class DeadLetterError(ReliabilityError):
+    """A dead letter cannot be replayed or discarded as asked."""
+
+
+def task_database(task_name: str) -> str:
+    """Return the database alias of an exactly-once task (where its message log lives)."""
+    task = current_app.tasks.get(task_name)
+    return getattr(task, "reliability_database", "default") if task is not None else "default"
+
+
+def task_queue(task_name: str) -> str:
+    current_app.loader.import_default_modules()  # registers the apps' tasks in this process
+    task = current_app.tasks.get(task_name)
+    return getattr(task, "queue", "") or "" if task is not None else ""
+
+
+def _body_text(body: bytes | str) -> str:
+    return body if isinstance(body, str) else body.decode("utf-8", errors="replace")
+
+
+def _envelope_from_body(body: bytes | str) -> dict[str, Any] | None:
+    """Return the exactly-once envelope inside a Celery (protocol 2) JSON body, if there is one."""
+    try:
+        decoded = json.loads(_body_text(body))
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(decoded, list) and decoded and isinstance(decoded[0], list) and decoded[0]:
+        candidate = decoded[0][0]
+        if isinstance(candidate, dict):
+            return candidate
+    return None
+
+
+def _message_id(envelope: dict[str, Any] | None, properties: dict[str, Any]) -> uuid.UUID | None:
+    for raw in ((envelope or {}).get("message_id"), properties.get("correlation_id")):
+        try:
+            return uuid.UUID(str(raw))
+        except ValueError:
+            continue
+    return None
+
+
+def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> DeadLetter:
+    """Record one message taken from the dead-letter queue."""
+    headers = dict(properties.get("application_headers") or {})
+    deaths = headers.get("x-death") or [{}]
+    death = deaths[0] if isinstance(deaths, list) and deaths else {}
+    broker_reason = str(death.get("reason", ""))
+    handler = str(headers.get("task") or "unknown")
+    envelope = _envelope_from_body(body)
+    seq = (envelope or {}).get("seq")
+    return dead_letter_record(
+        handler=handler,
+        reason=_X_DEATH_REASONS.get(broker_reason, DeadLetter.Reason.BROKER_OTHER),
+        detail=f"broker dead-lettered it ({broker_reason or 'no reason given'}) from queue "
+        f"{death.get('queue', '?')} after {death.get('count', '?')} time(s)",
+        envelope=envelope,
+        message_id=_message_id(envelope, properties),
+        stream=str((envelope or {}).get("stream", "")) if isinstance(seq, int) else "",
+        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+        queue=str(death.get("queue", "")),
+        headers={
+            **headers,
+            "properties": {k: v for k, v in properties.items() if k != "application_headers"},
+        },
+        body=_body_text(body),
+        using=task_database(handler),
+    )
+
+
+def dead_letters_drain(*, limit: int = 500) -> int:
+    """Move up to ``limit`` messages from the broker's dead-letter queue into the table."""
+    drained = 0
+    with Connection(
+        current_app.conf.broker_url, connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S
+    ) as conn:
+        channel = conn.channel()
+        for _ in range(limit):
+            message = channel.basic_get(settings.RELIABILITY_DEAD_LETTER_QUEUE, no_ack=False)
+            if message is None:
+                break
+            try:
+                dead_letter_from_broker(message.body, dict(message.properties))
+            except Exception:
+                # Not recorded: leave it in the queue for the next drain, never ack it away.
+                channel.basic_reject(message.delivery_tag, requeue=True)
+                raise
+            channel.basic_ack(message.delivery_tag)
+            drained += 1
+    if drained:
+        logger.info("drained %d dead letters into the table", drained)
+    return drained
+
+
+def dead_letter_replay(*, letter_id: int, using: str = "default") -> DeadLetter:
+    """Publish a dead letter again with its original message_id; count the replay."""
+    with transaction.atomic(using=using):
+        letter = DeadLetter.objects.using(using).select_for_update().get(pk=letter_id)
+        if letter.status == DeadLetter.Status.DISCARDED:
+            raise DeadLetterError(
+                f"dead letter {letter_id} was discarded ({letter.discard_reason}); not replaying"
+            )
+        window = timedelta(seconds=settings.RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S)
+        if letter.created_at < timezone.now() - window:
+            raise DeadLetterError(
+                f"dead letter {letter_id} is older than RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S: the message log "
+                "may no longer recognise it, so a replay could apply it twice"
+            )
+        envelope = letter.envelope
+        if not isinstance(envelope, dict) or letter.message_id is None:
+            raise DeadLetterError(
+                f"dead letter {letter_id} has no readable envelope to replay; discard it instead"
+            )
+        queue = task_queue(letter.handler) or letter.queue
+        if not queue:
+            raise DeadLetterError(f"dead letter {letter_id}: no queue is known for task {letter.handler}")
+        publisher().publish(
+            task_name=letter.handler, queue=queue, message_id=str(letter.message_id), envelope=envelope
+        )
+        DeadLetter.objects.using(using).filter(pk=letter.pk).update(
+            status=DeadLetter.Status.REPLAYED,
+            replays=F("replays") + 1,
+            last_replayed_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+    logger.info("replayed dead letter %d: message %s to %s", letter_id, letter.message_id, letter.handler)
+    letter.refresh_from_db(using=using)
+    return letter
+
+
+def dead_letter_discard(*, letter_id: int, reason: str, using: str = "default") -> DeadLetter:
+    """Give up on a dead letter, keeping it with the reason."""
+    if not reason.strip():
+        raise DeadLetterError("a discard needs a reason")
+    with transaction.atomic(using=using):
+        letter = DeadLetter.objects.using(using).select_for_update().get(pk=letter_id)
+        letter.status = DeadLetter.Status.DISCARDED
+        letter.discard_reason = reason.strip()[:2000]
+        letter.updated_at = timezone.now()
+        letter.save(using=using, update_fields=["status", "discard_reason", "updated_at"])
+    logger.info("discarded dead letter %d (message %s): %s", letter_id, letter.message_id, reason)
+    return letter
