@@ -220,6 +220,16 @@ CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
 # A task routed to a queue nobody declared is a bug, not a reason to invent a queue.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-create-missing-queues
 CELERY_TASK_CREATE_MISSING_QUEUES = False
+# A handler that hangs is stopped (its transaction rolls back, the message is requeued)
+# long before RabbitMQ's consumer_timeout (30 min by default) gives up on the delivery.
+# Keep consumer_timeout > (prefetch_multiplier + 1) x task_time_limit: a prefetched
+# message waits in the worker, and its clock runs from delivery. See README.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-time-limit
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 300)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
+# When the broker connection drops, the unacked messages come back anyway: stop working on them.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # Undecodable messages are rejected to the dead-letter exchange, not acknowledged away.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-consumer
 CELERY_WORKER_CONSUMER = "reliability.worker:DeadLetteringConsumer"
