@@ -243,6 +243,10 @@ RELIABILITY_DELIVERY_LIMIT = env_int("RELIABILITY_DELIVERY_LIMIT", 20)
 # Replicas of every quorum queue on a cluster (a majority must store a message before
 # the broker confirms it); a single node holds one.
 RELIABILITY_QUORUM_REPLICAS = env_int("RELIABILITY_QUORUM_REPLICAS", 3)
+# Longest a queue may grow; beyond it the broker refuses publishes (reject-publish) and the
+# outbox holds the rest: back-pressure, not loss. 0 = unbounded. A queue argument: changing
+# it means re-declaring the queues (see README, "Scaling and back-pressure").
+RELIABILITY_QUEUE_MAX_LENGTH = env_int("RELIABILITY_QUEUE_MAX_LENGTH", 100_000)
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
 CELERY_TASK_QUEUES = [
@@ -251,6 +255,7 @@ CELERY_TASK_QUEUES = [
         dead_letter_exchange=RELIABILITY_DEAD_LETTER_EXCHANGE,
         delivery_limit=RELIABILITY_DELIVERY_LIMIT,
         replicas=RELIABILITY_QUORUM_REPLICAS,
+        max_length=RELIABILITY_QUEUE_MAX_LENGTH or None,
     )
     for name in ("beans", "trades", "housekeeping")
 ]
@@ -284,6 +289,12 @@ CELERY_BEAT_SCHEDULE = {
     "drain-dead-letters": {
         "task": "reliability.drain_dead_letters",
         "schedule": timedelta(seconds=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0)),
+        "options": {"expires": 30},
+    },
+    # Enters or leaves degrade mode from the current lag (non-critical work is shed).
+    "evaluate-pipeline-mode": {
+        "task": "reliability.evaluate_pipeline_mode",
+        "schedule": timedelta(seconds=env_float("RELIABILITY_DEGRADE_INTERVAL_S", 5.0)),
         "options": {"expires": 30},
     },
     # Deletes outbox, message-log and gap rows past retention, in bounded batches.
@@ -355,6 +366,12 @@ RELIABILITY_SNOWFLAKE_WORKER_ID = (
 RELIABILITY_SNOWFLAKE_LEASE_TTL_S = env_float("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", 30.0)
 # A clock step back of up to this many ms is waited out; more raises ClockMovedBackwards.
 RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS = env_int("RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS", 50)
+
+# Degrade mode: enter when the oldest unpublished message is this old, or this many
+# messages are produced but not applied; leave below half of both.
+RELIABILITY_DEGRADE_OUTBOX_AGE_S = env_float("RELIABILITY_DEGRADE_OUTBOX_AGE_S", 30.0)
+RELIABILITY_DEGRADE_LAG_MESSAGES = env_int("RELIABILITY_DEGRADE_LAG_MESSAGES", 10_000)
+RELIABILITY_DEGRADE_RETRY_AFTER_S = env_int("RELIABILITY_DEGRADE_RETRY_AFTER_S", 30)
 
 # Fault points for the failure tests (see reliability/faults.py). Refused in production.
 RELIABILITY_FAULT_INJECTION = env_bool("RELIABILITY_FAULT_INJECTION", False)

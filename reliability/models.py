@@ -280,3 +280,22 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.handler} {self.message_id} ({self.reason})"
+
+
+class PipelineMode(models.Model):
+    """Whether the pipeline is degraded (lagging): one row, written by ``pipeline_mode_evaluate``.
+
+    Degraded means a backlog: trades are still accepted (they are safe in the
+    outbox) but non-critical work is refused or deferred until the lag is gone.
+    """
+
+    key = models.CharField(max_length=32, primary_key=True, default="pipeline")
+    degraded = models.BooleanField(default=False)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    outbox_oldest_pending_age_s = models.FloatField(default=0.0)
+    consumer_lag_messages = models.BigIntegerField(default=0)
+    changed_at = models.DateTimeField(default=timezone.now)
+    evaluated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return "degraded" if self.degraded else "normal"

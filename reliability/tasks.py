@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import dead_letters, heartbeat, reconciler, retention, services
+from . import dead_letters, degrade, heartbeat, reconciler, retention, services
 
 
 # The frequent housekeeping tasks keep no result (one row a second would pile up);
@@ -37,7 +37,12 @@ def stream_heartbeat() -> int:
 
 @shared_task(name="reliability.purge_old_rows", ignore_result=False, acks_late=False)
 def purge_old_rows() -> dict[str, dict[str, int]]:
-    """Delete outbox, message-log and gap rows past retention, in bounded batches."""
+    """Delete outbox, message-log and gap rows past retention, in bounded batches.
+
+    Non-critical: deferred while the pipeline is degraded (it competes for the database).
+    """
+    if degrade.pipeline_degraded():
+        return {}
     return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}
 
 
@@ -45,3 +50,9 @@ def purge_old_rows() -> dict[str, dict[str, int]]:
 def drain_dead_letters() -> int:
     """Record what the broker dead-lettered in the DeadLetter table, then acknowledge it."""
     return dead_letters.dead_letters_drain()
+
+
+@shared_task(name="reliability.evaluate_pipeline_mode", ignore_result=True, acks_late=False)
+def evaluate_pipeline_mode() -> bool:
+    """Enter or leave degrade mode from the current lag; return whether degraded."""
+    return degrade.pipeline_mode_evaluate().degraded

@@ -11,13 +11,22 @@ from collections.abc import Iterable
 from kombu import Connection, Exchange, Queue
 
 
-def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int, replicas: int = 3) -> Queue:
+def quorum_queue(
+    name: str,
+    *,
+    dead_letter_exchange: str,
+    delivery_limit: int,
+    replicas: int = 3,
+    max_length: int | None = None,
+) -> Queue:
     """Return a durable quorum queue bound to a topic exchange of the same name.
 
     Topic, not direct: Celery's native delayed delivery (countdowns on quorum
     queues) only works through topic or fanout exchanges. ``replicas`` is the
     Raft group size on a cluster (a single node simply holds the one replica);
     a publish is confirmed once a majority of them stored the message.
+    ``max_length`` bounds the queue: a publish beyond it is refused (basic.nack,
+    ``reject-publish``), never dropped, and the message waits in the outbox.
     """
     return Queue(
         name,
@@ -34,6 +43,7 @@ def quorum_queue(name: str, *, dead_letter_exchange: str, delivery_limit: int, r
             # dead-letter queue confirmed it (needs reject-publish overflow).
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
+            **({"x-max-length": max_length} if max_length else {}),
         },
     )
 

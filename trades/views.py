@@ -7,7 +7,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from reliability.degrade import non_critical, pipeline_mode_current
 from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
+from reliability.models import PipelineMode
 
 from . import selectors, services
 from .exceptions import AccountNotFound, IdempotencyConflict, TradeInvalid
@@ -74,7 +76,29 @@ def trade_create(request: HttpRequest) -> JsonResponse:
         response = _error(503, f"cannot assign a message id right now, nothing was written: {exc}")
         response["Retry-After"] = "5"
         return response
-    return JsonResponse(trade_json(trade), status=201 if created else 200)
+    mode = pipeline_mode_current()
+    body = {**trade_json(trade), "pipeline": {"degraded": mode.degraded, "lag": _lag_json(mode)}}
+    response = JsonResponse(body, status=201 if created else 200)
+    response["X-Pipeline-Degraded"] = "1" if mode.degraded else "0"
+    return response
+
+
+def _lag_json(mode: PipelineMode) -> dict[str, float]:
+    return {
+        "outbox_oldest_pending_age_s": mode.outbox_oldest_pending_age_s,
+        "consumer_lag_messages": mode.consumer_lag_messages,
+    }
+
+
+@require_GET
+@non_critical  # a history listing: shed while the pipeline catches up
+def account_trades(request: HttpRequest, account_id: int) -> JsonResponse:
+    try:
+        limit = min(max(int(request.GET.get("limit", "50")), 1), 500)
+    except ValueError:
+        return _error(400, "limit must be an integer from 1 to 500")
+    trades = selectors.trades_of_account(account_id=account_id, limit=limit)
+    return JsonResponse({"account": account_id, "trades": [trade_json(trade) for trade in trades]})
 
 
 @require_GET
