@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services migrate demo test bench lint typecheck worker beat clean distclean
+.PHONY: help venv services migrate demo test cluster-test bench lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -59,6 +59,9 @@ ifeq ($(strip $(TEST_ARGS)),)
 else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
+
+cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.test_cluster_integration
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)

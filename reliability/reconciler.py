@@ -24,6 +24,7 @@ from django.utils import timezone
 from .exceptions import PublishError
 from .models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
 from .publisher import publisher
+from .selectors import queue_depths
 from .services import outbox_envelope, outbox_relay_batch, stream_highs
 from .streams import stream_tail_materialize
 
@@ -72,10 +73,17 @@ def reconcile_gaps(*, using: str, grace: timedelta, run: ReconcileRun) -> None:
     by_stream: dict[str, list[StreamGap]] = defaultdict(list)
     for gap in due:
         by_stream[gap.stream].append(gap)
+    depths = queue_depths() if due else {}
     for stream, gaps in by_stream.items():
         rows = _outbox_rows(stream, [gap.seq for gap in gaps])
         for gap in gaps:
-            if not _gap_republish(gap, rows.get(gap.seq), using=using, run=run):
+            located = rows.get(gap.seq)
+            if located and gap.republish_attempts and depths.get(located[1].queue):
+                # The copy published last time may still be waiting behind a backlog: a
+                # full queue is no evidence that it was lost, so neither publish again
+                # nor count an attempt (no false escalation under back-pressure).
+                continue
+            if not _gap_republish(gap, located, using=using, run=run):
                 return  # the broker refuses: stop, the next pass retries
 
 

@@ -57,6 +57,7 @@ class PipelineTestCase(TransactionTestCase):
         self.processes = []
         self.initial_balances: dict[int, int] = {}
         publisher().topology_declare()
+        self.purge_queues()  # whatever earlier tests left behind
         self.addCleanup(self.purge_queues)
         self.addCleanup(self.stop_processes)
 
