@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services migrate demo test cluster-test bench lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate demo test cluster-test bench lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -51,7 +51,10 @@ TWO_DATABASE_TESTS := \
 	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
 	tests.test_reconcile_integration.ReconcilerIntegrationTests.test_a_message_removed_from_the_queue_is_detected_and_republished
 
-test: venv services ## Run the test suite, then the end-to-end tests with two databases (TEST_ARGS=... for one run)
+browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
+	scripts/ensure-browser
+
+test: venv services browser ## Run the test suite, then the end-to-end tests with two databases (TEST_ARGS=... for one run)
 ifeq ($(strip $(TEST_ARGS)),)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput
 	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL=postgres://root@127.0.0.1:5432/beans_side \
@@ -60,7 +63,10 @@ else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
 
-cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
+cluster-browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
+	scripts/ensure-browser
+
+test: venv services browser ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.test_cluster_integration
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)

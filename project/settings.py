@@ -164,6 +164,13 @@ STATIC_ROOT = BASE_DIR / ".run" / "static"
 
 ADMIN_URL = env_str("DJANGO_ADMIN_URL", "admin/")
 
+# GET /metrics: with a token, scrapers must send "Authorization: Bearer <token>" (401 otherwise);
+# without one, only loopback clients (127.0.0.0/8, ::1) are answered (403 otherwise). Behind a
+# reverse proxy on the same host every request looks local: set a token there.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# Collectors of domain figures for /metrics: dotted paths to classes with collect().
+METRICS_COLLECTORS = ["trades.metrics.TradesCollector"]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

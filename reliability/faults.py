@@ -4,7 +4,8 @@ Enabled only when ``settings.RELIABILITY_FAULT_INJECTION`` is true, which settin
 refuse in production. ``settings.RELIABILITY_FAULTS`` names the points, e.g.
 ``consume.after_commit=kill:2,relay.after_publish=kill:1``: the first two times
 any process passes ``consume.after_commit`` it is killed with SIGKILL. The action
-``raise`` raises ``RuntimeError`` instead (a handler that keeps failing). The count is
+``raise`` raises ``RuntimeError`` instead (a handler that keeps failing);
+``sleep15`` sleeps 15 seconds (a handler that outlives the broker's consumer timeout). The count is
 shared across processes through marker files in ``settings.RELIABILITY_FAULT_DIR``
 (created with O_EXCL), so "kill once" means once for the whole test run.
 """
@@ -12,6 +13,7 @@ shared across processes through marker files in ``settings.RELIABILITY_FAULT_DIR
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -52,6 +54,11 @@ def fault_point(point: str, *, message_id: object = None) -> None:
         return
     action, times = fault
     if not _claim(point, times):
+        return
+    if action.startswith("sleep"):
+        seconds = float(action.removeprefix("sleep") or "1")
+        logger.warning("fault point %s: sleeping %.1fs (message %s)", point, seconds, message_id)
+        time.sleep(seconds)
         return
     if action == "raise":
         raise RuntimeError(f"fault point {point}: injected failure (message {message_id})")
