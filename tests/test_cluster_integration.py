@@ -12,6 +12,7 @@ keep coming, then the pipeline must drain with every invariant intact.
 import os
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +35,7 @@ from .pipeline import PipelineTestCase, broker_queues
 TRADES = int(os.environ.get("CLUSTER_TEST_TRADES", "5000"))
 ACCOUNTS = 20
 BEANS = 10
+CONSUMER_TIMEOUT_MS = 10_000
 # The killed node stays down at least this long, while trades keep coming.
 MIN_DOWNTIME_S = 10.0
 
@@ -65,6 +67,8 @@ class QuorumLeaderKilledTests(PipelineTestCase):
         super().setUpClass()
         RabbitCluster.reap_stale()
         cls.cluster = RabbitCluster.private()
+        # Low enough for the consumer-timeout test, far above any delivery of the load test.
+        cls.cluster.env["RABBITMQ_CLUSTER_CONSUMER_TIMEOUT_MS"] = str(CONSUMER_TIMEOUT_MS)
         # Registered before `up`, so a cluster that started only half-way is stopped too.
         cls.addClassCleanup(cls.cluster.down)
         cls.cluster_urls = cls.cluster.up()
@@ -193,3 +197,35 @@ class QuorumLeaderKilledTests(PipelineTestCase):
         except ClusterError as exc:
             return exc
         return {name: counts.get(name) for name in queues}
+
+    def test_delivery_outliving_the_consumer_timeout_is_redelivered_and_applied_once(self) -> None:
+        (account,) = self.create_accounts(1, balance=1000)
+        worker = self.start_worker(
+            env={
+                "RELIABILITY_FAULT_INJECTION": "1",
+                # The first delivery outlives consumer_timeout (10 s, checked every second).
+                "RELIABILITY_FAULTS": "consume.before_handler=sleep25:1",
+                "RELIABILITY_FAULT_DIR": tempfile.mkdtemp(prefix="faults-"),
+            }
+        )
+        trade, _ = trade_place(account_id=account, beans=100)
+        # Celery 5.5 takes the broker's delivery-timeout channel close as unrecoverable and
+        # the worker exits; a supervisor (systemd, Kubernetes) starts another one.
+        self.wait_for(
+            lambda: "timed out" in worker.log_path.read_text(errors="replace") and not worker.alive(),
+            timeout=120,
+            what="the broker to time out the first delivery and the worker to exit",
+        )
+        self.start_worker(name="restarted")
+        self.wait_drained(timeout=180)
+        self.assert_exactly_once(trades=1)
+        log = worker.log_path.read_text(errors="replace")
+        self.assertIn("sleeping 25.0s", log)
+        self.assertEqual(LedgerEntry.objects.filter(message_id=trade.deduction_message_id).count(), 1)
+        self.assertEqual(
+            MessageLog.objects.get(
+                handler="beans.deduct", message_id=trade.deduction_message_id
+            ).redeliveries,
+            1,
+            "the redelivered copy was recognised and skipped",
+        )
