@@ -97,7 +97,7 @@ def main() -> None:
         return statistics.median(samples)
 
     results = {}
-    with mock.patch("reliability.reconciler.publisher"):
+    with mock.patch("reliability.services.publisher"):
         for history in (1000, args.history):
             seed(history, args.gaps)
             results[history] = pass_ms()

@@ -143,6 +143,22 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
+def _dead_letter(task: Task, message: Message, envelope: Any, *, reason: str, detail: str, using: str) -> str:
+    """Record a well-formed message that cannot succeed as it is, and let it be acked."""
+    services.dead_letter_record(
+        handler=task.name,
+        reason=reason,
+        detail=detail,
+        envelope=envelope,
+        message_id=message.message_id,
+        stream=message.stream,
+        seq=message.seq,
+        queue=getattr(task, "queue", "") or "",
+        using=using,
+    )
+    return "dead-lettered"
+
+
 def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) -> str:
     """Apply ``envelope`` through ``handler`` exactly once; return the outcome."""
     handler_name = task.name
@@ -162,18 +178,14 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
     age = message_age_s(message)
     if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
         # Its message-log row may be gone (retention): applying it could apply it twice.
-        services.dead_letter_record(
-            handler=handler_name,
+        return _dead_letter(
+            task,
+            message,
+            envelope,
             reason=DeadLetter.Reason.EXPIRED,
             detail=f"produced {age:.0f}s ago, more than RELIABILITY_MAX_MESSAGE_AGE_S",
-            envelope=envelope,
-            message_id=message.message_id,
-            stream=message.stream,
-            seq=message.seq,
-            queue=getattr(task, "queue", "") or "",
             using=using,
         )
-        return "dead-lettered"
     try:
         with transaction.atomic(using=using):
             first = services.message_log_insert(
@@ -220,18 +232,14 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             )
             time.sleep(pause)
             raise Reject(exc, requeue=True) from exc
-        services.dead_letter_record(
-            handler=handler_name,
+        return _dead_letter(
+            task,
+            message,
+            envelope,
             reason=DeadLetter.Reason.HANDLER_FAILED,
             detail=f"{type(exc).__name__}: {exc}",
-            envelope=envelope,
-            message_id=message.message_id,
-            stream=message.stream,
-            seq=message.seq,
-            queue=getattr(task, "queue", "") or "",
             using=using,
         )
-        return "dead-lettered"
     if outcome == "duplicate":
         logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
     fault_point("consume.after_commit", message_id=message.message_id)

@@ -23,9 +23,8 @@ from django.utils import timezone
 
 from .exceptions import PublishError
 from .models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
-from .publisher import publisher
 from .selectors import queue_depths
-from .services import outbox_envelope, outbox_relay_batch, stream_highs
+from .services import outbox_message_publish, outbox_relay_batch, stream_highs
 from .streams import stream_tail_materialize
 
 logger = logging.getLogger(__name__)
@@ -101,12 +100,7 @@ def _gap_republish(
             return True  # never published yet: the relay owns it
         highs = stream_highs(streams=[row.stream], using=alias)
         try:
-            publisher().publish(
-                task_name=row.task_name,
-                queue=row.queue,
-                message_id=str(row.message_id),
-                envelope=outbox_envelope(row, producer_high=highs.get(row.stream)),
-            )
+            outbox_message_publish(row, producer_high=highs.get(row.stream))
         except PublishError as exc:
             logger.warning("reconciler could not republish message %s: %s", row.message_id, exc)
             return False

@@ -166,12 +166,7 @@ def outbox_relay_messages(
         for message in batch:
             fault_point("relay.before_publish", message_id=message.message_id)
             try:
-                publisher().publish(
-                    task_name=message.task_name,
-                    queue=message.queue,
-                    message_id=str(message.message_id),
-                    envelope=outbox_envelope(message, producer_high=highs.get(message.stream)),
-                )
+                outbox_message_publish(message, producer_high=highs.get(message.stream))
             except PublishError as exc:
                 _outbox_publish_failed(message, exc, using=using)
                 # One failure usually means the broker is down or refusing: stop here
@@ -187,6 +182,16 @@ def outbox_relay_messages(
     if sent and ids is None:
         logger.info("relayed %d messages", sent)
     return sent
+
+
+def outbox_message_publish(message: OutboxMessage, *, producer_high: int | None) -> None:
+    """Publish one outbox row with its original message_id; raise ``PublishError`` unless confirmed."""
+    publisher().publish(
+        task_name=message.task_name,
+        queue=message.queue,
+        message_id=str(message.message_id),
+        envelope=outbox_envelope(message, producer_high=producer_high),
+    )
 
 
 def _outbox_publish_failed(message: OutboxMessage, exc: Exception, *, using: str) -> None:

@@ -80,7 +80,7 @@ class StreamPositionTests(TestCase):
 @override_settings(RELIABILITY_RECONCILE_GRACE_S=0, RELIABILITY_RECONCILE_MAX_ATTEMPTS=2)
 class ReconcilerBookkeepingTests(TestCase):
     def setUp(self) -> None:
-        self.publish = mock.patch("reliability.reconciler.publisher").start()
+        self.publish = mock.patch("reliability.services.publisher").start()
         self.addCleanup(mock.patch.stopall)
 
     def _produce(self, count: int, stream: str = "s") -> list[OutboxMessage]:
