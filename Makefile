@@ -63,10 +63,7 @@ else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
 
-cluster-browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
-	scripts/ensure-browser
-
-test: venv services browser ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
+cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.test_cluster_integration
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
