@@ -7,7 +7,8 @@ from reliability.consumer import Message, exactly_once_task
 from . import services
 
 
-@exactly_once_task(name="beans.deduct", queue="beans", using=settings.BEANS_DATABASE)
+# Ordered: one account's deductions are applied in the order the trades were placed (I7).
+@exactly_once_task(name="beans.deduct", queue="beans", using=settings.BEANS_DATABASE, ordered=True)
 def deduct(message: Message) -> str:
     """Deduct a trade's beans from the buyer's account, exactly once."""
     return services.deduction_apply(message)

@@ -40,8 +40,8 @@ from . import services
 from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
-from .models import DeadLetter
-from .streams import stream_high_record, stream_position_record
+from .models import DeadLetter, ParkedMessage
+from .streams import stream_high_record, stream_position_record, stream_watermark_lock
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +143,83 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
-def _dead_letter(task: Task, message: Message, envelope: Any, *, reason: str, detail: str, using: str) -> str:
-    """Record a well-formed message that cannot succeed as it is, and let it be acked."""
+def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
+    fault_point("consume.before_handler", message_id=message.message_id)
+    outcome = handler(message) or "applied"
+    services.message_log_record_outcome(
+        handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
+    )
+    return outcome
+
+
+def message_park(*, handler_name: str, message: Message, envelope: Any, using: str) -> str:
+    """Keep a message whose predecessor has not been applied yet (ordered handlers)."""
+    ParkedMessage.objects.using(using).create(
+        handler=handler_name,
+        stream=message.stream,
+        seq=message.seq,
+        message_id=message.message_id,
+        envelope=envelope,
+    )
+    services.message_log_record_outcome(
+        handler=handler_name, message_id=message.message_id, outcome="parked", using=using
+    )
+    logger.info(
+        "message %s (%s#%d) parked until its predecessor arrives",
+        message.message_id,
+        message.stream,
+        message.seq,
+    )
+    return "parked"
+
+
+def parked_apply(
+    *, handler_name: str, handler: Handler, stream: str, after: int, upto: int, using: str
+) -> int:
+    """Apply, in sequence order, the parked messages that the watermark now covers."""
+    if upto <= after:
+        return 0
+    parked = list(
+        ParkedMessage.objects.using(using)
+        .select_for_update()
+        .filter(handler=handler_name, stream=stream, seq__gt=after, seq__lte=upto)
+        .order_by("seq")
+    )
+    for row in parked:
+        message = envelope_parse(row.envelope)
+        try:
+            with transaction.atomic(using=using):
+                _apply(handler_name, handler, message, using=using)
+        except PoisonMessage as exc:
+            services.dead_letter_record(
+                handler=handler_name,
+                reason=DeadLetter.Reason.HANDLER_FAILED,
+                detail=f"{type(exc).__name__}: {exc}",
+                envelope=row.envelope,
+                message_id=message.message_id,
+                using=using,
+            )
+        row.delete(using=using)
+        logger.info("parked message %s (%s#%d) applied in order", message.message_id, stream, message.seq)
+    return len(parked)
+
+
+def _dead_letter(
+    task: Task,
+    message: Message,
+    envelope: Any,
+    *,
+    reason: str,
+    detail: str,
+    using: str,
+    handler: Handler | None = None,
+    ordered: bool = False,
+) -> str:
+    """Record a well-formed message that cannot succeed as it is, and let it be acked.
+
+    Its seq counts as accounted for; on an ordered stream the messages parked
+    behind it are applied now.
+    """
     services.dead_letter_record(
         handler=task.name,
         reason=reason,
@@ -156,10 +231,21 @@ def _dead_letter(task: Task, message: Message, envelope: Any, *, reason: str, de
         queue=getattr(task, "queue", "") or "",
         using=using,
     )
+    if ordered and handler is not None:
+        with transaction.atomic(using=using):
+            watermark = stream_watermark_lock(handler=task.name, stream=message.stream, using=using)
+            parked_apply(
+                handler_name=task.name,
+                handler=handler,
+                stream=message.stream,
+                after=0,
+                upto=watermark,
+                using=using,
+            )
     return "dead-lettered"
 
 
-def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) -> str:
+def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, ordered: bool = False) -> str:
     """Apply ``envelope`` through ``handler`` exactly once; return the outcome."""
     handler_name = task.name
     try:
@@ -185,6 +271,8 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             reason=DeadLetter.Reason.EXPIRED,
             detail=f"produced {age:.0f}s ago, more than RELIABILITY_MAX_MESSAGE_AGE_S",
             using=using,
+            handler=handler,
+            ordered=ordered,
         )
     try:
         with transaction.atomic(using=using):
@@ -196,18 +284,37 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
                 using=using,
             )
             if first:
-                stream_position_record(
+                watermark = stream_position_record(
                     handler=handler_name,
                     stream=message.stream,
                     seq=message.seq,
                     producer_high=message.producer_high,
                     using=using,
                 )
-                fault_point("consume.before_handler", message_id=message.message_id)
-                outcome = handler(message) or "applied"
-                services.message_log_record_outcome(
-                    handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
-                )
+                if ordered and watermark < message.seq:
+                    outcome = message_park(
+                        handler_name=handler_name, message=message, envelope=envelope, using=using
+                    )
+                else:
+                    if ordered:  # parked predecessors the watermark now covers go first
+                        parked_apply(
+                            handler_name=handler_name,
+                            handler=handler,
+                            stream=message.stream,
+                            after=0,
+                            upto=message.seq - 1,
+                            using=using,
+                        )
+                    outcome = _apply(handler_name, handler, message, using=using)
+                    if ordered:
+                        parked_apply(
+                            handler_name=handler_name,
+                            handler=handler,
+                            stream=message.stream,
+                            after=message.seq,
+                            upto=watermark,
+                            using=using,
+                        )
             else:
                 outcome = "duplicate"
                 services.message_log_count_redelivery(
@@ -239,6 +346,8 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str) 
             reason=DeadLetter.Reason.HANDLER_FAILED,
             detail=f"{type(exc).__name__}: {exc}",
             using=using,
+            handler=handler,
+            ordered=ordered,
         )
     if outcome == "duplicate":
         logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
@@ -256,17 +365,21 @@ class ExactlyOnceTask(Task):
 
 
 def exactly_once_task(
-    *, name: str, queue: str, using: str = "default", **options: Any
+    *, name: str, queue: str, using: str = "default", ordered: bool = False, **options: Any
 ) -> Callable[[Handler], Task]:
     """Turn ``handler(message) -> outcome`` into an exactly-once Celery task named ``name``.
 
     ``using`` is the database alias holding both the handler's data and the
-    message log, so that they commit in one transaction.
+    message log, so that they commit in one transaction. ``ordered``: apply each
+    stream strictly in sequence order, however many workers consume it; a message
+    that overtakes its predecessor is parked until the predecessor is applied.
     """
 
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
-            return message_consume(task=task, envelope=envelope, handler=handler, using=using)
+            return message_consume(
+                task=task, envelope=envelope, handler=handler, using=using, ordered=ordered
+            )
 
         consume.__name__ = handler.__name__
         consume.__doc__ = handler.__doc__

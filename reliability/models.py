@@ -299,3 +299,29 @@ class PipelineMode(models.Model):
 
     def __str__(self) -> str:
         return "degraded" if self.degraded else "normal"
+
+
+class ParkedMessage(models.Model):
+    """A message of an ordered stream that arrived before its predecessor.
+
+    It is already in the message log (so a redelivery is a duplicate) and waits
+    here, durably, until the predecessor is applied; then it is applied in the
+    same transaction, in sequence order.
+    """
+
+    handler = models.CharField(max_length=200)
+    stream = models.CharField(max_length=100)
+    seq = models.BigIntegerField()
+    message_id = models.UUIDField()
+    envelope = models.JSONField()
+    parked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["handler", "stream", "seq"], name="parked_message_position_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.handler} {self.stream}#{self.seq} (parked)"

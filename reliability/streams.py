@@ -40,8 +40,12 @@ def _watermark_lock(cursor: Any, *, handler: str, stream: str) -> tuple[int, int
 
 def stream_position_record(
     *, handler: str, stream: str, seq: int, producer_high: int | None = None, using: str = "default"
-) -> None:
-    """Record that ``handler`` applied ``seq`` of ``stream`` (inside the effect's transaction)."""
+) -> int:
+    """Record that ``handler`` has ``seq`` of ``stream`` (inside the effect's transaction).
+
+    Return the new watermark: every seq up to it is now applied, dead-lettered or
+    parked in order behind this one (see ``reliability.consumer``, ordered handlers).
+    """
     now = timezone.now()
     with connections[using].cursor() as cursor:
         wm_id, watermark, max_seen, high, gaps_open = _watermark_lock(cursor, handler=handler, stream=stream)
@@ -80,6 +84,13 @@ def stream_position_record(
             "last_applied_at = %s, updated_at = %s WHERE id = %s",
             [watermark, max_seen, new_high, new_high, now, found, healed, gaps_open, now, now, wm_id],
         )
+    return int(watermark)
+
+
+def stream_watermark_lock(*, handler: str, stream: str, using: str = "default") -> int:
+    """Lock the (handler, stream) position for the rest of the transaction; return its watermark."""
+    with connections[using].cursor() as cursor:
+        return int(_watermark_lock(cursor, handler=handler, stream=stream)[1])
 
 
 def stream_high_record(*, handler: str, stream: str, producer_high: int, using: str = "default") -> None:

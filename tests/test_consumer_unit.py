@@ -16,7 +16,7 @@ from django.test import TestCase
 
 from reliability.consumer import Message, message_consume
 from reliability.exceptions import PoisonMessage
-from reliability.models import DeadLetter, MessageLog, OutboxMessage
+from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage
 from reliability.services import outbox_enqueue, outbox_envelope
 
 HANDLER_NAME = "tests.handler"
@@ -183,3 +183,49 @@ class MessageConsumeTests(TestCase):
         sleep.assert_called_once()
         self.assertFalse(DeadLetter.objects.exists())
         self.assertFalse(MessageLog.objects.exists())
+
+
+class OrderedConsumeTests(TestCase):
+    """An ordered handler applies a stream in sequence order, parking what overtakes."""
+
+    def setUp(self) -> None:
+        with transaction.atomic():
+            rows = [
+                outbox_enqueue(task_name="tests.ordered", queue="beans", stream="ordered", payload={"n": n})
+                for n in range(1, 4)
+            ]
+        self.envelopes = [json.loads(json.dumps(outbox_envelope(row))) for row in rows]
+        self.applied: list[int] = []
+
+    def handler(self, message: Message) -> str:
+        if message.payload.get("poison"):
+            raise PoisonMessage("cannot apply")
+        self.applied.append(message.seq)
+        return "done"
+
+    def consume(self, envelope: Any) -> str:
+        task: Any = FakeTask()
+        task.name = "tests.ordered"
+        return message_consume(
+            task=task, envelope=envelope, handler=self.handler, using="default", ordered=True
+        )
+
+    def test_a_message_that_overtakes_is_parked_then_applied_in_order(self) -> None:
+        self.assertEqual(self.consume(self.envelopes[2]), "parked")
+        self.assertEqual(self.consume(self.envelopes[1]), "parked")
+        self.assertEqual(self.applied, [])
+        self.assertEqual(self.consume(self.envelopes[0]), "done")
+        self.assertEqual(self.applied, [1, 2, 3])
+        self.assertFalse(ParkedMessage.objects.exists())
+        self.assertEqual(
+            self.consume(self.envelopes[2]), "duplicate", "a parked message's redelivery is a duplicate"
+        )
+
+    def test_a_dead_lettered_predecessor_releases_what_waits_behind_it(self) -> None:
+        self.consume(self.envelopes[1])
+        poisoned = {**self.envelopes[0], "payload": {"poison": True}}
+        with self.assertLogs("reliability", level="ERROR"):
+            self.assertEqual(self.consume(poisoned), "dead-lettered")
+        self.assertEqual(self.applied, [2])
+        self.assertEqual(self.consume(self.envelopes[2]), "done")
+        self.assertEqual(self.applied, [2, 3])
