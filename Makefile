@@ -54,11 +54,17 @@ TWO_DATABASE_TESTS := \
 browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
 	scripts/ensure-browser
 
-test: venv services browser ## Run the test suite, then the end-to-end tests with two databases (TEST_ARGS=... for one run)
+# And with the deductions spread over four queue partitions.
+PARTITIONED_TESTS := \
+	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
+	tests.test_ordering_integration
+
+test: venv services browser ## Run the test suite, then end-to-end tests with two databases and with 4 queue partitions (TEST_ARGS=... for one run)
 ifeq ($(strip $(TEST_ARGS)),)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput
 	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL=postgres://root@127.0.0.1:5432/beans_side \
 		$(PY) manage.py test --noinput $(TWO_DATABASE_TESTS)
+	PYTHONUNBUFFERED=1 TRADES_QUEUE_PARTITIONS=4 $(PY) manage.py test --noinput $(PARTITIONED_TESTS)
 else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif

@@ -255,6 +255,18 @@ RELIABILITY_QUORUM_REPLICAS = env_int("RELIABILITY_QUORUM_REPLICAS", 3)
 # it means re-declaring the queues (see README, "Scaling and back-pressure").
 RELIABILITY_QUEUE_MAX_LENGTH = env_int("RELIABILITY_QUEUE_MAX_LENGTH", 100_000)
 
+# Deductions are sequenced per stream; an account always maps to the same stream.
+TRADES_DEDUCTION_STREAMS = env_int("TRADES_DEDUCTION_STREAMS", 8)
+# The bean service's queue, split into partitions: each its own quorum queue (own bound, leader
+# and consumers); a stream always goes to the same partition. Changing either number is a
+# drain-and-switch (README, "Scaling and back-pressure"; manage.py repartition).
+TRADES_QUEUE_PARTITIONS = env_int("TRADES_QUEUE_PARTITIONS", 1)
+if not 1 <= TRADES_QUEUE_PARTITIONS <= TRADES_DEDUCTION_STREAMS:
+    raise ImproperlyConfigured("TRADES_QUEUE_PARTITIONS must be between 1 and TRADES_DEDUCTION_STREAMS")
+BEANS_QUEUES = (
+    ["beans"] if TRADES_QUEUE_PARTITIONS == 1 else [f"beans.{p}" for p in range(TRADES_QUEUE_PARTITIONS)]
+)
+
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-queues
 CELERY_TASK_QUEUES = [
     quorum_queue(
@@ -264,7 +276,7 @@ CELERY_TASK_QUEUES = [
         replicas=RELIABILITY_QUORUM_REPLICAS,
         max_length=RELIABILITY_QUEUE_MAX_LENGTH or None,
     )
-    for name in ("beans", "trades", "housekeeping")
+    for name in (*BEANS_QUEUES, "trades", "housekeeping")
 ]
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#task-default-queue
 CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
@@ -387,8 +399,6 @@ if RELIABILITY_FAULT_INJECTION and IS_PRODUCTION:
 
 # --- Domain -----------------------------------------------------------------
 
-# Deductions are sequenced per stream; an account always maps to the same stream.
-TRADES_DEDUCTION_STREAMS = env_int("TRADES_DEDUCTION_STREAMS", 8)
 # Refuse trades above this many beans (a typo guard, not a business limit).
 TRADES_MAX_BEANS = env_int("TRADES_MAX_BEANS", 1_000_000_000)
 

@@ -124,6 +124,12 @@ def message_age_s(message: Message) -> float | None:
     return (timezone.now() - produced).total_seconds()
 
 
+def delivery_queue(task: Task) -> str:
+    """Return the queue a message came from (routing key = queue name in this topology)."""
+    info = getattr(task.request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or getattr(task, "queue", "") or "")
+
+
 def delivery_count(task: Task) -> int:
     """Return how often the broker delivered this message before (quorum queues say so)."""
     request = task.request
@@ -228,7 +234,7 @@ def _dead_letter(
         message_id=message.message_id,
         stream=message.stream,
         seq=message.seq,
-        queue=getattr(task, "queue", "") or "",
+        queue=delivery_queue(task),
         using=using,
     )
     if ordered and handler is not None:

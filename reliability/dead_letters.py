@@ -150,7 +150,7 @@ def dead_letter_replay(*, letter_id: int, using: str = "default") -> DeadLetter:
             raise DeadLetterError(
                 f"dead letter {letter_id} has no readable envelope to replay; discard it instead"
             )
-        queue = task_queue(letter.handler) or letter.queue
+        queue = letter.queue or task_queue(letter.handler)
         if not queue:
             raise DeadLetterError(f"dead letter {letter_id}: no queue is known for task {letter.handler}")
         publisher().publish(

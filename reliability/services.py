@@ -52,6 +52,12 @@ def stream_seq_allocate(*, stream: str, task_name: str, queue: str, using: str =
     return int(seq)
 
 
+def stream_queue_move(*, stream: str, queue: str, using: str = "default") -> None:
+    """Send a stream's future messages to another queue (only once the stream is drained)."""
+    StreamCounter.objects.using(using).filter(stream=stream).update(queue=queue)
+    logger.info("stream %s now goes to queue %s", stream, queue)
+
+
 def outbox_enqueue(
     *,
     task_name: str,

@@ -17,9 +17,8 @@ from .models import Trade
 
 logger = logging.getLogger(__name__)
 
-# The bean service's contract: the task that deducts, and its queue.
+# The bean service's contract: the task that deducts (its queues: settings.BEANS_QUEUES).
 DEDUCT_TASK = "beans.deduct"
-DEDUCT_QUEUE = "beans"
 IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 
@@ -36,6 +35,12 @@ def _strict_positive_int(value: Any, *, field: str, maximum: int) -> int:
 def deduction_stream(account_id: int) -> str:
     """Return the stream of an account's deductions: always the same one per account."""
     return f"deductions.{account_id % settings.TRADES_DEDUCTION_STREAMS}"
+
+
+def deduction_queue(account_id: int) -> str:
+    """Return the queue partition of an account's stream: always the same one per stream."""
+    stream_index = account_id % settings.TRADES_DEDUCTION_STREAMS
+    return settings.BEANS_QUEUES[stream_index % len(settings.BEANS_QUEUES)]
 
 
 def trade_place(*, account_id: Any, beans: Any, idempotency_key: str | None = None) -> tuple[Trade, bool]:
@@ -73,7 +78,7 @@ def trade_place(*, account_id: Any, beans: Any, idempotency_key: str | None = No
             return existing, False
         outbox_enqueue(
             task_name=DEDUCT_TASK,
-            queue=DEDUCT_QUEUE,
+            queue=deduction_queue(account_id),
             stream=deduction_stream(account_id),
             payload={"trade_id": trade.pk, "account_id": account_id, "beans": beans},
             message_id=message_id,
