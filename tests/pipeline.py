@@ -12,7 +12,7 @@ from kombu import Connection
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
-from reliability.models import OutboxMessage
+from reliability.models import OutboxMessage, ParkedMessage
 from reliability.publisher import publisher
 from reliability.selectors import stream_positions
 from trades.models import Trade
@@ -155,6 +155,19 @@ class PipelineTestCase(TransactionTestCase):
             return all(count == 0 for count in queue_message_counts().values())
 
         wait_until(empty, timeout=timeout, interval=0.5, what="the queues to empty")
+
+    def assert_per_account_order(self) -> None:
+        """Each account's deductions were applied in the order its trades were placed."""
+        seq_of = dict(OutboxMessage.objects.filter(task_name="beans.deduct").values_list("message_id", "seq"))
+        applied: dict[int, list[int]] = defaultdict(list)
+        entries = LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEDUCTION).order_by("id")
+        for account_id, message_id in entries.values_list("account_id", "message_id"):
+            assert message_id is not None  # a deduction always has one (ledger_deduction_has_message_id)
+            applied[account_id].append(seq_of[message_id])
+        self.assertTrue(applied)
+        violations = {account: seqs for account, seqs in applied.items() if seqs != sorted(seqs)}
+        self.assertEqual(violations, {}, "accounts whose deductions were applied out of order")
+        self.assertFalse(ParkedMessage.objects.using(settings.BEANS_DATABASE).exists(), "nothing left parked")
 
     def assert_exactly_once(self, *, trades: int) -> None:
         """Assert I1, I2, I5, I9 independently of the code under test's own bookkeeping."""

@@ -60,6 +60,7 @@ class BackPressureIntegrationTests(PipelineTestCase):
         drained_s = time.monotonic() - drain_started
         self.assert_exactly_once(trades=TRADES)
         self.assert_streams_contiguous()
+        self.assert_per_account_order()
         self.assertEqual(Trade.objects.filter(status=Trade.Status.DEDUCTED).count(), TRADES)
         degrade._cache.clear()
         self.assertFalse(degrade.pipeline_mode_evaluate().degraded, "drained: degrade mode is off")
@@ -67,5 +68,5 @@ class BackPressureIntegrationTests(PipelineTestCase):
         sys.stderr.write(
             f"\nback-pressure: {TRADES} trades, queue bound {QUEUE_BOUND}, peak outbox backlog {backlog}, "
             f"placed in {drain_started - started:.1f}s, drained in {drained_s:.1f}s, "
-            f"most publish attempts for one message {attempts}, lost 0, doubled 0\n"
+            f"most publish attempts for one message {attempts}, lost 0, doubled 0, order violations 0\n"
         )
