@@ -56,8 +56,8 @@ class PipelineTestCase(TransactionTestCase):
         super().setUp()
         self.processes = []
         self.initial_balances: dict[int, int] = {}
-        publisher().topology_declare()
-        self.purge_queues()  # whatever earlier tests left behind
+        self.purge_queues()  # whatever earlier tests left behind (closes the publisher)
+        publisher().topology_declare()  # then connect and declare, once
         self.addCleanup(self.purge_queues)
         self.addCleanup(self.stop_processes)
 

@@ -94,9 +94,32 @@ class RelayIntegrationTests(PipelineTestCase):
         self.assertEqual(outbox_relay_batch(), 1)
 
     def _unbind_beans(self) -> None:
-        # Celery's native delayed delivery adds a "#.beans" binding beside "beans".
+        """Remove every binding from exchange beans to queue beans (workers add their own)."""
+        listing = subprocess.run(
+            [
+                "rabbitmqctl",
+                "-q",
+                "list_bindings",
+                "-p",
+                broker_vhost(),
+                "--no-table-headers",
+                "source_name",
+                "destination_name",
+                "routing_key",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        keys = {"beans"}
+        for line in listing.splitlines():
+            source, _, rest = line.partition("\t")
+            destination, _, routing_key = rest.partition("\t")
+            if source == "beans" and destination == "beans":
+                keys.add(routing_key)
         with Connection(current_app.conf.broker_url) as conn:
-            for routing_key in ("beans", "#.beans"):
+            for routing_key in keys:
                 conn.default_channel.queue_unbind("beans", "beans", routing_key)
 
     def _rebind_beans(self) -> None:
