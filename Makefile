@@ -43,7 +43,7 @@ services: ## Make sure PostgreSQL, RabbitMQ and Redis are running (installs them
 migrate: venv services ## Apply the database migrations
 	$(PY) manage.py migrate --noinput
 
-demo: venv services migrate ## Run the end-to-end demo (worker + beat + trades + verify)
+demo: venv services ## Run the end-to-end demo (worker + beat + trades + verify)
 	VENV=$(VENV) scripts/demo
 
 # The end-to-end tests again with the bean service in a database of its own.

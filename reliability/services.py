@@ -39,7 +39,10 @@ def stream_seq_allocate(*, stream: str, task_name: str, queue: str, using: str =
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (stream, last_seq, task_name, queue) VALUES (%s, 1, %s, %s) "  # noqa: S608
-            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + 1 "
+            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + 1, "
+            # A counter from before streams had owners is claimed by its first user.
+            f"task_name = COALESCE(NULLIF({table}.task_name, ''), EXCLUDED.task_name), "
+            f"queue = COALESCE(NULLIF({table}.queue, ''), EXCLUDED.queue) "
             "RETURNING last_seq, task_name, queue",
             [stream, task_name, queue],
         )

@@ -42,6 +42,18 @@ def queue_message_counts() -> dict[str, int]:
     return counts
 
 
+def queues_purge() -> None:
+    """Empty every project queue of this run's vhost (and drop the publisher's connection)."""
+    publisher().close()
+    with Connection(current_app.conf.broker_url) as conn:
+        for name in broker_queues():
+            channel = conn.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception:  # noqa: BLE001 - a queue not declared yet, or one a test deleted
+                continue
+
+
 def broker_vhost() -> str:
     return unquote(urlsplit(current_app.conf.broker_url).path[1:]) or "/"
 
@@ -103,14 +115,7 @@ class PipelineTestCase(TransactionTestCase):
             process.stop()
 
     def purge_queues(self) -> None:
-        publisher().close()
-        with Connection(current_app.conf.broker_url) as conn:
-            for name in broker_queues():
-                channel = conn.channel()
-                try:
-                    channel.queue_purge(name)
-                except Exception:  # noqa: BLE001 - a queue a test deleted
-                    continue
+        queues_purge()
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.kind} {p.name} ---\n{p.log_tail()}" for p in self.processes)

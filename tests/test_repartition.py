@@ -10,10 +10,13 @@ from reliability.models import OutboxMessage, StreamCounter
 from reliability.services import outbox_enqueue
 from trades.services import DEDUCT_TASK
 
+from .pipeline import queues_purge
+
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
 class RepartitionTests(TransactionTestCase):
     def setUp(self) -> None:
+        queues_purge()  # messages earlier tests left in this run's vhost
         with transaction.atomic():
             for stream in ("deductions.0", "deductions.1", "deductions.2"):
                 outbox_enqueue(task_name=DEDUCT_TASK, queue="beans", stream=stream, payload={})
