@@ -30,10 +30,7 @@ _CACHE_S = 1.0
 def pipeline_lag() -> dict[str, float]:
     """Return the two lag figures: the oldest unpublished message's age, and messages not yet applied."""
     stats = outbox_pending_stats()
-    lag = 0
-    for position in stream_positions():
-        produced = position["produced_seq"] or 0
-        lag += max(produced - position["consumed_watermark"], 0)
+    lag = sum(max(position["lag"] or 0, 0) for position in stream_positions())
     return {"outbox_oldest_pending_age_s": stats["outbox_oldest_pending_age_s"], "consumer_lag_messages": lag}
 
 

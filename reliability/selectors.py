@@ -78,6 +78,10 @@ def stream_positions() -> list[dict[str, Any]]:
                 "stream": name,
                 "handler": watermark.handler if watermark else produced[name]["task_name"],
                 "produced_seq": produced.get(name, {}).get("produced_seq"),
+                # Numbered by the producer, not yet applied (or dead-lettered) in order.
+                "lag": None
+                if name not in produced
+                else produced[name]["produced_seq"] - (watermark.watermark if watermark else 0),
                 "consumed_watermark": watermark.watermark if watermark else 0,
                 "max_seen": watermark.max_seen if watermark else 0,
                 "producer_high_seen": watermark.producer_high if watermark else 0,
