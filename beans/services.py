@@ -4,11 +4,11 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from reliability.consumer import Message
-from reliability.services import outbox_enqueue
+from reliability.services import outbox_enqueue, outbox_enqueue_many
 
 from .exceptions import AccountNotFound, InvalidAmount, InvalidDeduction
 from .models import Account, LedgerEntry
@@ -67,6 +67,95 @@ def account_credit(*, account_id: int, beans: int, note: str = "") -> LedgerEntr
         )
 
 
+def _deduction_fields(message: Message) -> tuple[int, int, int]:
+    """Return (trade_id, account_id, beans) of a deduction message, or raise ``InvalidDeduction``."""
+    payload = message.payload
+    try:
+        return (
+            _positive_int(payload.get("trade_id"), what="trade_id"),
+            _positive_int(payload.get("account_id"), what="account_id"),
+            _positive_int(payload.get("beans"), what="beans"),
+        )
+    except InvalidAmount as exc:
+        raise InvalidDeduction(f"message {message.message_id}: {exc}") from exc
+
+
+def _outcome_message(
+    message: Message, *, trade_id: int, outcome: str, balance_after: int
+) -> tuple[str, dict[str, Any], None]:
+    """The outcome message to the trade service: (stream, payload, message_id) for the outbox."""
+    return (
+        f"outcomes.{message.stream}",
+        {
+            "trade_id": trade_id,
+            "outcome": outcome,
+            "balance_after": balance_after,
+            "deduction_message_id": str(message.message_id),
+        },
+        None,
+    )
+
+
+def deductions_apply(messages: list[Message]) -> list[str]:
+    """``deduction_apply`` for a batch, in set-based SQL: one lock, one update, two inserts.
+
+    Runs inside the consumer middleware's transaction. The accounts are locked in id
+    order (one statement); each message is then decided in the order given, so
+    several deductions from one account see each other's balance, exactly as if
+    applied one by one. A message for an unknown account or with a bad payload
+    raises: the middleware then applies the batch one by one, and that message
+    alone is dead-lettered.
+    """
+    fields = [_deduction_fields(message) for message in messages]
+    account_ids = sorted({account_id for _, account_id, _ in fields})
+    accounts = {
+        account.pk: account
+        for account in Account.objects.select_for_update().filter(pk__in=account_ids).order_by("pk")
+    }
+    missing = [account_id for account_id in account_ids if account_id not in accounts]
+    if missing:
+        raise AccountNotFound(f"accounts {missing} do not exist")
+    balances = {account_id: account.balance for account_id, account in accounts.items()}
+    now = timezone.now()
+    entries, outcomes, outcome_messages = [], [], []
+    for message, (trade_id, account_id, beans) in zip(messages, fields, strict=True):
+        if balances[account_id] >= beans:
+            balances[account_id] -= beans
+            entries.append(
+                LedgerEntry(
+                    account_id=account_id,
+                    kind=LedgerEntry.Kind.DEDUCTION,
+                    beans=beans,
+                    balance_after=balances[account_id],
+                    message_id=message.message_id,
+                    trade_id=trade_id,
+                    created_at=now,
+                )
+            )
+            outcome = DeductionOutcome.DEDUCTED
+        else:
+            outcome = DeductionOutcome.REJECTED
+        outcomes.append(outcome)
+        outcome_messages.append(
+            _outcome_message(message, trade_id=trade_id, outcome=outcome, balance_after=balances[account_id])
+        )
+    changed = [
+        account_id for account_id in account_ids if balances[account_id] != accounts[account_id].balance
+    ]
+    if changed:
+        with connections[settings.BEANS_DATABASE].cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {Account._meta.db_table} AS a SET balance = u.b, updated_at = %s "  # noqa: S608
+                "FROM unnest(%s::bigint[], %s::bigint[]) AS u(i, b) WHERE a.id = u.i",
+                [now, changed, [balances[account_id] for account_id in changed]],
+            )
+    LedgerEntry.objects.bulk_create(entries)
+    outbox_enqueue_many(
+        task_name=OUTCOME_TASK, queue=OUTCOME_QUEUE, messages=outcome_messages, using=settings.BEANS_DATABASE
+    )
+    return outcomes
+
+
 def deduction_apply(message: Message) -> str:
     """Deduct a trade's beans once, or reject it for insufficient funds; report back.
 
@@ -75,13 +164,7 @@ def deduction_apply(message: Message) -> str:
     account serialize and the balance check cannot race. The outcome message to
     the trade service commits in the same transaction.
     """
-    payload = message.payload
-    try:
-        trade_id = _positive_int(payload.get("trade_id"), what="trade_id")
-        account_id = _positive_int(payload.get("account_id"), what="account_id")
-        beans = _positive_int(payload.get("beans"), what="beans")
-    except InvalidAmount as exc:
-        raise InvalidDeduction(f"message {message.message_id}: {exc}") from exc
+    trade_id, account_id, beans = _deduction_fields(message)
     try:
         account = Account.objects.select_for_update().get(pk=account_id)
     except Account.DoesNotExist as exc:
@@ -109,16 +192,14 @@ def deduction_apply(message: Message) -> str:
             account.balance,
             beans,
         )
+    stream, payload, _ = _outcome_message(
+        message, trade_id=trade_id, outcome=outcome, balance_after=account.balance
+    )
     outbox_enqueue(
         task_name=OUTCOME_TASK,
         queue=OUTCOME_QUEUE,
-        stream=f"outcomes.{message.stream}",
-        payload={
-            "trade_id": trade_id,
-            "outcome": outcome,
-            "balance_after": account.balance,
-            "deduction_message_id": str(message.message_id),
-        },
+        stream=stream,
+        payload=payload,
         using=settings.BEANS_DATABASE,
     )
     return outcome

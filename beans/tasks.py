@@ -8,7 +8,14 @@ from . import services
 
 
 # Ordered: one account's deductions are applied in the order the trades were placed (I7).
-@exactly_once_task(name="beans.deduct", queue="beans", using=settings.BEANS_DATABASE, ordered=True)
+# A batch envelope is applied set-based, in one transaction (services.deductions_apply).
+@exactly_once_task(
+    name="beans.deduct",
+    queue="beans",
+    using=settings.BEANS_DATABASE,
+    ordered=True,
+    batch_handler=services.deductions_apply,
+)
 def deduct(message: Message) -> str:
     """Deduct a trade's beans from the buyer's account, exactly once."""
     return services.deduction_apply(message)

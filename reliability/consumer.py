@@ -41,7 +41,7 @@ from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter, ParkedMessage
-from .streams import stream_high_record, stream_position_record, stream_watermark_lock
+from .streams import stream_high_record, stream_position_record, stream_runs_record, stream_watermark_lock
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,13 @@ class Message:
 
 
 Handler = Callable[[Message], str | None]
+# Applies several messages inside the caller's transaction, in the order given (set-based
+# SQL rather than a round trip per message); returns one outcome per message.
+BatchHandler = Callable[[list[Message]], list[str]]
+
+
+class _TakeOneByOne(Exception):
+    """A batch that cannot take the one-transaction path: apply its messages one by one."""
 
 
 def envelope_parse(envelope: Any) -> Message:
@@ -361,6 +368,122 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, 
     return outcome
 
 
+def batch_consume(
+    *,
+    task: Task,
+    envelope: dict[str, Any],
+    handler: Handler,
+    batch_handler: BatchHandler | None,
+    using: str,
+    ordered: bool = False,
+) -> str:
+    """Apply a batch envelope: in one transaction when it can, else message by message.
+
+    The one-transaction path inserts every message-log row in one statement, moves
+    each stream's position past the run in one statement, and applies the effects
+    through ``batch_handler`` (or ``handler`` per message, still in the same
+    transaction). It is taken only in the common case: every message is new, well
+    formed and fresh, and each stream's run follows its watermark directly (no gap,
+    nothing parked). Anything else (a duplicate inside or across batches, a message
+    that overtook its predecessor, a poison message, a bug) rolls the transaction
+    back and hands each message to ``message_consume``, which dedupes, parks or
+    dead-letters it on its own, so one bad message neither loses, doubles nor blocks
+    the others. A transient database error requeues the whole envelope: whatever
+    was applied is a duplicate when it comes back.
+    """
+    items = envelope.get("messages")
+    limit = settings.RELIABILITY_ENVELOPE_MAX_MESSAGES
+    if not isinstance(items, list) or not items or len(items) > max(limit, 1000):
+        services.dead_letter_record(
+            handler=task.name,
+            reason=DeadLetter.Reason.INVALID_ENVELOPE,
+            detail=f"batch envelope needs a list of 1 to {max(limit, 1000)} messages",
+            envelope=envelope,
+            using=using,
+        )
+        return "dead-lettered"
+    try:
+        outcomes = _batch_apply(task.name, items, handler, batch_handler, using=using)
+    except _TakeOneByOne as reason:
+        logger.info("batch of %d for %s applied one by one: %s", len(items), task.name, reason)
+    except Exception as exc:
+        if _is_transient(exc):
+            deliveries = delivery_count(task)
+            pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
+            logger.warning(
+                "batch of %d for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
+                len(items),
+                task.name,
+                deliveries + 1,
+                pause,
+                type(exc).__name__,
+                exc,
+            )
+            time.sleep(pause)
+            raise Reject(exc, requeue=True) from exc
+        logger.info(
+            "batch of %d for %s failed (%s: %s); applying it one by one",
+            len(items),
+            task.name,
+            type(exc).__name__,
+            exc,
+        )
+    else:
+        fault_point("consume.after_commit", message_id=outcomes[0][0])
+        return f"batch of {len(items)} applied"
+    results = [
+        message_consume(task=task, envelope=item, handler=handler, using=using, ordered=ordered)
+        for item in items
+    ]
+    return f"batch of {len(items)} one by one: " + ", ".join(sorted(set(results)))
+
+
+def _batch_apply(
+    handler_name: str,
+    items: list[Any],
+    handler: Handler,
+    batch_handler: BatchHandler | None,
+    *,
+    using: str,
+) -> list[tuple[uuid.UUID, str]]:
+    """The one-transaction path of ``batch_consume``; raise ``_TakeOneByOne`` when it does not fit."""
+    try:
+        messages = [envelope_parse(item) for item in items]
+    except InvalidEnvelope as exc:
+        raise _TakeOneByOne(f"a malformed message: {exc}") from exc
+    if len({message.message_id for message in messages}) < len(messages):
+        raise _TakeOneByOne("a message twice in one batch")
+    for message in messages:
+        age = message_age_s(message)
+        if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
+            raise _TakeOneByOne(f"message {message.message_id} expired")
+    runs: dict[str, list[Message]] = {}
+    for message in messages:
+        runs.setdefault(message.stream, []).append(message)
+    with transaction.atomic(using=using):
+        fault_point("consume.before_handler", message_id=messages[0].message_id)
+        inserted = services.message_log_insert_many(handler=handler_name, messages=messages, using=using)
+        if inserted < len(messages):
+            raise _TakeOneByOne(f"{len(messages) - inserted} message(s) seen before")
+        positions = {
+            stream: ([message.seq for message in run], max((message.producer_high or 0) for message in run))
+            for stream, run in runs.items()
+        }
+        if not stream_runs_record(handler=handler_name, runs=positions, using=using):
+            raise _TakeOneByOne("a stream does not continue right after its watermark")
+        if batch_handler is not None:
+            outcomes = batch_handler(messages)
+        else:
+            outcomes = [handler(message) or "applied" for message in messages]
+        if len(outcomes) != len(messages):
+            raise RuntimeError(
+                f"batch handler of {handler_name} returned {len(outcomes)} outcomes for {len(messages)}"
+            )
+        applied = [(message.message_id, outcome) for message, outcome in zip(messages, outcomes, strict=True)]
+        services.message_log_record_outcomes(handler=handler_name, outcomes=applied, using=using)
+    return applied
+
+
 class ExactlyOnceTask(Task):
     """Base class of exactly-once consumer tasks: late acks, requeue on a lost worker."""
 
@@ -371,7 +494,13 @@ class ExactlyOnceTask(Task):
 
 
 def exactly_once_task(
-    *, name: str, queue: str, using: str = "default", ordered: bool = False, **options: Any
+    *,
+    name: str,
+    queue: str,
+    using: str = "default",
+    ordered: bool = False,
+    batch_handler: BatchHandler | None = None,
+    **options: Any,
 ) -> Callable[[Handler], Task]:
     """Turn ``handler(message) -> outcome`` into an exactly-once Celery task named ``name``.
 
@@ -379,10 +508,22 @@ def exactly_once_task(
     message log, so that they commit in one transaction. ``ordered``: apply each
     stream strictly in sequence order, however many workers consume it; a message
     that overtakes its predecessor is parked until the predecessor is applied.
+    ``batch_handler``: the set-based equivalent of ``handler`` for a batch envelope
+    (see ``batch_consume``); without it a batch calls ``handler`` per message, in
+    one transaction.
     """
 
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
+            if isinstance(envelope, dict) and envelope.get("kind") == services.BATCH:
+                return batch_consume(
+                    task=task,
+                    envelope=envelope,
+                    handler=handler,
+                    batch_handler=batch_handler,
+                    using=using,
+                    ordered=ordered,
+                )
             return message_consume(
                 task=task, envelope=envelope, handler=handler, using=using, ordered=ordered
             )

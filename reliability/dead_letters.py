@@ -27,7 +27,7 @@ from kombu import Connection
 from .exceptions import ReliabilityError
 from .models import DeadLetter
 from .publisher import publisher
-from .services import dead_letter_record
+from .services import BATCH, dead_letter_record
 
 logger = logging.getLogger(__name__)
 
@@ -79,32 +79,46 @@ def _message_id(envelope: dict[str, Any] | None, properties: dict[str, Any]) -> 
     return None
 
 
-def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> DeadLetter:
-    """Record one message taken from the dead-letter queue."""
+def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> list[DeadLetter]:
+    """Record one message taken from the dead-letter queue: a batch envelope, one row per message.
+
+    Each message of a batch keeps its own row (message_id, stream, seq, envelope), so
+    each can be replayed, discarded and accounted for on its own.
+    """
     headers = dict(properties.get("application_headers") or {})
     deaths = headers.get("x-death") or [{}]
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
     broker_reason = str(death.get("reason", ""))
     handler = str(headers.get("task") or "unknown")
     envelope = _envelope_from_body(body)
-    seq = (envelope or {}).get("seq")
-    return dead_letter_record(
-        handler=handler,
-        reason=_X_DEATH_REASONS.get(broker_reason, DeadLetter.Reason.BROKER_OTHER),
-        detail=f"broker dead-lettered it ({broker_reason or 'no reason given'}) from queue "
-        f"{death.get('queue', '?')} after {death.get('count', '?')} time(s)",
-        envelope=envelope,
-        message_id=_message_id(envelope, properties),
-        stream=str((envelope or {}).get("stream", "")) if isinstance(seq, int) else "",
-        seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-        queue=str(death.get("queue", "")),
-        headers={
-            **headers,
-            "properties": {k: v for k, v in properties.items() if k != "application_headers"},
-        },
-        body=_body_text(body),
-        using=task_database(handler),
+    inner = (envelope or {}).get("messages") if (envelope or {}).get("kind") == BATCH else None
+    envelopes = (
+        [item if isinstance(item, dict) else None for item in inner] if isinstance(inner, list) else []
     )
+    letters = []
+    for one in envelopes or [envelope]:
+        seq = (one or {}).get("seq")
+        letters.append(
+            dead_letter_record(
+                handler=handler,
+                reason=_X_DEATH_REASONS.get(broker_reason, DeadLetter.Reason.BROKER_OTHER),
+                detail=f"broker dead-lettered it ({broker_reason or 'no reason given'}) from queue "
+                f"{death.get('queue', '?')} after {death.get('count', '?')} time(s)"
+                + (f", in a batch of {len(envelopes)}" if envelopes else ""),
+                envelope=one,
+                message_id=_message_id(one, {} if envelopes else properties),
+                stream=str((one or {}).get("stream", "")) if isinstance(seq, int) else "",
+                seq=seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
+                queue=str(death.get("queue", "")),
+                headers={
+                    **headers,
+                    "properties": {k: v for k, v in properties.items() if k != "application_headers"},
+                },
+                body=_body_text(body),
+                using=task_database(handler),
+            )
+        )
+    return letters
 
 
 def dead_letters_drain(*, limit: int = 500) -> int:

@@ -2,57 +2,75 @@
 
 import json
 import logging
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .exceptions import OutboxUsageError, PublishError
 from .faults import fault_point
 from .ids import message_id_new
 from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
-from .publisher import publisher
+from .publisher import Publish, publisher
 from .streams import stream_position_record
 
 logger = logging.getLogger(__name__)
 
 ENVELOPE_VERSION = 1
+# The kind of an envelope that carries several messages (each a version-1 envelope).
+BATCH = "batch"
 
 
-def stream_seq_allocate(*, stream: str, task_name: str, queue: str, using: str = "default") -> int:
-    """Return the next sequence number of ``stream``, inside the caller's transaction.
+def stream_seq_allocate(
+    *, stream: str, task_name: str, queue: str, count: int = 1, using: str = "default"
+) -> int:
+    """Take the next ``count`` sequence numbers of ``stream``; return the last of them.
 
-    The counter row stays locked until the caller commits, and a rollback undoes
-    the increment, so a stream's numbers are gap-free. A database sequence or
-    Redis INCR would not be: their increments survive a rollback and would show
-    up as false gaps. Each stream has its own row, so streams do not serialize
-    each other. A stream has one consumer (task and queue): the gap detection and
-    the heartbeat address it.
+    Runs inside the caller's transaction. The counter row stays locked until the
+    caller commits, and a rollback undoes the increment, so a stream's numbers are
+    gap-free. A database sequence or Redis INCR would not be: their increments
+    survive a rollback and would show up as false gaps. Each stream has its own
+    row, so streams do not serialize each other. A stream has one consumer (task
+    and queue): the gap detection and the heartbeat address it.
+    """
+    return stream_seqs_allocate(counts={stream: count}, task_name=task_name, queue=queue, using=using)[stream]
+
+
+def stream_seqs_allocate(
+    *, counts: dict[str, int], task_name: str, queue: str, using: str = "default"
+) -> dict[str, int]:
+    """``stream_seq_allocate`` for several streams in one statement: ``{stream: last seq taken}``.
+
+    The counter rows are locked in stream order, the one lock order of every caller.
     """
     table = StreamCounter._meta.db_table
+    streams = sorted(counts)
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (stream, last_seq, task_name, queue) VALUES (%s, 1, %s, %s) "  # noqa: S608
-            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + 1, "
+            f"INSERT INTO {table} (stream, last_seq, task_name, queue) "  # noqa: S608
+            "SELECT s, n, %s, %s FROM unnest(%s::text[], %s::bigint[]) AS u(s, n) "
+            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq, "
             # A counter from before streams had owners is claimed by its first user.
             f"task_name = COALESCE(NULLIF({table}.task_name, ''), EXCLUDED.task_name), "
             f"queue = COALESCE(NULLIF({table}.queue, ''), EXCLUDED.queue) "
-            "RETURNING last_seq, task_name, queue",
-            [stream, task_name, queue],
+            "RETURNING stream, last_seq, task_name, queue",
+            [task_name, queue, streams, [counts[stream] for stream in streams]],
         )
-        seq, owner_task, owner_queue = cursor.fetchone()
-    if (owner_task, owner_queue) != (task_name, queue):
-        raise OutboxUsageError(
-            f"stream {stream!r} belongs to {owner_task} on queue {owner_queue}; "
-            f"use another stream name for {task_name} on {queue}"
-        )
-    return int(seq)
+        rows = cursor.fetchall()
+    for stream, _, owner_task, owner_queue in rows:
+        if (owner_task, owner_queue) != (task_name, queue):
+            raise OutboxUsageError(
+                f"stream {stream!r} belongs to {owner_task} on queue {owner_queue}; "
+                f"use another stream name for {task_name} on {queue}"
+            )
+    return {stream: int(last) for stream, last, _, _ in rows}
 
 
 def stream_queue_move(*, stream: str, queue: str, using: str = "default") -> None:
@@ -77,28 +95,96 @@ def outbox_enqueue(
     ``message_id`` (from ``reliability.ids.message_id_new``) when the caller's
     own row must reference the message before it exists.
     """
+    (message,) = outbox_enqueue_many(
+        task_name=task_name,
+        queue=queue,
+        messages=[(stream, payload, message_id)],
+        using=using,
+    )
+    return message
+
+
+def outbox_enqueue_many(
+    *,
+    task_name: str,
+    queue: str,
+    messages: Sequence[tuple[str, dict[str, Any], uuid.UUID | None]],
+    using: str = "default",
+) -> list[OutboxMessage]:
+    """Record several messages ``(stream, payload, message_id or None)`` in one INSERT.
+
+    The same rules as ``outbox_enqueue``; each stream's seqs are allocated in one
+    statement, in the order given.
+    """
     if not connections[using].in_atomic_block:
         raise OutboxUsageError(
             "outbox_enqueue must run inside transaction.atomic() so the message "
             "commits together with the write that caused it"
         )
+    wanted: dict[str, int] = {}
+    for stream, _, _ in messages:
+        wanted[stream] = wanted.get(stream, 0) + 1
+    if len(wanted) == 1:  # a producer's usual case
+        ((stream, count),) = wanted.items()
+        last = {
+            stream: stream_seq_allocate(
+                stream=stream, task_name=task_name, queue=queue, count=count, using=using
+            )
+        }
+    else:
+        last = stream_seqs_allocate(counts=wanted, task_name=task_name, queue=queue, using=using)
+    next_seq = {stream: last[stream] - count + 1 for stream, count in wanted.items()}
     now = timezone.now()
-    message = OutboxMessage.objects.using(using).create(
-        message_id=message_id or message_id_new(),
-        task_name=task_name,
-        queue=queue,
-        stream=stream,
-        seq=stream_seq_allocate(stream=stream, task_name=task_name, queue=queue, using=using),
-        payload=payload,
-        created_at=now,
-        # The sweep leaves a fresh row to the after-commit fast path for a moment.
-        next_attempt_at=now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S),
-    )
+    # The sweep leaves a fresh row to the after-commit fast path (or relay loop) for a moment.
+    grace = now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S)
+    rows = []
+    for stream, payload, message_id in messages:
+        rows.append(
+            OutboxMessage(
+                message_id=message_id or message_id_new(),
+                task_name=task_name,
+                queue=queue,
+                stream=stream,
+                seq=next_seq[stream],
+                payload=payload,
+                created_at=now,
+                next_attempt_at=grace,
+            )
+        )
+        next_seq[stream] += 1
+    created = OutboxMessage.objects.using(using).bulk_create(rows)
+    with connections[using].cursor() as cursor:  # wakes the relay loop at commit (coalesced)
+        cursor.execute("SELECT pg_notify(%s, '')", [RELAY_CHANNEL])
     if settings.RELIABILITY_RELAY_FAST_PATH:
         transaction.on_commit(
-            partial(outbox_publish_after_commit, ids=[message.pk], using=using), using=using
+            partial(outbox_publish_after_commit, ids=[row.pk for row in created], using=using), using=using
         )
-    return message
+    return created
+
+
+# The relay loop (``reliability.relay``) listens on this channel and holds this advisory
+# lock while it runs: one relay loop per database publishes, the others stand by.
+RELAY_CHANNEL = "reliability_outbox"
+RELAY_LOCK = (0x6265616E, 1)
+_relay_seen: dict[str, tuple[float, bool]] = {}
+
+
+def relay_loop_running(*, using: str = "default") -> bool:
+    """Whether a relay loop holds the relay lock of this database (cached for a second)."""
+    now = time.monotonic()
+    checked, running = _relay_seen.get(using, (0.0, False))
+    if now - checked < 1.0:
+        return running
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = %s AND objid = %s AND objsubid = 2)",
+            list(RELAY_LOCK),
+        )
+        running = bool(cursor.fetchone()[0])
+    _relay_seen[using] = (now, running)
+    return running
 
 
 def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None) -> dict[str, Any]:
@@ -127,7 +213,12 @@ def stream_highs(*, streams: Iterable[str], using: str = "default") -> dict[str,
 
 
 def outbox_publish_after_commit(*, ids: list[int], using: str = "default") -> None:
-    """Fast path: publish just-committed messages now; the relay sweep is the safety net."""
+    """Fast path: publish just-committed messages now; the relay sweep is the safety net.
+
+    Left to the relay loop when one runs: it packs many messages per envelope.
+    """
+    if relay_loop_running(using=using):
+        return
     try:
         outbox_relay_messages(ids=ids, using=using, due_only=False)
     except Exception:  # the write committed; a failed fast path only delays the message
@@ -147,50 +238,133 @@ def _backoff(attempts: int) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+# Whether this process's last relay window went through. A relay pass that follows a
+# failure (or is this process's first) sends one message on its own first: if the
+# broker refuses or the route is broken, one message learns it, not a whole window.
+_path_verified: dict[str, bool] = {}
+
+
 def outbox_relay_messages(
     *,
     ids: Iterable[int] | None,
     using: str = "default",
     limit: int | None = None,
     due_only: bool = True,
+    fresh_too: bool = False,
 ) -> int:
-    """Publish pending outbox rows, marking each sent only after a positive confirm.
+    """Publish pending outbox rows, marking them sent only after a positive confirm.
 
     Rows are locked with ``SKIP LOCKED`` and taken in id order, so several relays
     (and fast paths) can run at once without publishing the same row twice in
-    parallel. A crash after the publish and before the commit leaves the row
-    pending: it is published again, and the consumer's message log drops the copy.
+    parallel. Rows for one task and queue are packed, stream by stream in seq
+    order, into envelopes of up to ``RELIABILITY_ENVELOPE_MAX_MESSAGES``; a window
+    of envelopes is put in flight at once and the confirms collected by delivery
+    tag. Confirmed rows are marked sent in one statement; a nack, return or
+    timeout marks only the rows of that envelope. A crash after the publish and
+    before the commit leaves the rows pending: they are published again, and the
+    consumer's message log drops the copies. ``fresh_too``: also take rows never
+    attempted whose grace period has not passed (the relay loop does not wait).
     """
     limit = limit or settings.RELIABILITY_RELAY_BATCH_SIZE
-    sent = 0
+    sent_ids: list[int] = []
     with transaction.atomic(using=using):
         rows = OutboxMessage.objects.using(using).select_for_update(skip_locked=True)
         rows = rows.filter(status=OutboxMessage.Status.PENDING)
         if ids is not None:
             rows = rows.filter(pk__in=list(ids))
         if due_only:
-            rows = rows.filter(next_attempt_at__lte=timezone.now())
+            due = Q(next_attempt_at__lte=timezone.now())
+            rows = rows.filter(due | Q(attempts=0) if fresh_too else due)
         batch = list(rows.order_by("id")[:limit])
+        if not batch:
+            return 0
         highs = stream_highs(streams=(message.stream for message in batch), using=using)
-        for message in batch:
-            fault_point("relay.before_publish", message_id=message.message_id)
-            try:
-                outbox_message_publish(message, producer_high=highs.get(message.stream))
-            except PublishError as exc:
-                _outbox_publish_failed(message, exc, using=using)
-                # One failure usually means the broker is down or refusing: stop here
-                # rather than spend the whole batch on timeouts. The rest stays pending.
+        envelopes = outbox_envelopes_pack(batch, highs=highs, probe=not _path_verified.get(using))
+        window = 1 if not _path_verified.get(using) else settings.RELIABILITY_RELAY_WINDOW
+        position = 0
+        while position < len(envelopes):
+            chunk = envelopes[position : position + window]
+            position += len(chunk)
+            fault_point("relay.before_publish", message_id=chunk[0][1][0].message_id)
+            results = _publish_window([item for item, _ in chunk])
+            fault_point("relay.after_publish", message_id=chunk[0][1][0].message_id)
+            failed = False
+            for (_, messages), error in zip(chunk, results, strict=True):
+                if error is None:
+                    sent_ids.extend(message.pk for message in messages)
+                else:
+                    failed = True
+                    _outbox_publish_failed(messages, error, using=using)
+            _path_verified[using] = not failed
+            if failed:
+                # The broker is down or refusing: stop here rather than spend the whole
+                # batch on timeouts. The rest stays pending, unattempted.
                 break
-            fault_point("relay.after_publish", message_id=message.message_id)
-            now = timezone.now()
-            OutboxMessage.objects.using(using).filter(pk=message.pk).update(
-                status=OutboxMessage.Status.SENT, sent_at=now, last_error=""
+            window = settings.RELIABILITY_RELAY_WINDOW
+        if sent_ids:
+            fault_point("relay.before_mark_sent", message_id=batch[0].message_id)
+            OutboxMessage.objects.using(using).filter(pk__in=sent_ids).update(
+                status=OutboxMessage.Status.SENT, sent_at=timezone.now(), last_error=""
             )
-            sent += 1
-            logger.debug("published message %s (%s#%d)", message.message_id, message.stream, message.seq)
-    if sent and ids is None:
-        logger.info("relayed %d messages", sent)
-    return sent
+    if sent_ids and ids is None:
+        logger.info("relayed %d messages in %d envelopes", len(sent_ids), position)
+    return len(sent_ids)
+
+
+def _publish_window(items: list[Publish]) -> list[PublishError | None]:
+    """Publish a window of task messages; return, per message, None (confirmed) or the error."""
+    try:
+        if len(items) == 1:  # one message: the plain confirmed publish
+            (item,) = items
+            publisher().publish(
+                task_name=item.task_name, queue=item.queue, message_id=item.task_id, envelope=item.envelope
+            )
+            return [None]
+        return publisher().publish_many(items)
+    except PublishError as exc:
+        return [exc] * len(items)
+
+
+def outbox_envelopes_pack(
+    batch: list[OutboxMessage], *, highs: dict[str, int], probe: bool = False
+) -> list[tuple[Publish, list[OutboxMessage]]]:
+    """Pack outbox rows into task messages: per task and queue, stream by stream in seq order.
+
+    One row alone keeps the single-message envelope; several share a batch envelope
+    in which each keeps its own message_id and seq, so dedupe, gap detection and
+    replay stay per message. ``probe``: the first row goes alone, first.
+    """
+    packed: list[tuple[Publish, list[OutboxMessage]]] = []
+    if probe and batch:
+        packed.append((_publish_of([batch[0]], highs), [batch[0]]))
+        batch = batch[1:]
+    groups: dict[tuple[str, str], list[OutboxMessage]] = {}
+    for message in batch:
+        groups.setdefault((message.task_name, message.queue), []).append(message)
+    size = settings.RELIABILITY_ENVELOPE_MAX_MESSAGES
+    for messages in groups.values():
+        messages.sort(key=lambda message: (message.stream, message.seq))
+        for start in range(0, len(messages), size):
+            part = messages[start : start + size]
+            packed.append((_publish_of(part, highs), part))
+    return packed
+
+
+def _publish_of(messages: list[OutboxMessage], highs: dict[str, int]) -> Publish:
+    first = messages[0]
+    if len(messages) == 1:
+        envelope = outbox_envelope(first, producer_high=highs.get(first.stream))
+        return Publish(first.task_name, first.queue, str(first.message_id), envelope)
+    return Publish(
+        first.task_name,
+        first.queue,
+        str(uuid.uuid4()),  # the task id of the envelope; each message keeps its own id
+        {
+            "v": ENVELOPE_VERSION,
+            "kind": BATCH,
+            "messages": [outbox_envelope(m, producer_high=highs.get(m.stream)) for m in messages],
+        },
+    )
 
 
 def outbox_message_publish(message: OutboxMessage, *, producer_high: int | None) -> None:
@@ -203,15 +377,19 @@ def outbox_message_publish(message: OutboxMessage, *, producer_high: int | None)
     )
 
 
-def _outbox_publish_failed(message: OutboxMessage, exc: Exception, *, using: str) -> None:
-    attempts = message.attempts + 1
-    OutboxMessage.objects.using(using).filter(pk=message.pk).update(
-        attempts=attempts,
+def _outbox_publish_failed(messages: list[OutboxMessage], exc: Exception, *, using: str) -> None:
+    attempts = max(message.attempts for message in messages) + 1
+    OutboxMessage.objects.using(using).filter(pk__in=[message.pk for message in messages]).update(
+        attempts=F("attempts") + 1,
         last_error=f"{type(exc).__name__}: {exc}"[:2000],
         next_attempt_at=timezone.now() + _backoff(attempts),
     )
     logger.warning(
-        "publish of message %s failed (attempt %d), left pending: %s", message.message_id, attempts, exc
+        "publish of %d message(s) from %s failed (attempt %d), left pending: %s",
+        len(messages),
+        messages[0].message_id,
+        attempts,
+        exc,
     )
 
 
@@ -238,6 +416,38 @@ def message_log_insert(
             [handler, message_id, stream, seq, timezone.now()],
         )
         return cursor.fetchone() is not None
+
+
+def message_log_insert_many(*, handler: str, messages: list[Any], using: str = "default") -> int:
+    """Insert the message-log rows of ``messages`` in one statement; return how many were new."""
+    table = MessageLog._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (handler, message_id, stream, seq, outcome, redeliveries, applied_at) "  # noqa: S608
+            "SELECT %s, m, s, q, '', 0, %s FROM unnest(%s::uuid[], %s::text[], %s::bigint[]) AS u(m, s, q) "
+            "ON CONFLICT (handler, message_id) DO NOTHING",
+            [
+                handler,
+                timezone.now(),
+                [message.message_id for message in messages],
+                [message.stream for message in messages],
+                [message.seq for message in messages],
+            ],
+        )
+        return int(cursor.rowcount)
+
+
+def message_log_record_outcomes(
+    *, handler: str, outcomes: list[tuple[uuid.UUID, str]], using: str = "default"
+) -> None:
+    """Record the outcome of many messages in one statement."""
+    table = MessageLog._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS l SET outcome = u.o FROM unnest(%s::uuid[], %s::text[]) AS u(m, o) "  # noqa: S608
+            "WHERE l.handler = %s AND l.message_id = u.m",
+            [[m for m, _ in outcomes], [o[:200] for _, o in outcomes], handler],
+        )
 
 
 def message_log_record_outcome(

@@ -14,6 +14,7 @@ positions are updated in order; other streams are not held up. Cost per message:
 one upsert and one update while a stream has no open gap.
 """
 
+import itertools
 from typing import Any
 
 from django.db import connections
@@ -85,6 +86,50 @@ def stream_position_record(
             [watermark, max_seen, new_high, new_high, now, found, healed, gaps_open, now, now, wm_id],
         )
     return int(watermark)
+
+
+def stream_runs_record(
+    *, handler: str, runs: dict[str, tuple[list[int], int]], using: str = "default"
+) -> bool:
+    """Record runs of seqs ``{stream: (seqs, producer_high)}`` in two statements, if each fits.
+
+    True when, for every stream, the seqs are consecutive and start right after the
+    watermark with no open gap and nothing seen beyond it: each watermark moves to
+    the last of its run. False (nothing written, rows locked) otherwise; the caller
+    then rolls back and records them one by one. The rows are locked in stream
+    order, the one lock order of every caller.
+    """
+    for seqs, _ in runs.values():
+        if any(later != earlier + 1 for earlier, later in itertools.pairwise(seqs)):
+            return False
+    streams = sorted(runs)
+    now = timezone.now()
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {_WM} (handler, stream, watermark, max_seen, producer_high, gaps_found, gaps_healed, "  # noqa: S608
+            "gaps_open, updated_at) SELECT %s, s, 0, 0, 0, 0, 0, 0, %s FROM unnest(%s::text[]) AS s "
+            "ON CONFLICT (handler, stream) DO UPDATE SET updated_at = EXCLUDED.updated_at "
+            "RETURNING stream, id, watermark, max_seen, producer_high, gaps_open",
+            [handler, now, streams],
+        )
+        current = {row[0]: row[1:] for row in cursor.fetchall()}
+        ids, lasts, highs = [], [], []
+        for stream in streams:
+            seqs, producer_high = runs[stream]
+            wm_id, watermark, max_seen, high, gaps_open = current[stream]
+            if gaps_open or watermark != max_seen or seqs[0] != max_seen + 1:
+                return False
+            ids.append(wm_id)
+            lasts.append(seqs[-1])
+            highs.append(max(high, seqs[-1], producer_high))
+        cursor.execute(
+            f"UPDATE {_WM} AS w SET watermark = u.last, max_seen = u.last, "  # noqa: S608
+            "producer_high_at = CASE WHEN u.high > w.producer_high THEN %s ELSE w.producer_high_at END, "
+            "producer_high = u.high, last_applied_at = %s, updated_at = %s "
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(id, last, high) WHERE w.id = u.id",
+            [now, now, now, ids, lasts, highs],
+        )
+    return True
 
 
 def stream_watermark_lock(*, handler: str, stream: str, using: str = "default") -> int:

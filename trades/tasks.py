@@ -5,7 +5,9 @@ from reliability.consumer import Message, exactly_once_task
 from . import services
 
 
-@exactly_once_task(name="trades.record_outcome", queue="trades")
+@exactly_once_task(
+    name="trades.record_outcome", queue="trades", batch_handler=services.trades_record_outcomes
+)
 def record_outcome(message: Message) -> str:
     """Settle a trade from the bean service's outcome message, exactly once."""
     return services.trade_record_outcome(message)
