@@ -2,8 +2,8 @@
 
 Every value has a default that works on a developer machine (services on
 127.0.0.1, see README) and none of them is a production secret. Production sets
-``DJANGO_ENV=production`` and must then provide ``DJANGO_SECRET_KEY`` and
-``DJANGO_ALLOWED_HOSTS``.
+``DJANGO_ENV=production`` and must then provide ``DJANGO_SECRET_KEY``,
+``DJANGO_ALLOWED_HOSTS``, ``DATABASE_URL`` and ``CELERY_BROKER_URL`` (not guest).
 """
 
 import os
@@ -84,10 +84,24 @@ IS_PRODUCTION = ENVIRONMENT == "production"
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 if IS_PRODUCTION:
-    if "DJANGO_SECRET_KEY" not in os.environ or "DJANGO_ALLOWED_HOSTS" not in os.environ:
-        raise ImproperlyConfigured("DJANGO_ENV=production needs DJANGO_SECRET_KEY and DJANGO_ALLOWED_HOSTS")
+    # Secrets (and hosts) come from the environment only: no development default stands in.
+    _missing = [
+        name
+        for name in ("DJANGO_SECRET_KEY", "DJANGO_ALLOWED_HOSTS", "DATABASE_URL", "CELERY_BROKER_URL")
+        if not os.environ.get(name)
+    ]
+    if _missing:
+        raise ImproperlyConfigured(f"DJANGO_ENV=production needs {', '.join(_missing)} in the environment")
+    if DEBUG:
+        raise ImproperlyConfigured("DJANGO_DEBUG cannot be on when DJANGO_ENV=production")
+    # No user in the URL means guest to kombu. Per-role users: scripts/rabbitmq-users (README).
+    _broker_users = {urlsplit(url).username for url in os.environ["CELERY_BROKER_URL"].split(";")}
+    if _broker_users & {None, "", "guest"}:
+        raise ImproperlyConfigured("CELERY_BROKER_URL must name a broker user of its own, not guest")
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-development-key-never-use-in-production")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+if IS_PRODUCTION and (not ALLOWED_HOSTS or "*" in ALLOWED_HOSTS):
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must name the hosts served in production, not '*'")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -162,7 +176,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".run" / "static"
 
+# Where the admin is served: a path of your own makes it harder to find (e.g. "ops-7f3a/").
 ADMIN_URL = env_str("DJANGO_ADMIN_URL", "admin/")
+if not ADMIN_URL.endswith("/") or ADMIN_URL.startswith("/"):
+    raise ImproperlyConfigured(f"DJANGO_ADMIN_URL must look like 'admin/' (no leading /), got {ADMIN_URL!r}")
 
 # GET /metrics: with a token, scrapers must send "Authorization: Bearer <token>" (401 otherwise);
 # without one, only loopback clients (127.0.0.0/8, ::1) are answered (403 otherwise). Behind a
@@ -326,10 +343,19 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Reliability (outbox, relay, consumer middleware) ----------------------
 
-# Publish right after commit (the sweep is the safety net). Off: the sweep does it all.
+# Publish right after commit (the sweep is the safety net), unless a relay loop runs.
+# Off: the relay loop and the sweep do it all.
 RELIABILITY_RELAY_FAST_PATH = env_bool("RELIABILITY_RELAY_FAST_PATH", True)
-# Rows published per relay sweep (bounded, locked, ordered by id).
+# Every worker runs a relay loop (one per database is active): woken by the commit,
+# it lingers this long, then packs what is pending into envelopes of many messages.
+RELIABILITY_RELAY_LOOP = env_bool("RELIABILITY_RELAY_LOOP", True)
+RELIABILITY_RELAY_LINGER_MS = env_float("RELIABILITY_RELAY_LINGER_MS", 5.0)
+# Rows published per relay pass (bounded, locked, ordered by id).
 RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
+# Messages per envelope (one task message, one consumer transaction), and envelopes
+# in flight at once before the relay waits for their confirms.
+RELIABILITY_ENVELOPE_MAX_MESSAGES = env_int("RELIABILITY_ENVELOPE_MAX_MESSAGES", 100)
+RELIABILITY_RELAY_WINDOW = env_int("RELIABILITY_RELAY_WINDOW", 32)
 # The sweep leaves a fresh row this long to the after-commit fast path.
 RELIABILITY_RELAY_GRACE_S = env_float("RELIABILITY_RELAY_GRACE_S", 2.0)
 # Longest wait for a publisher confirm before the publish counts as failed.
