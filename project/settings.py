@@ -356,6 +356,30 @@ RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
 # in flight at once before the relay waits for their confirms.
 RELIABILITY_ENVELOPE_MAX_MESSAGES = env_int("RELIABILITY_ENVELOPE_MAX_MESSAGES", 100)
 RELIABILITY_RELAY_WINDOW = env_int("RELIABILITY_RELAY_WINDOW", 32)
+
+# Message signing (reliability/signing.py): "key_id:secret,key_id:secret" - every key is
+# accepted on consumption; RELIABILITY_SIGNING_KEY_ID (default: the first) signs. Rotate by
+# adding a key everywhere, switching the active id, and dropping the old key later.
+_DEVELOPMENT_SIGNING_KEYS = "dev:development-signing-key-never-use-in-production"
+RELIABILITY_SIGNING_KEYS = {
+    key_id.strip(): secret.encode()
+    for key_id, _, secret in (
+        item.partition(":") for item in env_list("RELIABILITY_SIGNING_KEYS", _DEVELOPMENT_SIGNING_KEYS)
+    )
+}
+RELIABILITY_SIGNING_KEY_ID = env_str("RELIABILITY_SIGNING_KEY_ID", next(iter(RELIABILITY_SIGNING_KEYS), ""))
+if any(not key_id or len(secret) < 32 for key_id, secret in RELIABILITY_SIGNING_KEYS.items()):
+    raise ImproperlyConfigured(
+        "RELIABILITY_SIGNING_KEYS: each entry is key_id:secret with a secret of 32+ bytes"
+    )
+if RELIABILITY_SIGNING_KEY_ID not in RELIABILITY_SIGNING_KEYS:
+    raise ImproperlyConfigured(
+        f"RELIABILITY_SIGNING_KEY_ID {RELIABILITY_SIGNING_KEY_ID!r} is not in RELIABILITY_SIGNING_KEYS"
+    )
+if IS_PRODUCTION and ("RELIABILITY_SIGNING_KEYS" not in os.environ or "dev" in RELIABILITY_SIGNING_KEYS):
+    raise ImproperlyConfigured(
+        "DJANGO_ENV=production needs RELIABILITY_SIGNING_KEYS of its own (not the dev key)"
+    )
 # The sweep leaves a fresh row this long to the after-commit fast path.
 RELIABILITY_RELAY_GRACE_S = env_float("RELIABILITY_RELAY_GRACE_S", 2.0)
 # Longest wait for a publisher confirm before the publish counts as failed.

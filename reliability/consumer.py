@@ -41,6 +41,7 @@ from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter, ParkedMessage
+from .signing import Unauthentic, envelope_verify
 from .streams import stream_high_record, stream_position_record, stream_runs_record, stream_watermark_lock
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ BatchHandler = Callable[[list[Message]], list[str]]
 
 class _TakeOneByOne(Exception):
     """A batch that cannot take the one-transaction path: apply its messages one by one."""
+
+
+class _Overtaken(_TakeOneByOne):
+    """A stream's run does not continue its watermark: its predecessor may be committing now."""
+
+
+# An overtaking batch usually waits on a predecessor that another pool process is
+# committing this very moment: a few short retries spare both batches the slow path.
+_OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02)
 
 
 def envelope_parse(envelope: Any) -> Message:
@@ -263,12 +273,16 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, 
     handler_name = task.name
     try:
         if isinstance(envelope, dict) and envelope.get("kind") == HEARTBEAT:
+            envelope_verify(envelope)
             return heartbeat_apply(handler_name=handler_name, envelope=envelope, using=using)
         message = envelope_parse(envelope)
-    except InvalidEnvelope as exc:
+        envelope_verify(envelope)
+    except (InvalidEnvelope, Unauthentic) as exc:
+        # Nothing of it is trusted: no message_id, stream or seq is recorded as its own.
+        unauthentic = isinstance(exc, Unauthentic)
         services.dead_letter_record(
             handler=handler_name,
-            reason=DeadLetter.Reason.INVALID_ENVELOPE,
+            reason=DeadLetter.Reason.UNAUTHENTIC if unauthentic else DeadLetter.Reason.INVALID_ENVELOPE,
             detail=str(exc),
             envelope=envelope,
             using=using,
@@ -403,7 +417,7 @@ def batch_consume(
         )
         return "dead-lettered"
     try:
-        outcomes = _batch_apply(task.name, items, handler, batch_handler, using=using)
+        outcomes = _batch_apply_retrying(task.name, items, handler, batch_handler, using=using)
     except _TakeOneByOne as reason:
         logger.info("batch of %d for %s applied one by one: %s", len(items), task.name, reason)
     except Exception as exc:
@@ -438,6 +452,17 @@ def batch_consume(
     return f"batch of {len(items)} one by one: " + ", ".join(sorted(set(results)))
 
 
+def _batch_apply_retrying(
+    handler_name: str, items: list[Any], handler: Handler, batch_handler: BatchHandler | None, *, using: str
+) -> list[tuple[uuid.UUID, str]]:
+    for pause in _OVERTAKEN_RETRIES_S:
+        try:
+            return _batch_apply(handler_name, items, handler, batch_handler, using=using)
+        except _Overtaken:
+            time.sleep(pause)  # rolled back: the predecessor's transaction can take the locks
+    return _batch_apply(handler_name, items, handler, batch_handler, using=using)
+
+
 def _batch_apply(
     handler_name: str,
     items: list[Any],
@@ -449,8 +474,10 @@ def _batch_apply(
     """The one-transaction path of ``batch_consume``; raise ``_TakeOneByOne`` when it does not fit."""
     try:
         messages = [envelope_parse(item) for item in items]
-    except InvalidEnvelope as exc:
-        raise _TakeOneByOne(f"a malformed message: {exc}") from exc
+        for item in items:
+            envelope_verify(item)
+    except (InvalidEnvelope, Unauthentic) as exc:
+        raise _TakeOneByOne(f"a malformed or unauthentic message: {exc}") from exc
     if len({message.message_id for message in messages}) < len(messages):
         raise _TakeOneByOne("a message twice in one batch")
     for message in messages:
@@ -470,7 +497,7 @@ def _batch_apply(
             for stream, run in runs.items()
         }
         if not stream_runs_record(handler=handler_name, runs=positions, using=using):
-            raise _TakeOneByOne("a stream does not continue right after its watermark")
+            raise _Overtaken("a stream does not continue right after its watermark")
         if batch_handler is not None:
             outcomes = batch_handler(messages)
         else:

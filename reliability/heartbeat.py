@@ -8,6 +8,7 @@ from .exceptions import PublishError
 from .models import StreamCounter
 from .publisher import publisher
 from .services import ENVELOPE_VERSION
+from .signing import envelope_sign
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,14 @@ def stream_heartbeat_send(*, using: str = "default") -> int:
                 task_name=counter.task_name,
                 queue=counter.queue,
                 message_id=str(uuid.uuid4()),
-                envelope={
-                    "v": ENVELOPE_VERSION,
-                    "kind": HEARTBEAT,
-                    "stream": counter.stream,
-                    "high": counter.last_seq,
-                },
+                envelope=envelope_sign(
+                    {
+                        "v": ENVELOPE_VERSION,
+                        "kind": HEARTBEAT,
+                        "stream": counter.stream,
+                        "high": counter.last_seq,
+                    }
+                ),
             )
         except PublishError as exc:
             logger.warning("heartbeat of stream %s not published: %s", counter.stream, exc)

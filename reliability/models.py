@@ -235,6 +235,7 @@ class DeadLetter(models.Model):
 
     class Reason(models.TextChoices):
         INVALID_ENVELOPE = "invalid_envelope", "Invalid envelope"
+        UNAUTHENTIC = "unauthentic", "Unsigned, forged or tampered (signature check failed)"
         HANDLER_FAILED = "handler_failed", "Handler refused it for good"
         EXPIRED = "expired", "Older than the maximum message age"
         DELIVERY_LIMIT = "delivery_limit", "Kept failing past the delivery limit"

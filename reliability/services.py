@@ -19,6 +19,7 @@ from .faults import fault_point
 from .ids import message_id_new
 from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
 from .publisher import Publish, publisher
+from .signing import envelope_sign
 from .streams import stream_position_record
 
 logger = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ def outbox_enqueue_many(
     now = timezone.now()
     # The sweep leaves a fresh row to the after-commit fast path (or relay loop) for a moment.
     grace = now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S)
-    rows = []
+    created = []
     for stream, payload, message_id in messages:
-        rows.append(
+        created.append(
             OutboxMessage(
                 message_id=message_id or message_id_new(),
                 task_name=task_name,
@@ -152,14 +153,45 @@ def outbox_enqueue_many(
             )
         )
         next_seq[stream] += 1
-    created = OutboxMessage.objects.using(using).bulk_create(rows)
-    with connections[using].cursor() as cursor:  # wakes the relay loop at commit (coalesced)
-        cursor.execute("SELECT pg_notify(%s, '')", [RELAY_CHANNEL])
+    _outbox_insert(created, using=using)
     if settings.RELIABILITY_RELAY_FAST_PATH:
         transaction.on_commit(
             partial(outbox_publish_after_commit, ids=[row.pk for row in created], using=using), using=using
         )
     return created
+
+
+def _outbox_insert(rows: list[OutboxMessage], *, using: str) -> None:
+    """Insert outbox rows and wake the relay loop, in one statement (the producer's hot path).
+
+    The notification is delivered when the transaction commits, and only then.
+    """
+    table = OutboxMessage._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"WITH wake AS (SELECT pg_notify(%s, '')) INSERT INTO {table} "  # noqa: S608
+            "(message_id, task_name, queue, stream, seq, payload, status, attempts, last_error, "
+            "next_attempt_at, created_at) "
+            "SELECT u.m, %s, %s, u.s, u.q, u.p::jsonb, %s, 0, '', %s, %s "
+            "FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[]) AS u(m, s, q, p) CROSS JOIN wake "
+            "RETURNING id, message_id",
+            [
+                RELAY_CHANNEL,
+                rows[0].task_name,
+                rows[0].queue,
+                OutboxMessage.Status.PENDING,
+                rows[0].next_attempt_at,
+                rows[0].created_at,
+                [row.message_id for row in rows],
+                [row.stream for row in rows],
+                [row.seq for row in rows],
+                [json.dumps(row.payload) for row in rows],
+            ],
+        )
+        ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
+    for row in rows:
+        row.pk = ids[row.message_id]
+        row._state.adding, row._state.db = False, using
 
 
 # The relay loop (``reliability.relay``) listens on this channel and holds this advisory
@@ -191,17 +223,20 @@ def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None)
     """Return the JSON envelope a consumer receives for ``message``.
 
     ``high`` is the stream's high-water mark when published, so the consumer can
-    see that later seqs exist (a lost tail) even if none of them arrives.
+    see that later seqs exist (a lost tail) even if none of them arrives. Signed
+    (``reliability.signing``): the consumer applies nothing it cannot verify.
     """
-    return {
-        "v": ENVELOPE_VERSION,
-        "message_id": str(message.message_id),
-        "stream": message.stream,
-        "seq": message.seq,
-        "high": max(producer_high or 0, message.seq),
-        "produced_at": message.created_at.isoformat(),
-        "payload": message.payload,
-    }
+    return envelope_sign(
+        {
+            "v": ENVELOPE_VERSION,
+            "message_id": str(message.message_id),
+            "stream": message.stream,
+            "seq": message.seq,
+            "high": max(producer_high or 0, message.seq),
+            "produced_at": message.created_at.isoformat(),
+            "payload": message.payload,
+        }
+    )
 
 
 def stream_highs(*, streams: Iterable[str], using: str = "default") -> dict[str, int]:

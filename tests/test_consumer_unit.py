@@ -18,6 +18,7 @@ from reliability.consumer import Message, message_consume
 from reliability.exceptions import PoisonMessage
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage
 from reliability.services import outbox_enqueue, outbox_envelope
+from reliability.signing import envelope_sign
 
 HANDLER_NAME = "tests.handler"
 
@@ -223,7 +224,8 @@ class OrderedConsumeTests(TestCase):
 
     def test_a_dead_lettered_predecessor_releases_what_waits_behind_it(self) -> None:
         self.consume(self.envelopes[1])
-        poisoned = {**self.envelopes[0], "payload": {"poison": True}}
+        # Authentic (signed by the producer), but a payload the handler refuses for good.
+        poisoned = envelope_sign({**self.envelopes[0], "payload": {"poison": True}})
         with self.assertLogs("reliability", level="ERROR"):
             self.assertEqual(self.consume(poisoned), "dead-lettered")
         self.assertEqual(self.applied, [2])
