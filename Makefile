@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate demo test cluster-test bench lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate demo test audit cluster-test bench lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -61,6 +61,7 @@ PARTITIONED_TESTS := \
 
 test: venv services browser ## Run the test suite, then end-to-end tests with two databases and with 4 queue partitions (TEST_ARGS=... for one run)
 ifeq ($(strip $(TEST_ARGS)),)
+	$(MAKE) --no-print-directory audit
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput
 	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL=postgres://root@127.0.0.1:5432/beans_side \
 		$(PY) manage.py test --noinput $(TWO_DATABASE_TESTS)
@@ -68,6 +69,9 @@ ifeq ($(strip $(TEST_ARGS)),)
 else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
+
+audit: venv ## Check the pinned requirements for known vulnerabilities (says so, and passes, when the vulnerability service is unreachable)
+	$(PY) scripts/audit-requirements.py
 
 cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.test_cluster_integration

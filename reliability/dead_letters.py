@@ -54,7 +54,13 @@ def task_queue(task_name: str) -> str:
 
 
 def _body_text(body: bytes | str) -> str:
-    return body if isinstance(body, str) else body.decode("utf-8", errors="replace")
+    """Return the body as text PostgreSQL can store: UTF-8 as it is, other bytes and NUL escaped.
+
+    A body that is not UTF-8 (a pickle, say) must still be recorded: a row that cannot be
+    written would stay at the head of the dead-letter queue and stop the drain for good.
+    """
+    text = body if isinstance(body, str) else body.decode("utf-8", errors="backslashreplace")
+    return text.replace("\x00", "\\x00")
 
 
 def _envelope_from_body(body: bytes | str) -> dict[str, Any] | None:

@@ -1,11 +1,13 @@
 """HTTP interface of the trade service: parse, call one service, shape the answer."""
 
 import json
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
 
 from reliability.degrade import non_critical, pipeline_mode_current
 from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
@@ -23,6 +25,25 @@ def _error(status: int, message: str) -> JsonResponse:
     return JsonResponse({"error": message}, status=status)
 
 
+def _allow(*methods: str) -> Callable[[Callable[..., HttpResponse]], Callable[..., HttpResponse]]:
+    """Like ``require_http_methods``, but the 405 is JSON with an error, as every other refusal."""
+
+    def decorate(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @wraps(view)
+        def allowed_only(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = _error(
+                    405, f"method {request.method} not allowed here; use {' or '.join(methods)}"
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            return view(request, *args, **kwargs)
+
+        return allowed_only
+
+    return decorate
+
+
 def trade_json(trade: Trade) -> dict[str, Any]:
     return {
         "id": trade.pk,
@@ -38,7 +59,11 @@ def trade_json(trade: Trade) -> dict[str, Any]:
 
 
 def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
-    if len(request.body) > MAX_BODY_BYTES:
+    try:
+        too_large = len(request.body) > MAX_BODY_BYTES
+    except RequestDataTooBig:  # beyond DATA_UPLOAD_MAX_MEMORY_SIZE: Django does not even read it
+        too_large = True
+    if too_large:
         raise TradeInvalid(f"request body is larger than {MAX_BODY_BYTES} bytes")
     if request.content_type != "application/json":
         raise TradeInvalid("Content-Type must be application/json")
@@ -56,15 +81,22 @@ def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
+def _idempotency_key(request: HttpRequest) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not key.isprintable():  # control characters, NUL: not a key, and not storable
+        raise TradeInvalid("Idempotency-Key must be printable text, without control characters")
+    return key
+
+
 @csrf_exempt  # a JSON API without cookie authentication: CSRF does not apply
-@require_POST
+@_allow("POST")
 def trade_create(request: HttpRequest) -> JsonResponse:
     try:
         body = _parse_trade_body(request)
         trade, created = services.trade_place(
             account_id=body["account"],
             beans=body["beans"],
-            idempotency_key=request.headers.get("Idempotency-Key"),
+            idempotency_key=_idempotency_key(request),
         )
     except TradeInvalid as exc:
         return _error(400, str(exc))
@@ -90,7 +122,7 @@ def _lag_json(mode: PipelineMode) -> dict[str, float]:
     }
 
 
-@require_GET
+@_allow("GET")
 @non_critical  # a history listing: shed while the pipeline catches up
 def account_trades(request: HttpRequest, account_id: int) -> JsonResponse:
     try:
@@ -101,7 +133,7 @@ def account_trades(request: HttpRequest, account_id: int) -> JsonResponse:
     return JsonResponse({"account": account_id, "trades": [trade_json(trade) for trade in trades]})
 
 
-@require_GET
+@_allow("GET")
 def trade_detail(request: HttpRequest, trade_id: int) -> JsonResponse:
     try:
         trade = selectors.trade_get(trade_id=trade_id)
