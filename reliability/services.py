@@ -522,7 +522,7 @@ def dead_letter_record(
     now = timezone.now()
     fields = {
         "reason": reason,
-        "detail": detail[:10_000],
+        "detail": detail[:10_000].replace("\x00", "\\x00"),
         "envelope": json_safe(envelope),
         "stream": stream,
         "seq": seq,
@@ -573,13 +573,27 @@ def _dead_letter_reopen(letter: DeadLetter, fields: dict[str, Any], *, using: st
 
 
 def json_safe(value: Any) -> Any:
-    """Return ``value`` if it is JSON, else its JSON rendering with unknown types as text."""
+    """Return ``value`` if it is JSON, else its JSON rendering with unknown types as text.
+
+    NUL characters are escaped: PostgreSQL's jsonb refuses them, and a dead letter that
+    cannot be written would block the drain.
+    """
     if value is None:
         return None
     try:
-        return json.loads(json.dumps(value, default=_json_default))
-    except (TypeError, ValueError):
-        return {"unserializable": repr(value)[:10_000]}
+        return _without_nul(json.loads(json.dumps(value, default=_json_default)))
+    except (TypeError, ValueError, RecursionError):
+        return {"unserializable": repr(value)[:10_000].replace("\x00", "\\x00")}
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\x00")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -18,8 +18,8 @@ from beans.services import account_create, account_credit, deduction_apply
 from reliability.consumer import Message, envelope_parse
 from reliability.exceptions import OutboxUsageError
 from reliability.ids import message_id_new
-from reliability.models import OutboxMessage, StreamCounter
-from reliability.services import outbox_enqueue, outbox_envelope
+from reliability.models import DeadLetter, OutboxMessage, StreamCounter
+from reliability.services import dead_letter_record, outbox_enqueue, outbox_envelope
 from trades.exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from trades.models import Trade
 from trades.services import deduction_stream, trade_place, trade_record_outcome
@@ -375,3 +375,20 @@ class PipelineServiceTests(TestCase):
         self.assertEqual((trade.status, trade.balance_after), (Trade.Status.DEDUCTED, 70))
         self.assertEqual(account.balance, 70)
         self.assertEqual(LedgerEntry.objects.get(kind=LedgerEntry.Kind.DEDUCTION).trade_id, trade.pk)
+
+
+class DeadLetterRecordTests(TestCase):
+    def test_nul_characters_anywhere_are_stored_escaped_not_refused(self) -> None:
+        # PostgreSQL refuses NUL in text and jsonb; a dead letter that cannot be written blocks the drain.
+        envelope = {"v": 1, "payload": {"note\x00key": ["a\x00b"]}, "message_id": "x\x00"}
+        letter = dead_letter_record(
+            handler="beans.deduct",
+            reason=DeadLetter.Reason.INVALID_ENVELOPE,
+            detail="bad\x00detail",
+            envelope=envelope,
+            headers={"h": "v\x00"},
+        )
+        letter.refresh_from_db()
+        self.assertEqual(letter.detail, "bad\\x00detail")
+        self.assertEqual((letter.envelope or {})["payload"], {"note\\x00key": ["a\\x00b"]})
+        self.assertEqual(letter.headers, {"h": "v\\x00"})
