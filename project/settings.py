@@ -356,6 +356,10 @@ RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
 # in flight at once before the relay waits for their confirms.
 RELIABILITY_ENVELOPE_MAX_MESSAGES = env_int("RELIABILITY_ENVELOPE_MAX_MESSAGES", 100)
 RELIABILITY_RELAY_WINDOW = env_int("RELIABILITY_RELAY_WINDOW", 32)
+# Declare the broker topology on every new publisher connection. Off for a process whose
+# broker user may only publish (scripts/rabbitmq-users, producer role): the admin declares it
+# once (manage.py broker_setup); a publish to a queue that is missing is returned, and waits.
+RELIABILITY_DECLARE_TOPOLOGY = env_bool("RELIABILITY_DECLARE_TOPOLOGY", True)
 
 # Message signing (reliability/signing.py): "key_id:secret,key_id:secret" - every key is
 # accepted on consumption; RELIABILITY_SIGNING_KEY_ID (default: the first) signs. Rotate by

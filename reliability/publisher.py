@@ -103,7 +103,8 @@ class ConfirmedPublisher:
                 interval_step=0,
                 timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,
             )
-            topology_declare(connection, app.conf.task_queues, self._dead_letter_queues())
+            if settings.RELIABILITY_DECLARE_TOPOLOGY:
+                topology_declare(connection, app.conf.task_queues, self._dead_letter_queues())
             channel = connection.channel()
             channel.confirm_select()
             channel.events["basic_ack"].add(lambda tag, multiple: self._on_confirm(True, tag, multiple))
