@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
@@ -164,6 +164,24 @@ def _is_transient(exc: BaseException) -> bool:
         return True
     cause = exc.__cause__
     return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+def _requeue(task: Task, exc: Exception, *, what: str) -> NoReturn:
+    """Hand the delivery back to the broker after a pause that grows with its deliveries."""
+    deliveries = delivery_count(task)
+    pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
+    log = logger.warning if _is_transient(exc) else logger.error
+    log(
+        "%s for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
+        what,
+        task.name,
+        deliveries + 1,
+        pause,
+        type(exc).__name__,
+        exc,
+    )
+    time.sleep(pause)
+    raise Reject(exc, requeue=True) from exc
 
 
 def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
@@ -347,25 +365,12 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, 
                 services.message_log_count_redelivery(
                     handler=handler_name, message_id=message.message_id, using=using
                 )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - each failure is requeued or dead-lettered below
         if not isinstance(exc, PoisonMessage):
             # Maybe transient (a database hiccup), maybe a bug: requeue after a pause that
             # grows with the deliveries. The queue's delivery limit bounds the loop and
             # dead-letters what keeps failing; the drain records it with the reason.
-            deliveries = delivery_count(task)
-            pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
-            log = logger.warning if _is_transient(exc) else logger.error
-            log(
-                "message %s for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
-                message.message_id,
-                handler_name,
-                deliveries + 1,
-                pause,
-                type(exc).__name__,
-                exc,
-            )
-            time.sleep(pause)
-            raise Reject(exc, requeue=True) from exc
+            _requeue(task, exc, what=f"message {message.message_id}")
         return _dead_letter(
             task,
             message,
@@ -420,21 +425,9 @@ def batch_consume(
         outcomes = _batch_apply_retrying(task.name, items, handler, batch_handler, using=using)
     except _TakeOneByOne as reason:
         logger.info("batch of %d for %s applied one by one: %s", len(items), task.name, reason)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - requeued if transient, else applied one by one
         if _is_transient(exc):
-            deliveries = delivery_count(task)
-            pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
-            logger.warning(
-                "batch of %d for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
-                len(items),
-                task.name,
-                deliveries + 1,
-                pause,
-                type(exc).__name__,
-                exc,
-            )
-            time.sleep(pause)
-            raise Reject(exc, requeue=True) from exc
+            _requeue(task, exc, what=f"batch of {len(items)}")
         logger.info(
             "batch of %d for %s failed (%s: %s); applying it one by one",
             len(items),
