@@ -41,7 +41,8 @@ class RelayLoop(threading.Thread):
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
-        self.join(timeout)
+        if self.is_alive():  # run() may also be called directly, in the caller's thread
+            self.join(timeout)
 
     def run(self) -> None:
         while not self._stopping.is_set():

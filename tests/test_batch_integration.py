@@ -9,7 +9,9 @@ loop killed between the confirms of a window and marking its rows sent.
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 
@@ -22,7 +24,7 @@ from reliability.services import outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
 from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
-from .processes import wait_until
+from .processes import REPO, subprocess_env, wait_until
 from .test_relay_integration import queue_policy
 
 
@@ -129,6 +131,28 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
         self.wait_drained(timeout=120)
         self.assert_exactly_once(trades=60)
         self.assert_streams_contiguous()
+
+    @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
+    def test_the_relay_loop_command_publishes_at_commit_and_stops_on_interrupt(self) -> None:
+        relay = subprocess.Popen(
+            [sys.executable, "manage.py", "relay_outbox", "--loop"],
+            cwd=REPO,
+            env=subprocess_env(self.process_env),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.addCleanup(relay.kill)
+        wait_until(relay_loop_running, timeout=60, what="the relay loop to take the lead")
+        (account,) = self.create_accounts(1, balance=100_000)
+        for _ in range(30):
+            trade_place(account_id=account, beans=10)
+        pending = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
+        wait_until(lambda: not pending.exists(), timeout=30, what="the loop to publish every row")
+        self.assertLess(queue_message_counts()["beans"], 30, "packed into envelopes")
+        relay.send_signal(signal.SIGINT)
+        output, _ = relay.communicate(timeout=30)
+        self.assertEqual(relay.returncode, 0)
+        self.assertIn("stopped after 30 messages", output)
 
     @override_settings(
         RELIABILITY_RELAY_FAST_PATH=False, RELIABILITY_ENVELOPE_MAX_MESSAGES=5, RELIABILITY_RELAY_WINDOW=4
