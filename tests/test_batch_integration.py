@@ -16,13 +16,15 @@ import tempfile
 from collections import Counter
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings, tag
 
 from reliability.models import MessageLog, OutboxMessage
-from reliability.services import outbox_relay_messages, relay_loop_running
+from reliability.services import outbox_enqueue, outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
+from . import test_relay_integration as relay_tests  # the module, so its tests are not collected twice
 from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
 from .processes import REPO, subprocess_env, wait_until
 from .test_relay_integration import queue_policy
@@ -185,3 +187,28 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
         self.assert_exactly_once(trades=200)
         self.assert_streams_contiguous()
         self.assert_per_account_order()
+
+    @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
+    def test_a_returned_envelope_fails_only_its_own_rows(self) -> None:
+        with transaction.atomic():  # outcomes first, then deductions: two envelopes, one window
+            for n in range(10):
+                outbox_enqueue(
+                    task_name="trades.record_outcome", queue="trades", stream="o.1", payload={"n": n}
+                )
+            for n in range(10):
+                outbox_enqueue(task_name="beans.deduct", queue="beans", stream="d.1", payload={"n": n})
+        relay_tests.RelayIntegrationTests._unbind_beans(self)  # type: ignore[arg-type]
+        self.addCleanup(relay_tests.RelayIntegrationTests._rebind_beans, self)  # type: ignore[arg-type]
+        self.assertEqual(outbox_relay_messages(ids=None, due_only=False), 10)
+        rows = OutboxMessage.objects.all()
+        self.assertEqual(
+            set(rows.filter(queue="trades").values_list("status", flat=True)), {OutboxMessage.Status.SENT}
+        )
+        returned = rows.filter(queue="beans")
+        self.assertEqual(set(returned.values_list("status", "attempts")), {(OutboxMessage.Status.PENDING, 1)})
+        self.assertTrue(
+            all(
+                error.startswith("PublishReturned") for error in returned.values_list("last_error", flat=True)
+            )
+        )
+        self.assertEqual(queue_message_counts()["beans"], 0)
