@@ -27,8 +27,9 @@ class DeductionOutcome:
 
 
 def _positive_int(value: Any, *, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise InvalidAmount(f"{what} must be a positive integer, got {value!r}")
+    # Bounded by bigint: a larger number would fail in the database, not here, and look transient.
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= BALANCE_MAX:
+        raise InvalidAmount(f"{what} must be a positive integer of at most {BALANCE_MAX}, got {value!r}")
     return value
 
 

@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 from celery import Task, shared_task
 from celery.exceptions import Reject
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from . import services
@@ -366,7 +366,9 @@ def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, 
                     handler=handler_name, message_id=message.message_id, using=using
                 )
     except Exception as exc:  # noqa: BLE001 - each failure is requeued or dead-lettered below
-        if not isinstance(exc, PoisonMessage):
+        # A data exception (a value the database refuses: out of range, text it cannot hold)
+        # fails the same way on every delivery: poison, not a hiccup.
+        if not isinstance(exc, PoisonMessage | DataError):
             # Maybe transient (a database hiccup), maybe a bug: requeue after a pause that
             # grows with the deliveries. The queue's delivery limit bounds the loop and
             # dead-letters what keeps failing; the drain records it with the reason.

@@ -27,7 +27,7 @@ from kombu import Connection
 from .exceptions import ReliabilityError
 from .models import DeadLetter
 from .publisher import publisher
-from .services import BATCH, dead_letter_record
+from .services import BATCH, dead_letter_record, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,7 @@ def _body_text(body: bytes | str) -> str:
     A body that is not UTF-8 (a pickle, say) must still be recorded: a row that cannot be
     written would stay at the head of the dead-letter queue and stop the drain for good.
     """
-    text = body if isinstance(body, str) else body.decode("utf-8", errors="backslashreplace")
-    return text.replace("\x00", "\\x00")
+    return storable_text(body if isinstance(body, str) else body.decode("utf-8", errors="backslashreplace"))
 
 
 def _envelope_from_body(body: bytes | str) -> dict[str, Any] | None:

@@ -522,7 +522,7 @@ def dead_letter_record(
     now = timezone.now()
     fields = {
         "reason": reason,
-        "detail": detail[:10_000].replace("\x00", "\\x00"),
+        "detail": storable_text(detail[:10_000]),
         "envelope": json_safe(envelope),
         "stream": stream,
         "seq": seq,
@@ -575,24 +575,29 @@ def _dead_letter_reopen(letter: DeadLetter, fields: dict[str, Any], *, using: st
 def json_safe(value: Any) -> Any:
     """Return ``value`` if it is JSON, else its JSON rendering with unknown types as text.
 
-    NUL characters are escaped: PostgreSQL's jsonb refuses them, and a dead letter that
+    Text PostgreSQL cannot store (NUL, lone surrogates) is escaped: a dead letter that
     cannot be written would block the drain.
     """
     if value is None:
         return None
     try:
-        return _without_nul(json.loads(json.dumps(value, default=_json_default)))
+        return _storable(json.loads(json.dumps(value, default=_json_default)))
     except (TypeError, ValueError, RecursionError):
-        return {"unserializable": repr(value)[:10_000].replace("\x00", "\\x00")}
+        return {"unserializable": storable_text(repr(value)[:10_000])}
 
 
-def _without_nul(value: Any) -> Any:
+def storable_text(text: str) -> str:
+    """``text`` with what PostgreSQL refuses in text and jsonb escaped: NUL and lone surrogates."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _storable(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace("\x00", "\\x00")
+        return storable_text(value)
     if isinstance(value, list):
-        return [_without_nul(item) for item in value]
+        return [_storable(item) for item in value]
     if isinstance(value, dict):
-        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+        return {_storable(key): _storable(item) for key, item in value.items()}
     return value
 
 

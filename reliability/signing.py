@@ -38,7 +38,8 @@ class Unauthentic(ReliabilityError):
 
 def _canonical(envelope: dict[str, Any]) -> bytes:
     unsigned = {key: value for key, value in envelope.items() if key != SIGNATURE}
-    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII: any string, a lone surrogate too, has one encoding, and encoding never fails.
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def _digest(key: bytes, envelope: dict[str, Any]) -> str:
@@ -61,5 +62,8 @@ def envelope_verify(envelope: dict[str, Any]) -> None:
     key = settings.RELIABILITY_SIGNING_KEYS.get(key_id)
     if key is None:
         raise Unauthentic(f"signed with unknown key id {key_id!r}")
-    if not hmac.compare_digest(_digest(key, envelope), signature):
+    # Compared as bytes: compare_digest refuses non-ASCII text, and a forger chooses the text.
+    if not hmac.compare_digest(
+        _digest(key, envelope).encode(), signature.encode("utf-8", "backslashreplace")
+    ):
         raise Unauthentic(f"signature does not match (forged or tampered), key id {key_id!r}")

@@ -58,6 +58,8 @@ class SignatureTests(TestCase):
             "message_id tampered": {**signed, "message_id": str(uuid.uuid4())},
             "key id swapped": {**signed, KEY_ID: "other"},
             "signature not text": {**signed, SIGNATURE: 12345},
+            "signature not ASCII": {**signed, SIGNATURE: "é" * 64},
+            "key id not ASCII": {**signed, KEY_ID: "\ud800"},
         }
         for label, envelope in cases.items():
             with self.subTest(label), self.assertRaises(Unauthentic):
