@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate demo test audit cluster-test bench lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate demo test audit cluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -78,6 +78,9 @@ cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node clust
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+chaos: venv services ## Seeded faults under load, then check I1-I10 (N=10000: CI tier, the default; N=100000: full; SEED=... replays)
+	PYTHONUNBUFFERED=1 $(PY) chaos/run.py $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED))
 
 lint: venv ## Run ruff (lint + format check)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

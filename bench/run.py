@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import cpu  # noqa: E402 - needs the repository on sys.path
+from chaos.harness import Child  # noqa: E402 - one subprocess wrapper for the bench and the chaos run
 
 RUN_DIR = REPO / ".run" / "bench"
 RESULTS = REPO / "bench" / "results" / "latest.json"
@@ -113,63 +114,6 @@ def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
 # --------------------------------------------------------------------------- processes
 
 
-class Child:
-    """A subprocess in its own session (so Ctrl-C reaches only us), logging to a file."""
-
-    def __init__(self, name: str, argv: list[str]):
-        self.name, self.argv = name, argv
-        self.log_path = RUN_DIR / f"{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "Child":
-        with self.log_path.open("ab") as log_file:
-            log_file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log_file.flush()
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=REPO,
-                env=bench_env(),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL the whole process group."""
-        if self.process is None:
-            return
-        pid = self.process.pid
-        if self.alive():
-            self._signal(pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} did not stop within {timeout}s: killing it")
-        # Pool children left behind by a main process that died are in its group too.
-        self._signal(pid, signal.SIGKILL)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name} (pid {pid}) survived SIGKILL?")
-
-    @staticmethod
-    def _signal(pgid: int, sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 class Children:
     """Every subprocess started, so the ``finally`` can stop them all."""
 
@@ -177,7 +121,7 @@ class Children:
         self.running: list[Child] = []
 
     def start(self, name: str, argv: list[str]) -> Child:
-        child = Child(name, argv)
+        child = Child(name, argv, env=bench_env(), log_path=RUN_DIR / f"{name}.log")
         self.running.append(child)
         return child.start()
 

@@ -123,6 +123,13 @@ def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> li
                 using=task_database(handler),
             )
         )
+    if broker_reason == "expired" and envelope is None:
+        # A periodic housekeeping task that waited past its ``expires`` (say while the broker
+        # was down): no effect was lost, the next beat run does the same work. Kept, closed.
+        for letter in letters:
+            letter.status = DeadLetter.Status.DISCARDED
+            letter.discard_reason = "expired periodic task: it carries no effect; the next run does its work"
+            letter.save(using=task_database(handler), update_fields=["status", "discard_reason"])
     return letters
 
 

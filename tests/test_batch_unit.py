@@ -21,7 +21,7 @@ from beans.services import account_create, deduction_apply, deductions_apply
 from reliability.consumer import batch_consume
 from reliability.dead_letters import dead_letter_from_broker
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage, StreamWatermark
-from reliability.services import BATCH, outbox_envelopes_pack, stream_highs
+from reliability.services import BATCH, outbox_envelope, outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place
 
@@ -184,3 +184,23 @@ class BatchConsumeTests(TestCase):
         self.assertEqual(sorted(letter.seq for letter in letters), [1, 2, 3])
         self.assertTrue(all(letter.reason == DeadLetter.Reason.DELIVERY_LIMIT for letter in letters))
         self.assertEqual(Trade.objects.filter(status=Trade.Status.PENDING).count(), 3, "nothing applied")
+
+
+class ExpiredPeriodicTaskTests(TestCase):
+    databases = "__all__"
+
+    def test_an_expired_housekeeping_task_is_kept_but_closed_and_a_message_is_not(self) -> None:
+        death = {"x-death": [{"reason": "expired", "queue": "housekeeping", "count": 1}]}
+        (housekeeping,) = dead_letter_from_broker(
+            json.dumps([[], {}, {}]), {"application_headers": {"task": "reliability.relay_outbox", **death}}
+        )
+        self.assertEqual(housekeeping.status, DeadLetter.Status.DISCARDED)
+        self.assertIn("no effect", housekeeping.discard_reason)
+        account = account_create(owner="a", balance=1000).pk
+        trade, _ = trade_place(account_id=account, beans=10)
+        row = OutboxMessage.objects.get(message_id=trade.deduction_message_id)
+        envelope = json.loads(json.dumps(outbox_envelope(row)))
+        (message,) = dead_letter_from_broker(
+            json.dumps([[envelope], {}, {}]), {"application_headers": {"task": "beans.deduct", **death}}
+        )
+        self.assertEqual(message.status, DeadLetter.Status.OPEN, "an expired message waits for a human")

@@ -1,0 +1,381 @@
+"""The chaos run's isolation, processes and probes of the database and the broker.
+
+Like ``bench/run.py``: a database, a RabbitMQ vhost and a Redis database of the run's own,
+passed to every subprocess through the environment (the developer's ``DJANGO_``,
+``CELERY_``, ``RELIABILITY_``, ``TRADES_`` and database variables are cleared); every
+subprocess in its own session, logging to a file under ``.run/chaos/``; every wait bounded.
+Each process connects to PostgreSQL under a name of its own (``PGAPPNAME``), so the nemesis
+can terminate the sessions of the workers, the relay, beat or the producers, and never the
+controller's.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+DB_HOST = "127.0.0.1"
+DB_PORT = "5432"
+AMQP_HOST = "127.0.0.1:5672"
+REDIS_HOST = "127.0.0.1"
+REDIS_PORT = 6379
+# A Redis database of the chaos run's own: the bench uses 12, the tests 13 and 15, bench/ids.py 14.
+REDIS_DB = 11
+POLL_S = 0.5
+
+# Short reconciler periods, as tests/pipeline.py uses, so healing shows within the run. Short
+# snowflake leases (as the test runner uses): a process started right after Redis lost its
+# data waits at most this long for its first message id.
+PROCESS_ENV = {
+    "RELIABILITY_RECONCILE_GRACE_S": "1",
+    "RELIABILITY_RECONCILE_INTERVAL_S": "1",
+    "RELIABILITY_HEARTBEAT_INTERVAL_S": "1",
+    "RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S": "1",
+    "RELIABILITY_REQUEUE_PAUSE_MAX_S": "0.05",
+    "RELIABILITY_SNOWFLAKE_LEASE_TTL_S": "3",
+}
+
+
+def say(message: str = "") -> None:
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    say(f"[chaos {time.strftime('%H:%M:%S')}] {message}")
+
+
+# --------------------------------------------------------------------------- isolation
+
+
+@dataclass(frozen=True)
+class Names:
+    """Where a run lives: its database, vhost and log directory (``--instance`` keeps two apart)."""
+
+    instance: str = ""
+
+    @property
+    def db(self) -> str:
+        return f"beans_chaos_{self.instance}" if self.instance else "beans_chaos"
+
+    @property
+    def vhost(self) -> str:
+        return f"chaos-{self.instance}" if self.instance else "chaos"
+
+    @property
+    def run_dir(self) -> Path:
+        return REPO / ".run" / "chaos" / (self.instance or "default")
+
+    @property
+    def database_url(self) -> str:
+        return f"postgres://root@{DB_HOST}:{DB_PORT}/{self.db}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"amqp://guest:guest@{AMQP_HOST}/{self.vhost}"
+
+
+def _foreign(key: str) -> bool:
+    """A developer's variable that could point the run at their data or change its setup."""
+    return (
+        key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_"))
+        or "DATABASE_URL" in key
+        or key == "PGAPPNAME"
+    )
+
+
+def chaos_env(names: Names, broker_url: str) -> dict[str, str]:
+    """The environment of the run and of every process it starts."""
+    env = {key: value for key, value in os.environ.items() if not _foreign(key)}
+    env.update(
+        DATABASE_URL=names.database_url,
+        CELERY_BROKER_URL=broker_url,
+        DJANGO_SETTINGS_MODULE="project.settings",
+        DJANGO_ENV="development",
+        DJANGO_DEBUG="false",
+        RELIABILITY_REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+        LOG_LEVEL="WARNING",
+        PYTHONPATH=str(REPO),
+        PYTHONUNBUFFERED="1",
+        PGAPPNAME="chaos-controller",  # pg_terminate_backend finds the others by their own names
+        **PROCESS_ENV,
+    )
+    return env
+
+
+def run_cmd(argv: list[str], *, env: dict[str, str], timeout: float, check: bool = True) -> str:
+    completed = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
+    )
+    if check and completed.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} exited {completed.returncode}:\n{completed.stdout}\n{completed.stderr}"
+        )
+    return completed.stdout
+
+
+def rabbitmqctl(*args: str, env: dict[str, str], timeout: float = 120) -> str:
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    return run_cmd([ctl, "-q", *args], env=env, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Child:
+    """A subprocess in its own session (its pool children share its process group), logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def appname(self) -> str:
+        return self.env.get("PGAPPNAME", "")
+
+    def start(self) -> "Child":
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.started_at = time.monotonic()
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def children(self) -> list[int]:
+        """The pids of the prefork pool's processes."""
+        if not self.alive():
+            return []
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        with suppress(OSError):
+            return [int(pid) for pid in path.read_text().split()]
+        return []
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(self.process.pid, sig)
+
+    def signal_group(self, sig: int) -> None:
+        if self.process is not None:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the main process to exit; True if it did."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout=max(timeout, 0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (warm shutdown), then SIGKILL the whole process group (orphaned children too)."""
+        if self.process is None:
+            return
+        if self.alive():
+            self.signal_group(signal.SIGTERM)
+            if not self.wait(timeout):
+                log(f"{self.name} did not stop within {timeout:.0f}s: killing it")
+        self.signal_group(signal.SIGKILL)
+        self.wait(10)
+
+    def tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Pipeline:
+    """The run's workers and beat; replacements are started after a worker is killed or stopped."""
+
+    def __init__(self, *, env: dict[str, str], run_dir: Path, workers: int, concurrency: int) -> None:
+        self.env, self.run_dir = env, run_dir
+        self.size, self.concurrency = workers, concurrency
+        self.workers: list[Child] = []  # the base pool, kept at ``size``
+        self.others: list[Child] = []  # every other process started (retired, fault workers, beat)
+        self.beat: Child | None = None
+        self.started = 0
+        self.unexpected: list[str] = []
+
+    def start_worker(
+        self,
+        *,
+        tag: str = "w",
+        extra_env: dict[str, str] | None = None,
+        base: bool = True,
+        queues: list[str] | None = None,
+    ) -> Child:
+        self.started += 1
+        name = f"chaos-{tag}{self.started}"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "project", "worker", "-l", "warning",
+            "-n", f"{name}@%h", "-c", str(self.concurrency), "--without-mingle", "--without-gossip",
+            *(["-Q", ",".join(queues)] if queues else []),
+        ]  # fmt: skip
+        env = {**self.env, "PGAPPNAME": f"chaos-worker-{name}", **(extra_env or {})}
+        child = Child(name, argv, env, self.run_dir / f"{name}.log").start()
+        (self.workers if base else self.others).append(child)
+        return child
+
+    def start_beat(self) -> Child:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "project", "beat", "-l", "warning",
+            "--schedule", str(self.run_dir / "beat-schedule"),
+        ]  # fmt: skip
+        self.beat = Child(
+            "chaos-beat", argv, {**self.env, "PGAPPNAME": "chaos-beat"}, self.run_dir / "beat.log"
+        )
+        self.others.append(self.beat.start())
+        return self.beat
+
+    def pick(self, fraction: float) -> Child | None:
+        live = [worker for worker in self.workers if worker.alive()]
+        return live[min(int(fraction * len(live)), len(live) - 1)] if live else None
+
+    def retire(self, worker: Child) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+            self.others.append(worker)
+
+    def replenish(self) -> list[str]:
+        """Start replacements until the base pool is back at its size; note a worker that died by itself."""
+        notes = []
+        for worker in list(self.workers):
+            if not worker.alive():
+                note = f"{worker.name} exited by itself (code {worker.process.returncode if worker.process else '?'})"
+                self.unexpected.append(f"{note}; log tail:\n{worker.tail(15)}")
+                notes.append(note)
+                worker.signal_group(signal.SIGKILL)
+                self.retire(worker)
+        while len(self.workers) < self.size:
+            notes.append(f"started {self.start_worker().name}")
+        return notes
+
+    def stop_all(self) -> None:
+        for child in [*self.others, *self.workers]:
+            child.stop(timeout=15)
+
+    def log_paths(self) -> list[str]:
+        return sorted(str(child.log_path.relative_to(REPO)) for child in {*self.workers, *self.others})
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = POLL_S) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds passed; return whether it became true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(Exception):
+            if predicate():
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+def sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# --------------------------------------------------------------------------- broker and database
+
+
+def queue_names() -> list[str]:
+    from celery import current_app
+    from django.conf import settings
+
+    return [queue.name for queue in current_app.conf.task_queues] + [settings.RELIABILITY_DEAD_LETTER_QUEUE]
+
+
+def amqp_connection() -> Any:
+    """A connection of the run's own; every publish on it waits for the broker's confirm.
+
+    Without confirms the broker may drop a publish still in flight when the connection
+    closes: the nemesis's own messages must arrive, or the checker would blame the pipeline.
+    """
+    from celery import current_app
+    from kombu import Connection
+
+    return Connection(
+        current_app.conf.broker_url,
+        connect_timeout=5,
+        failover_strategy="round-robin",
+        transport_options={"confirm_publish": True},
+    )
+
+
+def queue_counts(*, consumers: bool = False) -> dict[str, int | None]:
+    """Messages (or consumers) of every project queue, from the queues themselves (passive declares)."""
+    counts: dict[str, int | None] = dict.fromkeys(queue_names())
+    try:
+        with amqp_connection() as conn:
+            conn.ensure_connection(max_retries=2, timeout=5)
+            for name in counts:
+                channel = conn.channel()
+                try:
+                    declared = channel.queue_declare(name, passive=True)
+                    counts[name] = declared.consumer_count if consumers else declared.message_count
+                except Exception:  # noqa: BLE001 - a missing queue closes the channel: unknown
+                    counts[name] = None
+                finally:
+                    with suppress(Exception):
+                        channel.close()
+    except Exception as exc:  # noqa: BLE001 - broker unreachable: every count unknown
+        log(f"cannot read queue counts: {exc}")
+    return counts
+
+
+def scalar(sql: str, params: list[Any] | None = None) -> Any:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params or [])
+        return cursor.fetchone()[0]
+
+
+def db_progress() -> str:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM trades_trade), "
+            "(SELECT count(*) FROM trades_trade WHERE status <> 'pending'), "
+            "(SELECT count(*) FROM reliability_outboxmessage WHERE status = 'pending')"
+        )
+        placed, settled, pending = cursor.fetchone()
+    return f"trades {placed} placed, {settled} settled; outbox pending {pending}"
+
+
+def database_create(names: Names, env: dict[str, str]) -> None:
+    log(f"creating database {names.db} and running migrations")
+    run_cmd(["dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", names.db], env=env, timeout=60)
+    run_cmd(["createdb", "-h", DB_HOST, "-p", DB_PORT, names.db], env=env, timeout=60)
+    run_cmd([sys.executable, "manage.py", "migrate", "--noinput"], env=env, timeout=600)

@@ -1,0 +1,724 @@
+"""Chaos soak: a seeded, randomized fault schedule under load, then a checker of I1-I10.
+
+Usage (from the repository root; ``make chaos`` runs it)::
+
+    .venv/bin/python chaos/run.py [--deductions N] [--seed S] [--tier ci|full] [--cluster]
+
+What happens, Jepsen style:
+
+1. **Setup.** A fresh database (``beans_chaos``), a private RabbitMQ vhost (``chaos``) and
+   Redis database 11; 32 accounts (4 of them poor, so some trades are rejected for
+   insufficient funds); 2 ``celery worker -c 2`` and one ``celery beat``, with short
+   reconciler periods (as the integration tests use).
+2. **Load.** Producer processes place N deductions through the HTTP API
+   (``POST /api/trades/`` via Django's test client, in process: the real view and
+   ``trade_place``), paced at ``--rate`` per second, each with a unique
+   ``Idempotency-Key``. Every request is recorded: ok (2xx), refused (4xx, e.g. an unknown
+   account, which a few requests ask for on purpose), unavailable (503: nothing was
+   written) or indeterminate (a 500 or an exception, e.g. the database session killed
+   mid-call: it may or may not have committed). A failed request is retried with the same
+   key a few times, as a client would; the checker later finds its trade by the key.
+3. **Nemesis.** Meanwhile a schedule drawn from the seed (``chaos/schedule.py``) alternates
+   healthy periods and fault windows (full tier: healthy 20 s / fault 10-30 s; CI tier scaled
+   down to healthy 5 s / fault 3-8 s): worker children and worker main processes SIGKILLed,
+   warm shutdowns (SIGTERM) mid-batch, the relay loop killed at its fault points, the broker
+   stopped (``rabbitmqctl stop_app``), PostgreSQL sessions terminated, Redis flushed (and
+   restarted when nobody else uses it), sent messages published again straight to the queue,
+   messages taken off the queue, poison messages, and on the 3-node cluster the queue
+   leader killed.
+4. **Heal, drain, reconcile.** Everything is healed; trades placed after the heal must settle
+   within a bound (I10); the pipeline drains; one reconciler pass runs; workers stop.
+5. **Check** (``chaos/checker.py``): I1-I10 against the database and the broker. Output: the
+   seed, the schedule as it ran, the summary line ``attempted / ok / failed / indeterminate /
+   lost / duplicated deliveries / duplicated effects``, the invariant table, and
+   ``chaos-report.json`` in the working directory. Exit 0 only if every invariant holds.
+
+A seed replays exactly the same schedule and load (``--seed``, ``make chaos SEED=...``): the
+same faults at the same offsets with the same parameters; the processes' timing is real.
+Every loop is bounded in count and time; the ``finally`` heals whatever is still broken
+(broker app started, Redis restarted), stops every process it started and deletes the vhost.
+The database is kept for inspection (``--drop-database`` drops it). Logs: ``.run/chaos/``.
+"""
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+# These need the repository on sys.path.
+from chaos import checker  # noqa: E402
+from chaos.harness import (  # noqa: E402
+    DB_HOST,
+    DB_PORT,
+    Names,
+    Pipeline,
+    _foreign,
+    chaos_env,
+    database_create,
+    db_progress,
+    log,
+    queue_counts,
+    rabbitmqctl,
+    run_cmd,
+    say,
+    scalar,
+    sleep_until,
+    wait_for,
+)
+from chaos.load import LoadPlan, _produce, _producer_init, load_plan, producer_jobs  # noqa: E402
+from chaos.nemesis import Nemesis  # noqa: E402
+from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, Fault, schedule_make  # noqa: E402
+
+ACCOUNTS = 32
+POOR_ACCOUNTS = 4  # run out of beans mid-run: their later trades are rejected for insufficient funds
+RICH_BALANCE = 10**12
+POOR_BALANCE = 3_000
+FULL_TIER_FROM = 50_000  # deductions: the full tier (and the cluster) by default from here on
+RATE = 50.0  # requests per second: below what the pipeline drains on 2 shared cores under faults
+
+
+def accounts_open() -> tuple[list[int], dict[int, int]]:
+    """Open the run's accounts through the service; return their ids and opening balances."""
+    from django.db import connections
+
+    from beans.services import account_create
+
+    balances = {}
+    for n in range(ACCOUNTS):
+        balance = POOR_BALANCE if n < POOR_ACCOUNTS else RICH_BALANCE
+        balances[account_create(owner=f"chaos-{n}", balance=balance).pk] = balance
+    connections.close_all()  # nothing of ours may be inherited by the forked producers
+    return sorted(balances), balances
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Outcome:
+    """Everything the report needs besides the checker's verdict."""
+
+    requests: list[checker.Request] = field(default_factory=list)
+    details: list[str] = field(default_factory=list)  # what each request got, for the report's examples
+    liveness: checker.Liveness = field(default_factory=checker.Liveness)
+    timings: dict[str, float] = field(default_factory=dict)
+    reconcile: list[dict[str, Any]] = field(default_factory=list)
+    surprises: list[str] = field(default_factory=list)
+
+
+def tier_of(args: argparse.Namespace) -> str:
+    return str(args.tier or ("full" if args.deductions >= FULL_TIER_FROM else "ci"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--deductions", type=int, default=10_000, help="requests to place (default 10,000: CI tier)"
+    )
+    parser.add_argument("--seed", type=int, help="seed of the schedule and the load (default: a fresh one)")
+    parser.add_argument(
+        "--tier", choices=sorted(TIERS), help=f"cadence (default: full from {FULL_TIER_FROM:,})"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=RATE, help="requests per second, all producers together"
+    )
+    parser.add_argument("--producers", type=int, default=3, help="producer processes")
+    parser.add_argument("--workers", type=int, default=2, help="celery workers (each -c CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--cluster",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run on a private 3-node RabbitMQ cluster and kill the queue leader (default: full tier only)",
+    )
+    parser.add_argument(
+        "--redis-restart",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="restart redis-server in the Redis fault: auto = only when no one else is connected",
+    )
+    parser.add_argument("--instance", default="", help="suffix of the database, vhost and log directory")
+    parser.add_argument("--drop-database", action="store_true", help="drop the run's database at the end")
+    parser.add_argument(
+        "--schedule-only", action="store_true", help="print the schedule of the seed and exit"
+    )
+    parser.add_argument("--report", default="chaos-report.json", help="where to write the JSON report")
+    parser.add_argument(
+        "--check-only",
+        metavar="REPORT",
+        help="run only the checker again, on the database kept by the run that wrote REPORT",
+    )
+    args = parser.parse_args(argv)
+    if args.deductions < 100:
+        parser.error("--deductions must be at least 100")
+    if args.rate <= 0 or args.producers <= 0 or args.workers <= 0 or args.concurrency <= 0:
+        parser.error("--rate, --producers, --workers and --concurrency must be positive")
+    if not re.fullmatch(r"[a-z0-9_]{0,30}", args.instance):
+        parser.error("--instance: lower-case letters, digits and _ only")
+    if args.seed is None:
+        args.seed = secrets.randbelow(10**9)
+    if args.cluster is None:
+        args.cluster = tier_of(args) == "full"
+    return args
+
+
+def planned(args: argparse.Namespace) -> tuple[int, int, float, list[Fault]]:
+    """(load requests, probe requests, load seconds, schedule): all from the arguments alone."""
+    probe = max(50, min(1000, args.deductions // 20))
+    load = args.deductions - probe
+    duration = load / args.rate
+    kinds = CLUSTER_FAULT_KINDS if args.cluster else FAULT_KINDS
+    return (
+        load,
+        probe,
+        duration,
+        schedule_make(seed=args.seed, duration_s=duration, cadence=TIERS[tier_of(args)], kinds=kinds),
+    )
+
+
+def replay_command(args: argparse.Namespace) -> str:
+    extra = []
+    if args.rate != RATE:
+        extra.append(f"--rate {args.rate:g}")
+    if args.tier:
+        extra.append(f"--tier {args.tier}")
+    if args.cluster != (tier_of(args) == "full"):
+        extra.append("--cluster" if args.cluster else "--no-cluster")
+    if extra:
+        return f".venv/bin/python chaos/run.py --deductions {args.deductions} --seed {args.seed} {' '.join(extra)}"
+    return f"make chaos N={args.deductions} SEED={args.seed}"
+
+
+def print_schedule(faults: list[Fault]) -> None:
+    say(f"{'#':>3} {'planned':>8} {'ran':>15} {'fault':<18} what happened")
+    for fault in faults:
+        ran = (
+            f"{fault.started_s:6.1f}-{fault.healed_s:6.1f}s"
+            if fault.started_s is not None and fault.healed_s is not None
+            else "not run"
+        )
+        params = json.dumps(fault.params, separators=(",", ":"))
+        notes = "; ".join(fault.notes) if fault.notes else params
+        say(f"{fault.index:>3} {fault.at_s:7.1f}s {ran:>15} {fault.kind:<18} {notes}")
+
+
+def run_load_and_faults(
+    args: argparse.Namespace,
+    plan: LoadPlan,
+    faults: list[Fault],
+    load: int,
+    nemesis: Nemesis,
+    outcome: Outcome,
+) -> None:
+    """Place the load while the schedule runs, and record every request."""
+    from django.db import connections
+
+    duration = load / args.rate
+    load_deadline_s = duration * 1.5 + 120  # producers stop here even if behind
+    connections.close_all()
+    pool = mp.get_context("fork").Pool(args.producers, initializer=_producer_init)
+    try:
+        t0_wall, t0 = time.time() + 1.0, time.monotonic() + 1.0
+        jobs = producer_jobs(
+            plan.items[:load],
+            producers=args.producers,
+            start_at=t0_wall,
+            rate=args.rate,
+            deadline=t0_wall + load_deadline_s,
+        )
+        pending = pool.map_async(_produce, jobs)
+        log(f"load: {load} requests at {args.rate:g}/s over ~{duration:.0f}s; {len(faults)} faults planned")
+        for fault in faults:
+            start = t0 + fault.at_s
+            if start > t0 + load_deadline_s:
+                fault.notes.append("skipped: past the load's deadline")
+                continue
+            sleep_until(start)
+            fault.started_s = round(time.monotonic() - t0, 1)
+            log(
+                f"t={fault.started_s:6.1f}s fault #{fault.index} {fault.kind} for {fault.duration_s}s | {db_progress()}"
+            )
+            try:
+                nemesis.run(fault, until=time.monotonic() + fault.duration_s)
+            except Exception as exc:  # noqa: BLE001 - a nemesis step that failed is reported, the run goes on
+                fault.notes.append(f"nemesis error: {type(exc).__name__}: {exc}")
+            fault.notes.extend(nemesis.heal_all())
+            fault.notes.extend(note for note in nemesis.pipeline.replenish() if "exited by itself" in note)
+            fault.healed_s = round(time.monotonic() - t0, 1)
+            log(f"t={fault.healed_s:6.1f}s healed #{fault.index}: {'; '.join(fault.notes)}")
+        remaining = t0 + load_deadline_s + 30 - time.monotonic()
+        results = [row for part in pending.get(timeout=max(remaining, 30)) for row in part]
+        outcome.timings["load_s"] = round(time.monotonic() - t0, 1)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+    for idx, result, attempts, detail in sorted(results):
+        item = plan.items[idx]
+        outcome.requests.append(
+            checker.Request(item.key, item.account, item.beans, result, attempts, plan.phase[idx])
+        )
+        outcome.details.append(detail)
+
+
+def probe_liveness(args: argparse.Namespace, plan: LoadPlan, load: int, outcome: Outcome) -> None:
+    """I10: place the last requests after the heal; they must settle within the bound."""
+    from django.db import connections
+
+    items = plan.items[load:]
+    live = outcome.liveness
+    settled_sql = "SELECT count(*) FROM trades_trade WHERE status <> 'pending'"
+    settled_at_heal = int(scalar(settled_sql))
+    live.backlog_at_heal = int(scalar("SELECT count(*) FROM trades_trade")) - settled_at_heal
+    # The probe's trades queue behind whatever the faults left: the bound grows with that
+    # backlog (as if it drained at only 10 per second), so it measures a stuck pipeline, not
+    # a loaded machine.
+    bound = (120.0 if tier_of(args) == "ci" else 300.0) + live.backlog_at_heal / 10
+    connections.close_all()
+    pool = mp.get_context("fork").Pool(args.producers, initializer=_producer_init)
+    began = time.monotonic()
+    try:
+        start = time.time() + 0.2
+        jobs = producer_jobs(
+            items, producers=args.producers, start_at=start, rate=args.rate, deadline=start + bound
+        )
+        results = [row for part in pool.map_async(_produce, jobs).get(timeout=bound + 60) for row in part]
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+    keys = []
+    for idx, result, attempts, detail in sorted(results):
+        item = plan.items[idx]
+        outcome.requests.append(
+            checker.Request(item.key, item.account, item.beans, result, attempts, "probe")
+        )
+        outcome.details.append(detail)
+        if result == "ok":
+            keys.append(item.key)
+    live.probe_ok, live.bound_s = len(keys), round(bound, 1)
+
+    def settled() -> int:
+        return int(
+            scalar(
+                "SELECT count(*) FROM trades_trade WHERE idempotency_key = ANY(%s) AND status <> 'pending'",
+                [keys],
+            )
+        )
+
+    wait_for(lambda: settled() >= len(keys), timeout=bound - (time.monotonic() - began))
+    live.probe_settled = settled()
+    elapsed = time.monotonic() - began
+    if live.probe_settled >= len(keys) and keys:
+        live.settle_s = round(elapsed, 1)
+    live.settled_per_s_after_heal = round(
+        (int(scalar(settled_sql)) - settled_at_heal) / max(elapsed, 0.001), 1
+    )
+    outcome.timings["probe_s"] = round(elapsed, 1)
+
+
+def drain(bound: float, *, with_beat: bool = True) -> bool:
+    """Wait until no trade or outbox row is pending and the queues are empty."""
+
+    def drained() -> bool:
+        busy = scalar(
+            "SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending') "
+            "OR EXISTS (SELECT 1 FROM reliability_outboxmessage WHERE status = 'pending')"
+        )
+        if busy:
+            return False
+        counts = queue_counts()
+        if with_beat:
+            counts.pop("housekeeping", None)  # beat keeps sending its periodic tasks
+        return all(count == 0 for count in counts.values())
+
+    return wait_for(drained, timeout=bound, interval=1.0)
+
+
+def heal_drain_reconcile(
+    args: argparse.Namespace, pipeline: Pipeline, nemesis: Nemesis, outcome: Outcome
+) -> None:
+    from reliability.reconciler import reconcile_all
+
+    live = outcome.liveness
+    bound = max(180.0, args.deductions / 100)
+    began = time.monotonic()
+    live.drained = drain(bound)
+    live.drain_s = round(time.monotonic() - began, 1)
+    log(f"drained: {live.drained} in {live.drain_s}s | {db_progress()}")
+    runs = reconcile_all()
+    outcome.reconcile = [
+        {
+            "database": run.database,
+            "outbox_relayed": run.outbox_relayed,
+            "tail_gaps_found": run.tail_gaps_found,
+            "republished": run.republished,
+            "not_in_outbox": run.not_in_outbox,
+            "escalated": run.escalated,
+            "gaps_open": run.gaps_open,
+        }
+        for run in runs
+    ]
+    log(f"one reconciler pass: {outcome.reconcile}")
+    if any(run.republished or run.outbox_relayed or run.tail_gaps_found for run in runs):
+        live.drained = drain(60.0) and live.drained
+    # Quiesce: beat first (it keeps sending periodic tasks), then the workers, once idle.
+    if pipeline.beat is not None:
+        pipeline.beat.stop(timeout=15)
+    drain(30.0, with_beat=False)
+    for worker in [*pipeline.workers]:
+        worker.stop(timeout=30)
+    # Not a violation (this harness restarts it, as a supervisor would), but worth a look.
+    outcome.surprises.extend(f"a worker exited without the nemesis: {note}" for note in pipeline.unexpected)
+
+
+def summary_line(c: dict[str, int]) -> str:
+    """The Jepsen-style line of ../shared/reliability.md."""
+    return (
+        f"{c['attempted']} attempted / {c['ok']} ok / {c['failed']} failed / {c['indeterminate']} indeterminate / "
+        f"{c['lost']} lost / {c['duplicated_deliveries']} duplicated deliveries / "
+        f"{c['duplicated_effects']} duplicated effects"
+    )
+
+
+def print_verdict(verdict: checker.Verdict) -> None:
+    say(summary_line(verdict.counts))
+    say()
+    say(f"{'':4} {'':6} invariant")
+    for name, what in checker.INVARIANTS:
+        problems = verdict.violations[name]
+        say(
+            f"{name:4} {'PASS' if not problems else 'FAIL':6} {what}"
+            + (f"  ({len(problems)} violations)" if problems else "")
+        )
+        for problem in problems[:5]:
+            say(f"{'':12}- {problem}")
+
+
+def report(
+    args: argparse.Namespace,
+    faults: list[Fault],
+    verdict: checker.Verdict,
+    outcome: Outcome,
+    pipeline: Pipeline,
+    injected: checker.Injected,
+    initial: dict[int, int],
+    history: Path,
+    started: float,
+) -> dict[str, Any]:
+    c = verdict.counts
+    tier = tier_of(args)
+    cadence = TIERS[tier]
+    on_cluster = ";" in pipeline.env.get("CELERY_BROKER_URL", "")
+    say()
+    say("=" * 100)
+    say(f"seed {args.seed}, tier {tier} ({cadence.describe()}), {args.deductions} deductions at {args.rate:g}/s, "
+        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}")  # fmt: skip
+    say(f"replay: {replay_command(args)}")
+    say()
+    say("schedule (seconds after the load started):")
+    print_schedule(faults)
+    say()
+    answers: dict[str, int] = {}
+    for detail in outcome.details:
+        for answer in detail.split():
+            answers[answer] = answers.get(answer, 0) + 1
+    say(f"client answers (per attempt): {dict(sorted(answers.items(), key=lambda kv: -kv[1]))}")
+    say(
+        f"indeterminate resolved by Idempotency-Key: {c['indeterminate_committed']} committed, "
+        f"{c['indeterminate'] - c['indeterminate_committed']} not; retried requests {c['retried']}; "
+        f"refused {c['refused']}, unavailable {c['unavailable']}, not attempted {c['not_attempted']}"
+    )
+    say(
+        f"trades {c['trades']}: {c['deducted']} deducted, {c['rejected_for_funds']} rejected for funds; "
+        f"dead letters {c['dead_letters']} ({c['dead_letters_explained']} injected poison, "
+        f"{c['dead_letters_expired_periodic']} expired periodic tasks); "
+        f"duplicates published {c['duplicated_publishes_injected']}; messages removed {c['messages_removed']}; "
+        f"gaps found {c['gaps_found']}, healed {c['gaps_healed']}"
+    )
+    live = outcome.liveness
+    say(
+        f"liveness: backlog at the last heal {live.backlog_at_heal} trades, then {live.settled_per_s_after_heal} "
+        f"settled/s; {live.probe_settled}/{live.probe_ok} trades placed after the heal settled "
+        f"(in {live.settle_s}s, bound {live.bound_s:.0f}s); drained {live.drained} in {live.drain_s}s"
+    )
+    for surprise in outcome.surprises:
+        say(f"noticed: {surprise}")
+    say()
+    line = summary_line(c)
+    print_verdict(verdict)
+    elapsed = time.monotonic() - started
+    say()
+    say(
+        f"{'OK: every invariant holds' if verdict.passed else 'VIOLATIONS: see above'}; {elapsed:.0f}s in all"
+    )
+    say(f"logs: {pipeline.run_dir.relative_to(REPO)}/")
+    say("=" * 100)
+    return {
+        "seed": args.seed,
+        "tier": tier,
+        "cadence": asdict(cadence),
+        "deductions": args.deductions,
+        "rate_per_s": args.rate,
+        "cluster": on_cluster,
+        "producers": args.producers,
+        "producer_kind": "processes, HTTP API through Django's test client",
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        **{
+            key: c[key]
+            for key in ("attempted", "ok", "failed", "indeterminate", "lost", "duplicated_effects")
+        },
+        "duplicated_deliveries": c["duplicated_deliveries"],
+        "summary": line,
+        "invariants": verdict.invariants,
+        "violations": {name: problems[: checker.EXAMPLES] for name, problems in verdict.violations.items()},
+        "violation_counts": {name: len(problems) for name, problems in verdict.violations.items()},
+        "counts": c,
+        "client_answers": answers,
+        "liveness": asdict(outcome.liveness),
+        "reconcile": outcome.reconcile,
+        "surprises": outcome.surprises,
+        "timings": {**outcome.timings, "total_s": round(elapsed, 1)},
+        "schedule": [fault.as_json() for fault in faults],
+        "injected": {
+            "poison": injected.poison,
+            "removed": sorted(injected.removed),
+            "duplicates_published": injected.duplicates_published,
+        },
+        "replay": replay_command(args),
+        "database": Names(args.instance).db,
+        "instance": args.instance,
+        "initial_balances": initial,
+        "history": str(history.relative_to(REPO)),
+        "logs": pipeline.log_paths(),
+        "passed": verdict.passed,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def history_write(path: Path, outcome: Outcome) -> None:
+    """Every request and what it got, one JSON line each: the record the checker judged."""
+    with path.open("w") as history:
+        for request, answers in zip(outcome.requests, outcome.details, strict=True):
+            history.write(json.dumps({**request._asdict(), "answers": answers}) + "\n")
+
+
+def check_only(args: argparse.Namespace) -> int:
+    """Check a kept database again against the history and report of its run (queues not read)."""
+    saved = json.loads(Path(args.check_only).read_text())
+    names = Names(saved.get("instance", ""))
+    os.chdir(REPO)
+    for key in [key for key in os.environ if _foreign(key)]:
+        del os.environ[key]
+    os.environ.update(chaos_env(names, names.broker_url))
+    import django
+
+    django.setup()
+    fields = set(checker.Request._fields)
+    requests = [
+        checker.Request(**{k: v for k, v in json.loads(line).items() if k in fields})
+        for line in (REPO / saved["history"]).read_text().splitlines()
+    ]
+    injected = checker.Injected(
+        poison=saved["injected"]["poison"],
+        removed=set(saved["injected"]["removed"]),
+        duplicates_published=saved["injected"]["duplicates_published"],
+    )
+    live = checker.Liveness(**saved["liveness"])
+    initial = {int(account): balance for account, balance in saved["initial_balances"].items()}
+    snapshot = checker.snapshot_collect(initial_balances=initial, queues={})
+    verdict = checker.check(snapshot, requests, injected, live)
+    say(f"database {names.db} checked again against {saved['history']} (seed {saved['seed']}); ")
+    say("queues not read: the run's vhost is gone")
+    say()
+    print_verdict(verdict)
+    return 0 if verdict.passed else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check_only:
+        return check_only(args)
+    report_path = Path(args.report).resolve()
+    load, probe, duration, faults = planned(args)
+    if args.schedule_only:
+        say(f"seed {args.seed}, tier {tier_of(args)}: {len(faults)} faults over ~{duration:.0f}s of load")
+        print_schedule(faults)
+        return 0
+    names = Names(args.instance)
+    names.run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in names.run_dir.iterdir():
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink()
+    os.chdir(REPO)
+    env = chaos_env(names, names.broker_url)
+    # Settings read the environment once: it must be ours before django.setup().
+    for key in [key for key in os.environ if _foreign(key)]:
+        del os.environ[key]
+    os.environ.update(env)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    started = time.monotonic()
+    tier = tier_of(args)
+    log(
+        f"seed {args.seed}, tier {tier} ({TIERS[tier].describe()}"
+        + (", scaled down from healthy 20 s / fault 10-30 s to fit" if tier == "ci" else "")
+        + f"), {args.deductions} deductions; replay: {replay_command(args)}"
+    )
+    pipeline = Pipeline(env=env, run_dir=names.run_dir, workers=args.workers, concurrency=args.concurrency)
+    nemesis = Nemesis(pipeline=pipeline, names=names, env=env, args=args)
+    outcome = Outcome()
+    vhost_made = False
+    cluster = None
+    result: dict[str, Any] = {
+        "seed": args.seed,
+        "tier": tier,
+        "deductions": args.deductions,
+        "invariants": {},
+    }
+    code = 2
+    try:
+        import django
+
+        django.setup()
+        from celery import current_app
+
+        from reliability.publisher import publisher
+
+        if args.cluster:
+            from tests.cluster import RabbitCluster
+
+            RabbitCluster.reap_stale()
+            cluster = RabbitCluster.private()
+            log("starting a private 3-node RabbitMQ cluster")
+            try:
+                urls = cluster.up()
+            except Exception as exc:  # noqa: BLE001 - skipped with the reason, as the brief of the tier says
+                result["cluster_skipped"] = f"{type(exc).__name__}: {exc}"
+                log(
+                    f"SKIPPING THE CLUSTER: it could not start ({exc}); running on the system node, "
+                    "the leader-kill faults are skipped"
+                )
+            else:
+                nemesis.cluster = cluster
+                env["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"] = urls
+                current_app.conf.broker_url = urls
+                log(f"cluster up: {urls}")
+        if nemesis.cluster is None:
+            if names.vhost in rabbitmqctl("list_vhosts", "name", env=env).split():
+                rabbitmqctl("delete_vhost", names.vhost, env=env)
+            vhost_made = True
+            rabbitmqctl("add_vhost", names.vhost, env=env)
+            rabbitmqctl("set_permissions", "-p", names.vhost, "guest", ".*", ".*", ".*", env=env)
+        database_create(names, env)
+        publisher().close()
+        publisher().topology_declare()
+        publisher().close()
+        nemesis._redis().flushdb()  # leases left by an earlier run
+        from reliability.ids import message_id_new
+
+        message_id_new()  # the first lease after a flush waits a TTL: now, not when the load starts
+        accounts, initial = accounts_open()
+        nemesis.accounts = accounts
+        plan = load_plan(seed=args.seed, load=load, probe=probe, accounts=accounts)
+        import trades.services  # noqa: F401 - imported before any fork: one version of the code
+
+        for _ in range(args.workers):
+            pipeline.start_worker()
+        pipeline.start_beat()
+        if not wait_for(
+            lambda: all(
+                (queue_counts(consumers=True).get(q) or 0) >= args.workers for q in ("beans", "trades")
+            ),
+            timeout=120,
+        ):
+            raise RuntimeError(
+                "the workers did not start consuming within 120s:\n" + pipeline.workers[0].tail()
+            )
+        outcome.timings["setup_s"] = round(time.monotonic() - started, 1)
+
+        run_load_and_faults(args, plan, faults, load, nemesis, outcome)
+        log(f"load done; healing | {db_progress()}")
+        for note in [*nemesis.heal_all(), *pipeline.replenish()]:
+            log(f"  {note}")
+        probe_liveness(args, plan, load, outcome)
+        log(f"liveness probe: {outcome.liveness.probe_settled}/{outcome.liveness.probe_ok} settled")
+        heal_drain_reconcile(args, pipeline, nemesis, outcome)
+        history = names.run_dir / "history.jsonl"
+        history_write(history, outcome)
+        snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
+        verdict = checker.check(snapshot, outcome.requests, nemesis.injected, outcome.liveness)
+        result = {
+            **report(args, faults, verdict, outcome, pipeline, nemesis.injected, initial, history, started),
+            **({"cluster_skipped": result["cluster_skipped"]} if "cluster_skipped" in result else {}),
+        }
+        code = 0 if verdict.passed else 1
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        result["error"] = "interrupted"
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - any failure of the harness: reported, exit 2
+        log(f"the run failed: {type(exc).__name__}: {exc}")
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        code = 2
+    finally:
+        # A second Ctrl-C must not cut the cleanup short (every step of it is bounded).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for note in nemesis.heal_all():
+            log(f"cleanup: {note}")
+        pipeline.stop_all()
+        if vhost_made:
+            try:
+                rabbitmqctl("delete_vhost", names.vhost, env=env)
+            except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+                log(f"could not delete vhost {names.vhost!r}: {exc}")
+        if cluster is not None:
+            try:
+                cluster.down()
+            except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
+                log(f"could not stop the cluster: {exc}")
+        if args.drop_database:
+            with suppress(Exception):
+                from django.db import connections
+
+                connections.close_all()
+            try:
+                run_cmd(
+                    ["dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", names.db],
+                    env=env,
+                    timeout=60,
+                )
+            except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+                log(f"could not drop database {names.db}: {exc}")
+        if result.get("error") and faults:
+            result["schedule"] = [fault.as_json() for fault in faults]
+        report_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        log(f"report: {report_path}; exit {code}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The chaos soak: its checker finds what it must, its schedule replays, and a short seeded run passes.
+
+``ChaosCheckerTests`` feed the checker crafted rows: a clean run passes, and a lost
+trade, a double effect, a refused request that took effect, an unexplained dead letter,
+a hole in a stream and an account applied out of order are each reported under their
+invariant. ``ChaosSoakTests`` (tags ``chaos``, ``integration``) runs ``chaos/run.py`` with a
+fixed seed and a few thousand deductions in a subprocess, as CI's short tier.
+"""
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+from django.test import SimpleTestCase, tag
+
+from chaos.checker import (
+    DeadLetterRow,
+    Injected,
+    LedgerRow,
+    Liveness,
+    LogRow,
+    OutboxRow,
+    Request,
+    Snapshot,
+    TradeRow,
+    check,
+)
+from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, schedule_make
+
+REPO = Path(settings.BASE_DIR)
+POISON = "99999999-0000-4000-8000-000000000001"
+
+
+def clean_run() -> tuple[Snapshot, list[Request], Injected, Liveness]:
+    """A small run in which every invariant holds.
+
+    Account 1 (1,000 beans) pays trades 1 and 4; account 2 (50 beans) pays trade 2 and
+    cannot pay trade 3 (rejected for funds). One request was refused, one indeterminate
+    request committed (trade 4) and one did not; one poison message was dead-lettered.
+    """
+    requests = [
+        Request("k1", 1, 100, "ok"),
+        Request("k2", 2, 40, "ok"),
+        Request("k3", 2, 40, "ok"),
+        Request("k4", 1, 10, "indeterminate", attempts=2),
+        Request("k5", 1, 10, "indeterminate", attempts=5),
+        Request("k6", 999, 10, "refused"),
+    ]
+    trades = [
+        TradeRow(1, "k1", 1, 100, "deducted", "m1"),
+        TradeRow(2, "k2", 2, 40, "deducted", "m2"),
+        TradeRow(3, "k3", 2, 40, "rejected", "m3"),
+        TradeRow(4, "k4", 1, 10, "deducted", "m4"),
+    ]
+    outbox = [
+        OutboxRow("m1", "beans.deduct", "deductions.1", 1, "sent", None),
+        OutboxRow("m4", "beans.deduct", "deductions.1", 2, "sent", None),
+        OutboxRow("m2", "beans.deduct", "deductions.2", 1, "sent", None),
+        OutboxRow("m3", "beans.deduct", "deductions.2", 2, "sent", None),
+        OutboxRow("o1", "trades.record_outcome", "outcomes.deductions.1", 1, "sent", "m1"),
+        OutboxRow("o4", "trades.record_outcome", "outcomes.deductions.1", 2, "sent", "m4"),
+        OutboxRow("o2", "trades.record_outcome", "outcomes.deductions.2", 1, "sent", "m2"),
+        OutboxRow("o3", "trades.record_outcome", "outcomes.deductions.2", 2, "sent", "m3"),
+    ]
+    ledger = [
+        LedgerRow(11, 1, 100, 900, "m1", 1),
+        LedgerRow(12, 2, 40, 10, "m2", 2),
+        LedgerRow(13, 1, 10, 890, "m4", 4),
+    ]
+    log = [
+        LogRow("beans.deduct", "m1", "deductions.1", 1, "deducted", 0),
+        LogRow("beans.deduct", "m4", "deductions.1", 2, "deducted", 1),
+        LogRow("beans.deduct", "m2", "deductions.2", 1, "deducted", 0),
+        LogRow("beans.deduct", "m3", "deductions.2", 2, "rejected", 0),
+        LogRow("trades.record_outcome", "o1", "outcomes.deductions.1", 1, "deducted", 0),
+        LogRow("trades.record_outcome", "o4", "outcomes.deductions.1", 2, "deducted", 0),
+        LogRow("trades.record_outcome", "o2", "outcomes.deductions.2", 1, "deducted", 0),
+        LogRow("trades.record_outcome", "o3", "outcomes.deductions.2", 2, "rejected", 0),
+    ]
+    streams = [
+        {"stream": name, "produced_seq": 2, "consumed_watermark": 2, "max_seen": 2, "gaps_open": 0}
+        for name in ("deductions.1", "deductions.2", "outcomes.deductions.1", "outcomes.deductions.2")
+    ]
+    streams.append({"stream": "chaos.poison.1", "produced_seq": None, "consumed_watermark": 1, "max_seen": 1})
+    snapshot = Snapshot(
+        initial_balances={1: 1000, 2: 50},
+        balances={1: 890, 2: 10},
+        trades=trades,
+        ledger=ledger,
+        outbox=outbox,
+        message_log=log,
+        dead_letters=[DeadLetterRow(1, "beans.deduct", "handler_failed", POISON, POISON, "AccountNotFound")],
+        parked=0,
+        streams=streams,
+        gaps_escalated=0,
+        queues={"beans": 0, "trades": 0, "housekeeping": 0, "dead-letters": 0},
+    )
+    liveness = Liveness(probe_ok=1, probe_settled=1, settle_s=1.0, bound_s=60, drained=True, drain_s=1.0)
+    return snapshot, requests, Injected(poison={POISON: "unknown_account"}), liveness
+
+
+class ChaosCheckerTests(SimpleTestCase):
+    def failing(
+        self, snapshot: Snapshot, requests: list[Request], injected: Injected, liveness: Liveness
+    ) -> dict[str, list[str]]:
+        """The invariants the checker finds violated, with their violations."""
+        verdict = check(snapshot, requests, injected, liveness)
+        return {name: problems for name, problems in verdict.violations.items() if problems}
+
+    def test_a_clean_run_passes_every_invariant(self) -> None:
+        verdict = check(*clean_run())
+        self.assertEqual({name: p for name, p in verdict.violations.items() if p}, {})
+        self.assertTrue(verdict.passed)
+        counts = verdict.counts
+        self.assertEqual(
+            (counts["attempted"], counts["ok"], counts["failed"], counts["indeterminate"]), (6, 3, 1, 2)
+        )
+        self.assertEqual((counts["lost"], counts["duplicated_effects"]), (0, 0))
+        self.assertEqual(counts["indeterminate_committed"], 1)
+        self.assertEqual(counts["rejected_for_funds"], 1)
+        self.assertEqual(counts["duplicated_deliveries"], 1)
+
+    def test_an_accepted_request_without_its_trade_is_a_lost_trade(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        requests.append(Request("k7", 1, 5, "ok"))  # the client was told ok; nothing has its key
+        verdict = check(snapshot, requests, injected, liveness)
+        self.assertEqual(verdict.counts["lost"], 1)
+        self.assertFalse(verdict.invariants["I1"])
+        self.assertIn("k7", verdict.violations["I1"][0])
+
+    def test_a_deduction_that_never_happened_is_lost(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        # Trade 1 says deducted, but its ledger entry and inbox row are missing (the money stayed).
+        snapshot = replace(
+            snapshot,
+            ledger=[entry for entry in snapshot.ledger if entry.message_id != "m1"],
+            balances={1: 990, 2: 10},
+        )
+        verdict = check(snapshot, requests, injected, liveness)
+        self.assertEqual(verdict.counts["lost"], 1)
+        self.assertFalse(verdict.invariants["I1"])
+
+    def test_a_message_deducted_twice_is_a_double_effect(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        snapshot = replace(
+            snapshot, ledger=[*snapshot.ledger, LedgerRow(14, 1, 10, 880, "m4", 4)], balances={1: 880, 2: 10}
+        )
+        verdict = check(snapshot, requests, injected, liveness)
+        self.assertEqual(verdict.counts["duplicated_effects"], 1)
+        self.assertFalse(verdict.invariants["I2"])
+        self.assertIn("m4 deducted 2 times", " ".join(verdict.violations["I2"]))
+
+    def test_a_balance_that_does_not_match_its_ledger_breaks_i2(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        tampered = replace(snapshot, balances={1: 880, 2: 10})  # 10 beans gone without a ledger entry
+        self.assertEqual(list(self.failing(tampered, requests, injected, liveness)), ["I2"])
+        self.assertEqual(check(tampered, requests, injected, liveness).counts["duplicated_effects"], 0)
+
+    def test_a_refused_request_that_took_effect_breaks_i4(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        requests = [
+            replace_outcome(request, "refused") if request.key == "k4" else request for request in requests
+        ]
+        self.assertIn("I4", self.failing(snapshot, requests, injected, liveness))
+
+    def test_an_effect_without_a_produced_message_is_a_phantom(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        snapshot = replace(
+            snapshot,
+            ledger=[*snapshot.ledger, LedgerRow(14, 1, 1, 889, POISON, None)],
+            balances={1: 889, 2: 10},
+        )
+        self.assertIn("I3", self.failing(snapshot, requests, injected, liveness))
+
+    def test_a_dead_letter_nobody_injected_breaks_quiescence(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        letter = DeadLetterRow(2, "beans.deduct", "delivery_limit", "m9", "m9", "kept failing")
+        failing = self.failing(
+            replace(snapshot, dead_letters=[*snapshot.dead_letters, letter]), requests, injected, liveness
+        )
+        self.assertEqual(list(failing), ["I8"])
+
+    def test_an_expired_periodic_task_is_explained(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        letter = DeadLetterRow(
+            2,
+            "reliability.relay_outbox",
+            "broker_other",
+            "x",
+            None,
+            "broker dead-lettered it (expired) from queue",
+        )
+        snapshot = replace(
+            snapshot,
+            dead_letters=[*snapshot.dead_letters, letter],
+            periodic_tasks={"reliability.relay_outbox"},
+        )
+        self.assertEqual(self.failing(snapshot, requests, injected, liveness), {})
+
+    def test_a_poison_message_that_vanished_breaks_quiescence(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        self.assertEqual(
+            list(self.failing(replace(snapshot, dead_letters=[]), requests, injected, liveness)), ["I8"]
+        )
+        injected.removed.add(POISON)  # unless the nemesis itself took it off the queue
+        self.assertEqual(self.failing(replace(snapshot, dead_letters=[]), requests, injected, liveness), {})
+
+    def test_a_hole_in_a_stream_breaks_i6(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        log = [row for row in snapshot.message_log if row.message_id != "o1"]
+        self.assertIn("I6", self.failing(replace(snapshot, message_log=log), requests, injected, liveness))
+
+    def test_deductions_applied_out_of_order_break_i7(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        ledger = [
+            LedgerRow(11, 1, 10, 990, "m4", 4),  # seq 2 applied before seq 1
+            LedgerRow(12, 2, 40, 10, "m2", 2),
+            LedgerRow(13, 1, 100, 890, "m1", 1),
+        ]
+        self.assertIn("I7", self.failing(replace(snapshot, ledger=ledger), requests, injected, liveness))
+
+    def test_trades_that_do_not_settle_after_the_heal_break_liveness(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        liveness = Liveness(probe_ok=10, probe_settled=7, bound_s=60, drained=True)
+        self.assertEqual(list(self.failing(snapshot, requests, injected, liveness)), ["I10"])
+
+
+def replace_outcome(request: Request, outcome: str) -> Request:
+    return request._replace(outcome=outcome)
+
+
+class ChaosScheduleTests(SimpleTestCase):
+    def test_a_seed_replays_the_same_schedule(self) -> None:
+        first = schedule_make(seed=123, duration_s=600, cadence=TIERS["ci"])
+        again = schedule_make(seed=123, duration_s=600, cadence=TIERS["ci"])
+        other = schedule_make(seed=124, duration_s=600, cadence=TIERS["ci"])
+        self.assertEqual([fault.as_json() for fault in first], [fault.as_json() for fault in again])
+        self.assertNotEqual([fault.as_json() for fault in first], [fault.as_json() for fault in other])
+
+    def test_the_schedule_follows_the_cadence_and_covers_every_kind(self) -> None:
+        for tier, kinds in (("ci", FAULT_KINDS), ("full", CLUSTER_FAULT_KINDS)):
+            cadence = TIERS[tier]
+            faults = schedule_make(seed=7, duration_s=2000, cadence=cadence, kinds=kinds)
+            with self.subTest(tier=tier):
+                self.assertEqual({fault.kind for fault in faults}, set(kinds))
+                self.assertEqual(faults[0].at_s, cadence.healthy_s)
+                for before, after in itertools.pairwise(faults):
+                    self.assertTrue(cadence.fault_min_s <= before.duration_s <= cadence.fault_max_s)
+                    self.assertAlmostEqual(
+                        after.at_s - before.at_s, before.duration_s + cadence.healthy_s, delta=0.11
+                    )
+
+
+@tag("chaos", "integration")
+class ChaosSoakTests(SimpleTestCase):
+    """The CI tier: a fixed seed, 10,000 deductions, real workers, real faults (about 4 minutes)."""
+
+    DEDUCTIONS = int(os.environ.get("CHAOS_TEST_DEDUCTIONS", "10000"))  # the CI tier
+    SEED = 112  # duplicate publishes, the broker stopped, poison messages, the relay killed
+
+    def test_a_seeded_chaos_run_keeps_every_invariant(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="chaos-test-") as workdir:
+            completed = subprocess.run(
+                [
+                    sys.executable,
+                    str(REPO / "chaos" / "run.py"),
+                    "--deductions",
+                    str(self.DEDUCTIONS),
+                    "--seed",
+                    str(self.SEED),
+                    "--instance",
+                    f"test{os.getpid()}",
+                    "--drop-database",
+                ],
+                cwd=workdir,
+                capture_output=True,
+                text=True,
+                timeout=1200,  # a bound on a hung run, not a performance assertion
+                check=False,
+            )
+            output = completed.stdout[-6000:] + completed.stderr[-3000:]
+            report_path = Path(workdir) / "chaos-report.json"
+            self.assertTrue(report_path.exists(), output)
+            report = json.loads(report_path.read_text())
+        self.assertEqual(completed.returncode, 0, output)
+        self.assertEqual(report["seed"], self.SEED)
+        self.assertEqual(set(report["invariants"]), {f"I{n}" for n in range(1, 11)})
+        self.assertTrue(all(report["invariants"].values()), report["violations"])
+        self.assertEqual(report["lost"], 0)
+        self.assertEqual(report["duplicated_effects"], 0)
+        self.assertEqual(report["attempted"], self.DEDUCTIONS)
+        self.assertGreater(report["ok"], 0)
+        self.assertTrue(report["schedule"], "faults were injected")
+        shutil.rmtree(
+            REPO / ".run" / "chaos" / f"test{os.getpid()}", ignore_errors=True
+        )  # logs kept on failure
