@@ -8,7 +8,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from reliability.consumer import Message
-from reliability.services import outbox_enqueue, outbox_enqueue_many
+from reliability.services import outbox_enqueue_many
 
 from .exceptions import AccountNotFound, InvalidAmount, InvalidDeduction
 from .models import Account, LedgerEntry
@@ -98,10 +98,13 @@ def _outcome_message(
 
 
 def deductions_apply(messages: list[Message]) -> list[str]:
-    """``deduction_apply`` for a batch, in set-based SQL: one lock, one update, two inserts.
+    """Deduct each message's beans once, or reject it for insufficient funds; report back.
 
-    Runs inside the consumer middleware's transaction. The accounts are locked in id
-    order (one statement); each message is then decided in the order given, so
+    Set-based SQL: one lock, one update, two inserts, however many messages. Runs
+    inside the consumer middleware's transaction, with the outcome messages to the
+    trade service. The accounts are locked in id order (one statement), so
+    concurrent deductions from one account serialize and the balance check cannot
+    race; each message is then decided in the order given, so
     several deductions from one account see each other's balance, exactly as if
     applied one by one. A message for an unknown account or with a bad payload
     raises: the middleware then applies the batch one by one, and that message
@@ -113,9 +116,9 @@ def deductions_apply(messages: list[Message]) -> list[str]:
         account.pk: account
         for account in Account.objects.select_for_update().filter(pk__in=account_ids).order_by("pk")
     }
-    missing = [account_id for account_id in account_ids if account_id not in accounts]
-    if missing:
-        raise AccountNotFound(f"accounts {missing} do not exist")
+    for message, (_, account_id, _) in zip(messages, fields, strict=True):
+        if account_id not in accounts:
+            raise AccountNotFound(f"message {message.message_id}: account {account_id} does not exist")
     balances = {account_id: account.balance for account_id, account in accounts.items()}
     now = timezone.now()
     entries, outcomes, outcome_messages = [], [], []
@@ -136,6 +139,14 @@ def deductions_apply(messages: list[Message]) -> list[str]:
             outcome = DeductionOutcome.DEDUCTED
         else:
             outcome = DeductionOutcome.REJECTED
+            logger.info(
+                "message %s: trade %d rejected, account %d has %d beans, needs %d",
+                message.message_id,
+                trade_id,
+                account_id,
+                balances[account_id],
+                beans,
+            )
         outcomes.append(outcome)
         outcome_messages.append(
             _outcome_message(message, trade_id=trade_id, outcome=outcome, balance_after=balances[account_id])
@@ -161,46 +172,7 @@ def deduction_apply(message: Message) -> str:
     """Deduct a trade's beans once, or reject it for insufficient funds; report back.
 
     Runs inside the consumer middleware's transaction, after the message-log row
-    was inserted. The account row is locked, so concurrent deductions from one
-    account serialize and the balance check cannot race. The outcome message to
-    the trade service commits in the same transaction.
+    was inserted. One message is a batch of one: ``deductions_apply`` holds the rule.
     """
-    trade_id, account_id, beans = _deduction_fields(message)
-    try:
-        account = Account.objects.select_for_update().get(pk=account_id)
-    except Account.DoesNotExist as exc:
-        raise AccountNotFound(f"message {message.message_id}: account {account_id} does not exist") from exc
-    if account.balance >= beans:
-        account.balance -= beans
-        account.updated_at = timezone.now()
-        account.save(update_fields=["balance", "updated_at"])
-        LedgerEntry.objects.create(
-            account=account,
-            kind=LedgerEntry.Kind.DEDUCTION,
-            beans=beans,
-            balance_after=account.balance,
-            message_id=message.message_id,
-            trade_id=trade_id,
-        )
-        outcome = DeductionOutcome.DEDUCTED
-    else:
-        outcome = DeductionOutcome.REJECTED
-        logger.info(
-            "message %s: trade %d rejected, account %d has %d beans, needs %d",
-            message.message_id,
-            trade_id,
-            account_id,
-            account.balance,
-            beans,
-        )
-    stream, payload, _ = _outcome_message(
-        message, trade_id=trade_id, outcome=outcome, balance_after=account.balance
-    )
-    outbox_enqueue(
-        task_name=OUTCOME_TASK,
-        queue=OUTCOME_QUEUE,
-        stream=stream,
-        payload=payload,
-        using=settings.BEANS_DATABASE,
-    )
+    (outcome,) = deductions_apply([message])
     return outcome
