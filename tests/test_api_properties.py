@@ -19,8 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.db.models import Sum
 from django.test import Client
-from hypothesis import HealthCheck, example, given, note
-from hypothesis import settings as hypothesis_settings
+from hypothesis import example, given, note
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
@@ -31,30 +30,13 @@ from trades.models import Trade
 from trades.services import IDEMPOTENCY_KEY_MAX_LENGTH
 from trades.views import MAX_BODY_BYTES
 
+from .strategies import examples
+from .strategies import json_values as json_values_of
+
 TRADES_URL = "/api/trades/"
 BIGINT_MAX = 2**63 - 1
-EXAMPLES = hypothesis_settings(
-    max_examples=200,
-    deadline=None,
-    database=None,  # no .hypothesis/ directory in the work tree; a failure prints its reproduction
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats()  # NaN and infinities too: Python's json writes and reads them
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+EXAMPLES = examples(200)
+json_values = json_values_of(finite=False)
 bean_counts = (
     st.integers(min_value=-(2**70), max_value=2**70)
     | st.sampled_from([0, -1, 1, settings.TRADES_MAX_BEANS, settings.TRADES_MAX_BEANS + 1, 2**63, 2**64])

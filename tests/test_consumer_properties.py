@@ -25,8 +25,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db.models import Sum
-from hypothesis import HealthCheck, given, note
-from hypothesis import settings as hypothesis_settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
@@ -37,31 +36,15 @@ from reliability.models import DeadLetter, MessageLog, OutboxMessage
 from reliability.services import BATCH, ENVELOPE_VERSION
 from reliability.signing import envelope_sign
 
+from .strategies import examples
+from .strategies import json_values as json_values_of
+
 BEANS = settings.BEANS_DATABASE
 TASK = SimpleNamespace(name="beans.deduct", request=SimpleNamespace(retries=0, delivery_info={}))
 BALANCE = 1_000
 BIGINT_MAX = 2**63 - 1
-EXAMPLES = hypothesis_settings(
-    max_examples=150,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**80), max_value=2**80)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+EXAMPLES = examples(150)
+json_values = json_values_of(finite=True)
 odd_text = st.text(alphabet=st.characters(codec=None, categories=None), max_size=20) | st.sampled_from(
     ["\x00", "a\x00b", "\ud800", "\udfff tail", "é€😀"]
 )
@@ -223,7 +206,9 @@ class ConsumerPropertyTests(TestCase):
             )
         elif target is not None:
             self.assertEqual(outcome, "rejected", "insufficient funds: a business outcome, no effect")
-            self.assert_no_effect(before)
+            after = self.effects()
+            self.assertEqual(after[:2], before[:2], "no ledger entry, no balance change")
+            self.assertEqual(after[3], before[3] + 1, "the rejection is reported back to the trade")
         else:
             self.assertEqual(outcome, "dead-lettered")
             self.assert_no_effect(before)
