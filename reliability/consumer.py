@@ -537,18 +537,28 @@ def exactly_once_task(
 
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
-            if isinstance(envelope, dict) and envelope.get("kind") == services.BATCH:
-                return batch_consume(
-                    task=task,
-                    envelope=envelope,
-                    handler=handler,
-                    batch_handler=batch_handler,
-                    using=using,
-                    ordered=ordered,
+            try:
+                if isinstance(envelope, dict) and envelope.get("kind") == services.BATCH:
+                    return batch_consume(
+                        task=task,
+                        envelope=envelope,
+                        handler=handler,
+                        batch_handler=batch_handler,
+                        using=using,
+                        ordered=ordered,
+                    )
+                return message_consume(
+                    task=task, envelope=envelope, handler=handler, using=using, ordered=ordered
                 )
-            return message_consume(
-                task=task, envelope=envelope, handler=handler, using=using, ordered=ordered
-            )
+            except Reject:
+                raise
+            except Exception as exc:
+                # The paths outside the effect's transaction (a heartbeat, recording a dead
+                # letter) meet the same database hiccups. Escaping, the error would fail the
+                # task and the broker would dead-letter a message that only had to wait.
+                if _is_transient(exc):
+                    _requeue(task, exc, what="delivery")
+                raise
 
         consume.__name__ = handler.__name__
         consume.__doc__ = handler.__doc__

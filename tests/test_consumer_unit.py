@@ -14,7 +14,7 @@ from celery.exceptions import Reject
 from django.db import OperationalError, transaction
 from django.test import TestCase
 
-from reliability.consumer import Message, message_consume
+from reliability.consumer import Message, exactly_once_task, message_consume
 from reliability.exceptions import PoisonMessage
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage
 from reliability.services import outbox_enqueue, outbox_envelope
@@ -231,3 +231,44 @@ class OrderedConsumeTests(TestCase):
         self.assertEqual(self.applied, [2])
         self.assertEqual(self.consume(self.envelopes[2]), "done")
         self.assertEqual(self.applied, [2, 3])
+
+
+# The task a worker runs: its wrapper turns a transient error from outside the effect's
+# transaction into a requeue, instead of a failure the broker would dead-letter.
+@exactly_once_task(name="tests.transient", queue="beans")
+def transient_task(message: Message) -> str:
+    return "applied"
+
+
+class TransientErrorOutsideTheEffectTests(TestCase):
+    """A database hiccup on the paths around the effect requeues the delivery, like one inside it."""
+
+    def assert_requeued(self, envelope: Any) -> None:
+        with (
+            mock.patch("reliability.consumer.time.sleep"),
+            self.assertLogs("reliability", level="WARNING"),
+            self.assertRaises(Reject) as raised,
+        ):
+            transient_task(envelope)
+        self.assertTrue(raised.exception.requeue, "requeued, not rejected to the dead-letter exchange")
+
+    def test_a_heartbeat_meeting_a_lost_connection_is_requeued(self) -> None:
+        heartbeat = envelope_sign({"v": 1, "kind": "heartbeat", "stream": "deductions.3", "high": 4})
+        with mock.patch(
+            "reliability.consumer.stream_high_record", side_effect=OperationalError("terminating connection")
+        ):
+            self.assert_requeued(heartbeat)
+
+    def test_a_dead_letter_that_cannot_be_recorded_yet_is_requeued(self) -> None:
+        with mock.patch(
+            "reliability.services.dead_letter_record", side_effect=OperationalError("server closed")
+        ):
+            self.assert_requeued({"v": 1, "message_id": "not a uuid"})
+        self.assertFalse(DeadLetter.objects.exists())
+
+    def test_a_lasting_failure_outside_the_effect_still_fails_the_task(self) -> None:
+        with (
+            mock.patch("reliability.services.dead_letter_record", side_effect=RuntimeError("a bug")),
+            self.assertRaises(RuntimeError),
+        ):
+            transient_task({"v": 1, "message_id": "not a uuid"})
