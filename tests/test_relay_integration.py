@@ -1,6 +1,7 @@
 """The production stage against a real RabbitMQ: confirms, returns, nacks, backoff."""
 
 import json
+import socket
 import subprocess
 import uuid
 
@@ -9,6 +10,7 @@ from django.test import tag
 from kombu import Connection
 
 from reliability.models import OutboxMessage
+from reliability.publisher import publisher
 from reliability.services import outbox_relay_batch, outbox_relay_messages
 from trades.services import trade_place
 
@@ -83,6 +85,25 @@ class RelayIntegrationTests(PipelineTestCase):
         self.start_beat()
         self.wait_drained(timeout=120)
         self.assert_exactly_once(trades=len(placed))
+
+    def test_a_kept_connection_that_died_while_idle_is_replaced_without_an_error(self) -> None:
+        trade, _ = trade_place(account_id=self.account, beans=10)
+        self.assertEqual(pending_message(trade.deduction_message_id).status, OutboxMessage.Status.SENT)
+        kept = publisher()._connection
+        assert kept is not None, "the publisher keeps its connection between publishes"
+        # The connection dies while idle (a broker restart, a NAT timeout): the next write fails.
+        kept.connection.sock.shutdown(socket.SHUT_RDWR)
+
+        trade, _ = trade_place(account_id=self.account, beans=10)
+
+        message = pending_message(trade.deduction_message_id)
+        self.assertEqual(
+            (message.status, message.attempts, message.last_error),
+            (OutboxMessage.Status.SENT, 0, ""),
+            "published on a fresh connection, no failed attempt recorded",
+        )
+        self.assertIsNot(publisher()._connection, kept)
+        self.assertEqual(queue_message_counts()["beans"], 2)
 
     def test_sweep_skips_rows_in_backoff(self) -> None:
         self._unbind_beans()

@@ -12,7 +12,14 @@ from django.utils import timezone
 
 from reliability import reconciler
 from reliability.exceptions import OutboxUsageError
-from reliability.models import MessageLog, OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
+from reliability.models import (
+    MessageLog,
+    OutboxMessage,
+    ReconcileRun,
+    StreamCounter,
+    StreamGap,
+    StreamWatermark,
+)
 from reliability.retention import retention_purge
 from reliability.retention_rules import retention_horizons_check
 from reliability.services import outbox_enqueue
@@ -129,6 +136,30 @@ class ReconcilerBookkeepingTests(TestCase):
         self.assertEqual(self.publish.return_value.publish.call_count, 2)
         self.assertEqual(ReconcileRun.objects.filter(escalated=1).count(), 1)
 
+    def test_a_republished_gap_waits_while_its_queue_holds_a_backlog(self) -> None:
+        self._produce(3)
+        apply(1, 3)
+        published = self.publish.return_value.publish
+
+        def reconcile(depth: int) -> StreamGap:
+            self._age_everything()
+            StreamGap.objects.update(last_republished_at=timezone.now() - timedelta(seconds=5))
+            with mock.patch("reliability.reconciler.queue_depths", return_value={"beans": depth}):
+                reconciler.reconcile_all()
+            return StreamGap.objects.get(seq=2)
+
+        self.assertEqual(reconcile(depth=500).republish_attempts, 1, "the first attempt goes out regardless")
+        gap = reconcile(depth=500)
+        self.assertEqual(
+            (gap.republish_attempts, gap.status, published.call_count),
+            (1, StreamGap.Status.OPEN, 1),
+            "the copy may be waiting behind the backlog: no second copy, no attempt counted",
+        )
+        gap = reconcile(depth=0)
+        self.assertEqual(
+            (gap.republish_attempts, published.call_count), (2, 2), "an empty queue: publish again"
+        )
+
     def test_a_gap_missing_from_every_outbox_is_recorded_not_invented(self) -> None:
         apply(1, 3)  # nothing was produced here: seq 2 is in no outbox
         self._age_everything()
@@ -156,6 +187,17 @@ class SequenceAllocationTests(TransactionTestCase):
             outbox_enqueue(task_name="a.task", queue="beans", stream="owned", payload={})
         with self.assertRaises(OutboxUsageError), transaction.atomic():
             outbox_enqueue(task_name="b.task", queue="beans", stream="owned", payload={})
+
+    @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
+    def test_a_counter_from_before_streams_had_owners_is_claimed_by_its_first_user(self) -> None:
+        StreamCounter.objects.create(stream="legacy", last_seq=7)  # no task_name, no queue
+        with transaction.atomic():
+            row = outbox_enqueue(task_name="a.task", queue="beans", stream="legacy", payload={})
+        self.assertEqual(row.seq, 8, "the sequence continues")
+        counter = StreamCounter.objects.get(stream="legacy")
+        self.assertEqual((counter.task_name, counter.queue), ("a.task", "beans"))
+        with self.assertRaises(OutboxUsageError), transaction.atomic():
+            outbox_enqueue(task_name="b.task", queue="beans", stream="legacy", payload={})
 
     @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
     def test_producers_on_different_streams_do_not_wait_for_each_other(self) -> None:
