@@ -1,5 +1,7 @@
 """Read-side queries of the bean service."""
 
+from collections.abc import Iterable
+
 from django.db.models import Count, Q, Sum
 
 from .models import Account, LedgerEntry
@@ -12,6 +14,13 @@ def account_get(*, account_id: int) -> Account:
 
 def account_exists(*, account_id: int) -> bool:
     return Account.objects.filter(pk=account_id).exists()
+
+
+def accounts_missing(*, account_ids: Iterable[int]) -> list[int]:
+    """Return, sorted, the ids among ``account_ids`` that name no account."""
+    wanted = set(account_ids)
+    found = set(Account.objects.filter(pk__in=wanted).values_list("pk", flat=True))
+    return sorted(wanted - found)
 
 
 def ledger_totals_by_account() -> dict[int, dict[str, int]]:

@@ -455,6 +455,10 @@ if RELIABILITY_FAULT_INJECTION and IS_PRODUCTION:
 
 # Refuse trades above this many beans (a typo guard, not a business limit).
 TRADES_MAX_BEANS = env_int("TRADES_MAX_BEANS", 1_000_000_000)
+# At most this many trades in one batch placement (POST /api/trades/batch/), one transaction.
+TRADES_BATCH_MAX = env_int("TRADES_BATCH_MAX", 100)
+if not 1 <= TRADES_BATCH_MAX <= 1000:
+    raise ImproperlyConfigured("TRADES_BATCH_MAX must be between 1 and 1000")
 
 if IS_PRODUCTION:
     SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", True)

@@ -4,7 +4,7 @@ from django.urls import path
 
 from beans.views import account_detail
 from reliability.views import metrics, pipeline_health_page
-from trades.views import account_trades, trade_create, trade_detail
+from trades.views import account_trades, trade_create, trade_detail, trades_create_batch
 
 # The admin index links the pipeline health page (reliability/templates/admin/reliability_index.html).
 admin.site.index_template = "admin/reliability_index.html"
@@ -19,6 +19,7 @@ urlpatterns = [
     path(settings.ADMIN_URL, admin.site.urls),
     path("metrics", metrics, name="metrics"),
     path("api/trades/", trade_create, name="trade-create"),
+    path("api/trades/batch/", trades_create_batch, name="trades-create-batch"),
     path("api/trades/<int:trade_id>/", trade_detail, name="trade-detail"),
     path("api/accounts/<int:account_id>/", account_detail, name="account-detail"),
     path("api/accounts/<int:account_id>/trades/", account_trades, name="account-trades"),

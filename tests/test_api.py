@@ -15,6 +15,7 @@ from reliability.models import OutboxMessage
 from trades.models import Trade
 
 TRADES_URL = "/api/trades/"
+BATCH_URL = "/api/trades/batch/"
 
 
 class TradeApiTests(TestCase):
@@ -141,6 +142,77 @@ class TradeApiTests(TestCase):
         created = self._post({"account": self.account.pk, "beans": 30}).json()
         response = self.client.post(f"{TRADES_URL}{created['id']}/")
         self.assertEqual(response.status_code, 405)
+
+
+class TradeBatchApiTests(TestCase):
+    """POST /api/trades/batch/: many trades in one transaction, all of them or none."""
+
+    def setUp(self) -> None:
+        self.alice = account_create(owner="alice", balance=100).pk
+        self.bob = account_create(owner="bob", balance=100).pk
+
+    def _post(self, body: Any, **headers: str) -> Any:
+        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        return self.client.post(BATCH_URL, data=data, content_type="application/json", headers=headers)
+
+    def test_a_batch_is_created_with_one_message_per_trade(self) -> None:
+        response = self._post(
+            {"trades": [{"account": self.alice, "beans": 10}, {"account": self.bob, "beans": 20}]}
+        )
+
+        self.assertEqual(response.status_code, 201, response.content)
+        body = response.json()
+        self.assertEqual(
+            [(t["account"], t["beans"], t["status"]) for t in body["trades"]],
+            [(self.alice, 10, "pending"), (self.bob, 20, "pending")],
+        )
+        self.assertEqual(
+            sorted(t["message_id"] for t in body["trades"]),
+            sorted(str(m) for m in OutboxMessage.objects.values_list("message_id", flat=True)),
+        )
+        self.assertIn("pipeline", body)
+
+    def test_a_repeated_key_returns_the_same_batch_and_a_reused_one_conflicts(self) -> None:
+        batch = {"trades": [{"account": self.alice, "beans": 10}, {"account": self.bob, "beans": 20}]}
+        first = self._post(batch, **{"Idempotency-Key": "batch-1"})
+        again = self._post(batch, **{"Idempotency-Key": "batch-1"})
+        other = self._post(
+            {"trades": [{"account": self.alice, "beans": 11}]}, **{"Idempotency-Key": "batch-1"}
+        )
+
+        self.assertEqual((first.status_code, again.status_code, other.status_code), (201, 200, 409))
+        self.assertEqual(again.json()["trades"], first.json()["trades"])
+        self.assertEqual(Trade.objects.count(), 2)
+
+    def test_a_batch_with_one_bad_order_is_refused_whole_and_says_which(self) -> None:
+        cases: dict[str, tuple[Any, int, str]] = {
+            "not an object": ([{"account": self.alice, "beans": 1}], 400, "JSON object"),
+            "no trades field": ({"orders": []}, 400, "missing field(s): trades"),
+            "trades not a list": ({"trades": {"account": self.alice, "beans": 1}}, 400, "list of 1 to"),
+            "no trades": ({"trades": []}, 400, "list of 1 to"),
+            "one zero": (
+                {"trades": [{"account": self.alice, "beans": 1}, {"account": self.bob, "beans": 0}]},
+                400,
+                "trades[1].beans",
+            ),
+            "one unknown account": (
+                {"trades": [{"account": self.alice, "beans": 1}, {"account": self.bob + 9, "beans": 1}]},
+                404,
+                str(self.bob + 9),
+            ),
+            "too many": (
+                {"trades": [{"account": self.alice, "beans": 1}] * (settings.TRADES_BATCH_MAX + 1)},
+                400,
+                "list of 1 to",
+            ),
+            "body too large": ("[" + " " * 70_000 + "]", 400, "larger than"),
+        }
+        for label, (body, status, says) in cases.items():
+            with self.subTest(label):
+                response = self._post(body)
+                self.assertEqual(response.status_code, status, response.content)
+                self.assertIn(says, response.json()["error"])
+        self.assertEqual((Trade.objects.count(), OutboxMessage.objects.count()), (0, 0))
 
 
 class AccountApiTests(TestCase):

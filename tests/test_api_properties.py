@@ -1,6 +1,7 @@
 """Bad input, property-based: whatever reaches the trade API, a clear answer and no stray write.
 
-Hypothesis throws random and malformed requests at ``POST /api/trades/`` and the GET
+Hypothesis throws random and malformed requests at ``POST /api/trades/``, at
+``POST /api/trades/batch/`` (whole batches, valid orders mixed with bad ones) and the GET
 endpoints: wrong types, huge numbers, zero and negative beans, unknown accounts, bodies that
 are not JSON, not UTF-8 or too large, other content types, odd ``Idempotency-Key`` headers,
 other HTTP methods. Every answer must be a 2xx or a 4xx with a JSON ``error`` (never a
@@ -28,12 +29,13 @@ from beans.services import account_create
 from reliability.models import OutboxMessage, StreamCounter
 from trades.models import Trade
 from trades.services import IDEMPOTENCY_KEY_MAX_LENGTH
-from trades.views import MAX_BODY_BYTES
+from trades.views import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 
 from .strategies import examples
 from .strategies import json_values as json_values_of
 
 TRADES_URL = "/api/trades/"
+BATCH_URL = "/api/trades/batch/"
 BIGINT_MAX = 2**63 - 1
 EXAMPLES = examples(200)
 json_values = json_values_of(finite=False)
@@ -186,6 +188,70 @@ class TradeApiPropertyTests(TestCase):
         else:
             self.assertEqual(response.status_code, 201)
             self.assertEqual((response.json()["account"], response.json()["beans"]), (account, beans))
+
+    @EXAMPLES
+    @given(
+        orders=st.lists(
+            st.fixed_dictionaries({"account": st.sampled_from([0, 1, 2]), "beans": st.integers(1, 10**6)})
+            | st.fixed_dictionaries({"account": bean_counts, "beans": bean_counts})
+            | json_values,
+            max_size=settings.TRADES_BATCH_MAX + 3,
+        )
+        | json_values,
+        real_accounts=st.booleans(),
+        key=header_values,
+    )
+    @example(orders=[{"account": 0, "beans": 5}, {"account": 1, "beans": 7}], real_accounts=True, key=None)
+    def test_batches_are_placed_whole_or_refused_whole(
+        self, orders: Any, real_accounts: bool, key: Any
+    ) -> None:
+        if real_accounts and isinstance(orders, list):  # account 0, 1, 2 -> the real accounts
+            orders = [
+                {**order, "account": self.account_ids[order["account"]]}
+                if isinstance(order, dict) and order.get("account") in (0, 1, 2)
+                else order
+                for order in orders
+            ]
+        try:
+            raw = json.dumps({"trades": orders}).encode()
+        except ValueError:
+            raw = b'{"trades": [{"account": 1, "beans": ' + b"9" * 5000 + b"}]}"
+        before = _writes()
+        headers = {} if key is None else {"Idempotency-Key": key}
+        response = self.request("post", BATCH_URL, data=raw, content_type="application/json", headers=headers)
+        placed = len(response.json()["trades"]) if response.status_code < 400 else 0
+        expected = (before[0] + placed, before[1] + placed, before[2] + placed, before[3])
+        if _writes() != expected:
+            self.tally.effects += 1
+        self.assertEqual(_writes(), expected, "(trades, outbox rows, stream seqs, ledger entries)")
+
+        well_formed = (
+            isinstance(orders, list)
+            and 0 < len(orders) <= settings.TRADES_BATCH_MAX
+            and all(
+                isinstance(order, dict)
+                and set(order) == {"account", "beans"}
+                and _is_positive_int(order["account"], BIGINT_MAX)
+                and _is_positive_int(order["beans"], settings.TRADES_MAX_BEANS)
+                for order in orders
+            )
+            and len(raw) <= MAX_BATCH_BODY_BYTES
+            and (
+                key is None
+                or (
+                    0 < len(f"{key}/{len(orders) - 1}") <= IDEMPOTENCY_KEY_MAX_LENGTH
+                    and bool(key)
+                    and key.isprintable()
+                )
+            )
+        )
+        if not well_formed:
+            self.assertEqual(response.status_code, 400)
+        elif any(order["account"] not in self.account_ids for order in orders):
+            self.assertEqual(response.status_code, 404)
+        else:
+            self.assertEqual(response.status_code, 201)
+            self.assertEqual(placed, len(orders))
 
     @EXAMPLES
     @given(key=header_values, beans=st.integers(min_value=1, max_value=settings.TRADES_MAX_BEANS))

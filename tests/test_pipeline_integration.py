@@ -11,7 +11,7 @@ from beans.models import LedgerEntry
 from reliability.models import MessageLog, OutboxMessage
 from reliability.services import outbox_envelope
 from trades.models import Trade
-from trades.services import trade_place
+from trades.services import trade_place, trades_place_many
 
 from .pipeline import PipelineTestCase, broker_vhost, rabbitmqctl
 from .processes import wait_until
@@ -28,6 +28,24 @@ class PipelineIntegrationTests(PipelineTestCase):
         self.wait_drained(timeout=180)
         self.assert_exactly_once(trades=500)
         self.assertEqual(Trade.objects.filter(status=Trade.Status.DEDUCTED).count(), 500)
+
+    def test_trades_placed_in_batches_are_each_deducted_exactly_once_in_order(self) -> None:
+        accounts = self.create_accounts(20, balance=1000)
+        self.start_worker()
+        self.start_beat()
+        for batch in range(8):  # 8 x 50 trades, 20 per account, each of 70 beans
+            trades_place_many(
+                orders=[{"account": accounts[(batch * 50 + n) % 20], "beans": 70} for n in range(50)]
+            )
+        self.wait_drained(timeout=180)
+        self.assert_exactly_once(trades=400)
+        self.assert_per_account_order()
+        # Each account affords its first 14 trades (980 beans), in the order they were placed.
+        for account in accounts:
+            statuses = list(
+                Trade.objects.filter(account_id=account).order_by("pk").values_list("status", flat=True)
+            )
+            self.assertEqual(statuses, [Trade.Status.DEDUCTED] * 14 + [Trade.Status.REJECTED] * 6)
 
     def test_insufficient_funds_rejects_without_effect(self) -> None:
         (account,) = self.create_accounts(1, balance=1000)

@@ -22,7 +22,7 @@ from reliability.models import DeadLetter, OutboxMessage, StreamCounter
 from reliability.services import dead_letter_record, outbox_enqueue, outbox_envelope
 from trades.exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from trades.models import Trade
-from trades.services import deduction_stream, trade_place, trade_record_outcome
+from trades.services import deduction_stream, trade_place, trade_record_outcome, trades_place_many
 
 
 def _message(payload: dict[str, Any], *, stream: str = "deductions.1", seq: int = 1) -> Message:
@@ -125,6 +125,103 @@ class TradePlaceTests(TestCase):
             trade_place(account_id=self.account.pk + 1000, beans=1)
         self.assertEqual(Trade.objects.count(), 0)
         self.assertEqual(OutboxMessage.objects.count(), 0)
+
+
+class TradesPlaceManyTests(TestCase):
+    """A batch placement records exactly what one placement per trade would, all or nothing."""
+
+    def setUp(self) -> None:
+        self.alice = account_create(owner="alice", balance=100).pk
+        self.bob = account_create(owner="bob", balance=100).pk
+
+    def orders(self, *pairs: tuple[int, int]) -> list[dict[str, int]]:
+        return [{"account": account, "beans": beans} for account, beans in pairs]
+
+    def assert_nothing_written(self) -> None:
+        self.assertEqual(Trade.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 0)
+        self.assertEqual(StreamCounter.objects.filter(last_seq__gt=0).count(), 0)
+
+    def test_each_trade_gets_its_own_message_in_its_accounts_stream_in_order(self) -> None:
+        trade_place(account_id=self.alice, beans=5)  # the batch continues alice's stream
+        trades, created = trades_place_many(
+            orders=self.orders((self.alice, 10), (self.bob, 20), (self.alice, 30), (self.alice, 40))
+        )
+
+        self.assertTrue(created)
+        self.assertEqual(
+            [(t.account_id, t.beans) for t in trades],
+            [(self.alice, 10), (self.bob, 20), (self.alice, 30), (self.alice, 40)],
+        )
+        self.assertEqual([t.pk for t in trades], sorted(t.pk for t in trades), "ids in the order given")
+        for trade in trades:
+            message = OutboxMessage.objects.get(message_id=trade.deduction_message_id)
+            self.assertEqual(
+                message.payload, {"trade_id": trade.pk, "account_id": trade.account_id, "beans": trade.beans}
+            )
+            self.assertEqual(
+                (message.task_name, message.stream), ("beans.deduct", deduction_stream(trade.account_id))
+            )
+        alice_seqs = [
+            OutboxMessage.objects.get(message_id=t.deduction_message_id).seq
+            for t in trades
+            if t.account_id == self.alice
+        ]
+        self.assertEqual(alice_seqs, [2, 3, 4], "alice's trades follow her stream, in the order given")
+        self.assertEqual(len({t.deduction_message_id for t in trades}), 4)
+
+    def test_one_bad_order_refuses_the_whole_batch(self) -> None:
+        bad_batches = {
+            "not a list": {"account": self.alice, "beans": 1},
+            "empty": [],
+            "too many": self.orders(*[(self.alice, 1)] * (settings.TRADES_BATCH_MAX + 1)),
+            "zero beans": self.orders((self.alice, 1), (self.bob, 0)),
+            "beans as text": [{"account": self.alice, "beans": "5"}],
+            "an extra field": [{"account": self.alice, "beans": 5, "price": 1}],
+            "not an object": [[self.alice, 5]],
+        }
+        for label, orders in bad_batches.items():
+            with self.subTest(label), self.assertRaises(TradeInvalid):
+                trades_place_many(orders=orders)
+        with self.assertRaisesMessage(TradeInvalid, "trades[1].beans must be positive"):
+            trades_place_many(orders=self.orders((self.alice, 1), (self.bob, 0)))
+        with self.assertRaisesMessage(AccountNotFound, f"account(s) {self.bob + 7} do not exist"):
+            trades_place_many(orders=self.orders((self.alice, 1), (self.bob + 7, 1)))
+        self.assert_nothing_written()
+
+    def test_a_failure_half_way_rolls_back_every_trade(self) -> None:
+        with (
+            mock.patch("trades.services.outbox_enqueue_many", side_effect=RuntimeError("outbox down")),
+            self.assertRaisesMessage(RuntimeError, "outbox down"),
+        ):
+            trades_place_many(orders=self.orders((self.alice, 1), (self.bob, 1)))
+        self.assert_nothing_written()
+
+    def test_a_repeated_batch_key_returns_the_first_batch(self) -> None:
+        orders = self.orders((self.alice, 10), (self.bob, 20))
+        first, first_created = trades_place_many(orders=orders, idempotency_key="batch-1")
+        again, again_created = trades_place_many(orders=orders, idempotency_key="batch-1")
+
+        self.assertEqual((first_created, again_created), (True, False))
+        self.assertEqual([t.pk for t in again], [t.pk for t in first])
+        self.assertEqual([t.idempotency_key for t in first], ["batch-1/0", "batch-1/1"])
+        self.assertEqual((Trade.objects.count(), OutboxMessage.objects.count()), (2, 2))
+
+    def test_a_batch_key_reused_for_other_orders_is_a_conflict(self) -> None:
+        trades_place_many(orders=self.orders((self.alice, 10), (self.bob, 20)), idempotency_key="batch-1")
+        for label, orders in {
+            "other beans": self.orders((self.alice, 10), (self.bob, 21)),
+            "another order added": self.orders((self.alice, 10), (self.bob, 20), (self.bob, 1)),
+            "fewer orders": self.orders((self.alice, 10)),
+        }.items():
+            with self.subTest(label), self.assertRaises(IdempotencyConflict):
+                trades_place_many(orders=orders, idempotency_key="batch-1")
+        self.assertEqual((Trade.objects.count(), OutboxMessage.objects.count()), (2, 2))
+
+    def test_a_batch_key_too_long_for_its_trades_keys_is_refused(self) -> None:
+        with self.assertRaisesMessage(TradeInvalid, "must be 1 to 198 characters"):
+            trades_place_many(orders=self.orders((self.alice, 1)), idempotency_key="k" * 199)
+        self.assert_nothing_written()
 
 
 class OutboxEnqueueTests(TestCase):

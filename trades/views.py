@@ -18,6 +18,8 @@ from .exceptions import AccountNotFound, IdempotencyConflict, TradeInvalid
 from .models import Trade
 
 MAX_BODY_BYTES = 4096
+# Room for TRADES_BATCH_MAX orders at their longest (~60 bytes each), and no more.
+MAX_BATCH_BODY_BYTES = 65536
 TRADE_FIELDS = {"account", "beans"}
 
 
@@ -58,13 +60,16 @@ def trade_json(trade: Trade) -> dict[str, Any]:
     }
 
 
-def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
+def _parse_json_object(
+    request: HttpRequest, *, max_bytes: int, example: str, fields: set[str]
+) -> dict[str, Any]:
+    """Return the request's JSON object with exactly ``fields``, or raise ``TradeInvalid`` saying why."""
     try:
-        too_large = len(request.body) > MAX_BODY_BYTES
+        too_large = len(request.body) > max_bytes
     except RequestDataTooBig:  # beyond DATA_UPLOAD_MAX_MEMORY_SIZE: Django does not even read it
         too_large = True
     if too_large:
-        raise TradeInvalid(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        raise TradeInvalid(f"request body is larger than {max_bytes} bytes")
     if request.content_type != "application/json":
         raise TradeInvalid("Content-Type must be application/json")
     try:
@@ -72,8 +77,8 @@ def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
         raise TradeInvalid(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise TradeInvalid('request body must be a JSON object like {"account": 1, "beans": 100}')
-    missing, unknown = TRADE_FIELDS - body.keys(), body.keys() - TRADE_FIELDS
+        raise TradeInvalid(f"request body must be a JSON object like {example}")
+    missing, unknown = fields - body.keys(), body.keys() - fields
     if missing:
         raise TradeInvalid(f"missing field(s): {', '.join(sorted(missing))}")
     if unknown:
@@ -81,11 +86,50 @@ def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
+def _parse_trade_body(request: HttpRequest) -> dict[str, Any]:
+    return _parse_json_object(
+        request, max_bytes=MAX_BODY_BYTES, example='{"account": 1, "beans": 100}', fields=TRADE_FIELDS
+    )
+
+
 def _idempotency_key(request: HttpRequest) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not key.isprintable():  # control characters, NUL: not a key, and not storable
         raise TradeInvalid("Idempotency-Key must be printable text, without control characters")
     return key
+
+
+def _placement_refused(exc: Exception) -> JsonResponse:
+    """The answer to a placement that wrote nothing: which 4xx or 503, and why."""
+    if isinstance(exc, TradeInvalid):
+        return _error(400, str(exc))
+    if isinstance(exc, AccountNotFound):
+        return _error(404, str(exc))
+    if isinstance(exc, IdempotencyConflict):
+        return _error(409, str(exc))
+    response = _error(503, f"cannot assign a message id right now, nothing was written: {exc}")
+    response["Retry-After"] = "5"
+    return response
+
+
+_PLACEMENT_REFUSALS = (
+    TradeInvalid,
+    AccountNotFound,
+    IdempotencyConflict,
+    WorkerIdUnavailable,
+    ClockMovedBackwards,
+)
+
+
+def _placed(body: dict[str, Any], *, created: bool) -> JsonResponse:
+    """The answer to a placement: 201 (or 200 for a repeated Idempotency-Key), with the pipeline's lag."""
+    mode = pipeline_mode_current()
+    response = JsonResponse(
+        {**body, "pipeline": {"degraded": mode.degraded, "lag": _lag_json(mode)}},
+        status=201 if created else 200,
+    )
+    response["X-Pipeline-Degraded"] = "1" if mode.degraded else "0"
+    return response
 
 
 @csrf_exempt  # a JSON API without cookie authentication: CSRF does not apply
@@ -98,21 +142,28 @@ def trade_create(request: HttpRequest) -> JsonResponse:
             beans=body["beans"],
             idempotency_key=_idempotency_key(request),
         )
-    except TradeInvalid as exc:
-        return _error(400, str(exc))
-    except AccountNotFound as exc:
-        return _error(404, str(exc))
-    except IdempotencyConflict as exc:
-        return _error(409, str(exc))
-    except (WorkerIdUnavailable, ClockMovedBackwards) as exc:
-        response = _error(503, f"cannot assign a message id right now, nothing was written: {exc}")
-        response["Retry-After"] = "5"
-        return response
-    mode = pipeline_mode_current()
-    body = {**trade_json(trade), "pipeline": {"degraded": mode.degraded, "lag": _lag_json(mode)}}
-    response = JsonResponse(body, status=201 if created else 200)
-    response["X-Pipeline-Degraded"] = "1" if mode.degraded else "0"
-    return response
+    except _PLACEMENT_REFUSALS as exc:
+        return _placement_refused(exc)
+    return _placed(trade_json(trade), created=created)
+
+
+@csrf_exempt
+@_allow("POST")
+def trades_create_batch(request: HttpRequest) -> JsonResponse:
+    """Place many trades in one transaction: all of them or none (``trades_place_many``)."""
+    try:
+        body = _parse_json_object(
+            request,
+            max_bytes=MAX_BATCH_BODY_BYTES,
+            example='{"trades": [{"account": 1, "beans": 100}]}',
+            fields={"trades"},
+        )
+        trades, created = services.trades_place_many(
+            orders=body["trades"], idempotency_key=_idempotency_key(request)
+        )
+    except _PLACEMENT_REFUSALS as exc:
+        return _placement_refused(exc)
+    return _placed({"trades": [trade_json(trade) for trade in trades]}, created=created)
 
 
 def _lag_json(mode: PipelineMode) -> dict[str, float]:
