@@ -12,6 +12,9 @@ Each repeat measures, one after the other on the same machine:
   database shows every trade settled (outcome recorded). Latencies come from the
   database: Trade.created_at to the deduction's LedgerEntry.created_at, and to
   Trade.settled_at.
+* **exactly-once, batched placement**: the same, with each producer call placing
+  ``--placement-batch`` trades at once (``trades_place_many``, one transaction), to
+  measure what the one-trade placement transaction costs the pipeline.
 * **baseline**: the same producers send N plain ``apply_async`` messages (no outbox,
   no confirms) to W ``celery -A bench.baseline worker -c C`` whose task runs one
   conditional UPDATE; the clock stops when the balances show all N applied.
@@ -268,13 +271,22 @@ def _producer_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() must kill
 
 
-def _place_trades(job: tuple[list[int], int]) -> tuple[float, float]:
-    from trades.services import trade_place
+def _place_trades(job: tuple[list[int], int, int]) -> tuple[float, float]:
+    """Place ``count`` trades: one per call (``trade_place``) or ``batch`` per call (``trades_place_many``)."""
+    from trades.services import trade_place, trades_place_many
 
-    accounts, count = job
+    accounts, count, batch = job
     started = time.time()
-    for i in range(count):
-        trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
+    if batch <= 1:
+        for i in range(count):
+            trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
+    else:
+        for first in range(0, count, batch):
+            orders = [
+                {"account": accounts[i % len(accounts)], "beans": BEANS}
+                for i in range(first, min(first + batch, count))
+            ]
+            trades_place_many(orders=orders)
     return started, time.time()
 
 
@@ -395,6 +407,8 @@ class Repeat:
     baseline: Baseline
     raw_amqp: dict[str, float] | None = field(default=None)
     placement: dict[str, float] | None = field(default=None)
+    # The same pipeline with trades placed --placement-batch at a time (trades_place_many).
+    exactly_once_batched: ExactlyOnce | None = field(default=None)
 
 
 def cpu_usage(before: cpu.Snapshot, children: list[Child]) -> dict[str, float]:
@@ -475,8 +489,14 @@ def measure_placement(trades: int) -> dict[str, float]:
     }
 
 
-def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str) -> ExactlyOnce:
+def measure_exactly_once(
+    args: argparse.Namespace, children: Children, tag: str, *, placement_batch: int = 1
+) -> ExactlyOnce:
+    """The pipeline end to end; ``placement_batch`` trades per placement call (1: ``trade_place``)."""
     from django.conf import settings
+
+    def placing(total: int) -> list[tuple[list[int], int, int]]:
+        return [(own, n, placement_batch) for own, n in jobs(accounts, total, args.producers)]
 
     accounts = database_reset()
     queues_reset()
@@ -485,7 +505,7 @@ def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str)
         path.unlink()
     workers = [
         children.start(
-            f"eo-worker{i}-{tag}",
+            f"eo-worker{i}-{tag}{'' if placement_batch == 1 else '-batched'}",
             celery_argv(
                 "project",
                 "worker",
@@ -501,7 +521,8 @@ def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str)
         for i in range(1, args.workers + 1)
     ]
     beat = children.start(
-        f"eo-beat-{tag}", celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel)
+        f"eo-beat-{tag}{'' if placement_batch == 1 else '-batched'}",
+        celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel),
     )
     wait_consumers(["beans", "trades"], args.workers, [*workers, beat])
 
@@ -524,7 +545,7 @@ def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str)
         produce_and_wait(
             pool,
             _place_trades,
-            jobs(accounts, warm, args.producers),
+            placing(warm),
             done=settled,
             timeout=args.timeout,
             what="warm-up trades",
@@ -534,7 +555,7 @@ def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str)
         started, placed, finished = produce_and_wait(
             pool,
             _place_trades,
-            jobs(accounts, args.trades, args.producers),
+            placing(args.trades),
             done=settled,
             timeout=args.timeout,
             what=f"{args.trades} trades to settle",
@@ -542,7 +563,7 @@ def measure_exactly_once(args: argparse.Namespace, children: Children, tag: str)
         cpu_s = cpu_usage(cpu_before, [*workers, beat])
         seconds = finished - started
         paced: dict[str, float] = {}
-        if args.paced_trades:
+        if args.paced_trades and placement_batch == 1:
             # Latency without a backlog: trades placed at a fixed share of the throughput.
             rate = max(args.paced_share * args.trades / seconds, 1.0)
             paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
@@ -815,9 +836,15 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
     bl = median([r.baseline.per_s for r in repeats])
     raws = [r.raw_amqp["per_s"] for r in repeats if r.raw_amqp]
     raw = median(raws) if raws else None
+    batched = [r.exactly_once_batched.per_s for r in repeats if r.exactly_once_batched]
+    eob = median(batched) if batched else None
     return {
         "exactly_once_per_s": eo,
         "baseline_per_s": bl,
+        # The same pipeline, trades placed in batches: what the placement ceiling costs.
+        "exactly_once_batched_placement_per_s": eob,
+        "ratio_batched_placement_vs_baseline": eob / bl if eob else None,
+        "ratio_batched_placement_vs_raw_amqp": eob / raw if eob and raw else None,
         "raw_amqp_per_s": raw,
         "ratio_vs_baseline": eo / bl,
         "ratio_vs_raw_amqp": eo / raw if raw else None,
@@ -856,6 +883,13 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
         "baseline_placement_per_s": median([r.baseline.placement_per_s for r in repeats]),
         "cpu_ms_per_item": {
             "exactly_once": cpu_medians([(r.exactly_once.cpu_s, r.exactly_once.trades) for r in repeats]),
+            "batched_placement": cpu_medians(
+                [
+                    (r.exactly_once_batched.cpu_s, r.exactly_once_batched.trades)
+                    for r in repeats
+                    if r.exactly_once_batched
+                ]
+            ),
             "baseline": cpu_medians([(r.baseline.cpu_s, r.baseline.messages) for r in repeats]),
         },
         # Less sensitive to the machine's other load than the throughput ratio: CPU the bench's own
@@ -877,6 +911,7 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             "raw_messages": args.raw_messages,
             "paced_trades": args.paced_trades,
             "paced_share": args.paced_share,
+            "placement_batch": args.placement_batch,
             "accounts": ACCOUNTS,
             "beans_per_trade": BEANS,
             "worker_loglevel": args.loglevel,
@@ -932,6 +967,18 @@ def report(summary: dict[str, Any]) -> None:
             f"p99 {summary['paced_settled_p99_ms']:.0f} ms "
             f"({p['paced_trades']} trades at {p['paced_share']:.0%} of the throughput)"
         )
+    if summary["exactly_once_batched_placement_per_s"]:
+        batched_sizes = {
+            what: size
+            for r in summary["repeats"][-1:]
+            if r["exactly_once_batched"]
+            for what, size in r["exactly_once_batched"]["batch_sizes"].items()
+        }
+        print(
+            f"  with trades placed {p['placement_batch']} per call (trades_place_many): "
+            f"{summary['exactly_once_batched_placement_per_s']:.1f} deductions/s end to end; "
+            + ", ".join(f"{what} mean {size['mean']:.1f}" for what, size in batched_sizes.items())
+        )
     print(f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)")
     if summary["raw_amqp_per_s"]:
         print(
@@ -939,6 +986,8 @@ def report(summary: dict[str, Any]) -> None:
             f"({p['raw_messages']} persistent msgs, batched confirms, manual acks)"
         )
     for kind, per_group in summary["cpu_ms_per_item"].items():
+        if not per_group:
+            continue
         busy = per_group.get("machine_busy_share", 0)
         groups = ", ".join(f"{g} {ms:.1f}" for g, ms in per_group.items() if g != "machine_busy_share")
         print(f"CPU ms per {kind:12s}: {groups} (machine busy {busy:.0%})")
@@ -955,6 +1004,16 @@ def report(summary: dict[str, Any]) -> None:
         f">= 50% of raw AMQP: {100 * (summary['ratio_vs_raw_amqp'] or 0):.1f}%; "
         f"p99 <= 100 ms at {summary['latency_at']}: p50 {summary['p50_ms']:.0f} ms, p99 {summary['p99_ms']:.0f} ms"
     )
+    if summary["ratio_batched_placement_vs_baseline"]:
+        print(
+            f"with batched placement ({p['placement_batch']} trades per call): "
+            f"{summary['ratio_batched_placement_vs_baseline']:.2f}x baseline"
+            + (
+                f", {100 * summary['ratio_batched_placement_vs_raw_amqp']:.1f}% of raw AMQP"
+                if summary["ratio_batched_placement_vs_raw_amqp"]
+                else ""
+            )
+        )
     placement = summary["placement"]
     if placement.get("ceiling_per_s"):
         print(
@@ -986,6 +1045,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="trades of the placement-alone measurement (its CPU bounds the throughput; 0: skip)",
     )
     parser.add_argument(
+        "--placement-batch",
+        type=int,
+        default=50,
+        help="also run the pipeline with trades placed this many per call (trades_place_many; 0: skip)",
+    )
+    parser.add_argument(
         "--paced-trades",
         type=int,
         default=600,
@@ -1001,6 +1066,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.timeout is None:
         args.timeout = max(300.0, args.trades / 2)
+    if not 0 <= args.placement_batch <= 100:
+        parser.error("--placement-batch must be from 0 to 100 (TRADES_BATCH_MAX at its default)")
     if args.paced_trades < 0 or not 0 < args.paced_share <= 1:
         parser.error("--paced-trades must be >= 0 and --paced-share in (0, 1]")
     for name in ("trades", "workers", "concurrency", "repeats", "producers", "raw_messages"):
@@ -1080,6 +1147,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"p99 {eo.paced['p99_ms']:.0f} ms; trade->settled p50 {eo.paced['settled_p50_ms']:.0f} ms, "
                     f"p99 {eo.paced['settled_p99_ms']:.0f} ms"
                 )
+            batched = None
+            if args.placement_batch > 1:
+                log(f"repeat {r}/{args.repeats}: exactly-once, trades placed {args.placement_batch} per call")
+                batched = measure_exactly_once(args, children, tag, placement_batch=args.placement_batch)
+                log(
+                    f"  exactly-once with batched placement {batched.per_s:.1f}/s in {batched.seconds:.2f}s "
+                    f"(placement {batched.placement_per_s:.1f}/s), p50 {batched.p50_ms:.0f} ms, "
+                    f"p99 {batched.p99_ms:.0f} ms"
+                )
+                for what, size in batched.batch_sizes.items():
+                    log(f"  messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
+                log(f"  {cpu_line(batched.cpu_s, batched.trades)}")
             log(f"repeat {r}/{args.repeats}: baseline, {args.trades} messages")
             bl = measure_baseline(args, children, tag)
             log(f"  baseline {bl.per_s:.1f}/s in {bl.seconds:.2f}s (sent {bl.placement_per_s:.0f}/s)")
@@ -1089,7 +1168,15 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"repeat {r}/{args.repeats}: raw AMQP, {args.raw_messages} messages")
                 raw = measure_raw(args)
                 log(f"  raw AMQP {raw['per_s']:.0f}/s in {raw['seconds']:.2f}s")
-            repeats.append(Repeat(exactly_once=eo, baseline=bl, raw_amqp=raw, placement=placement))
+            repeats.append(
+                Repeat(
+                    exactly_once=eo,
+                    baseline=bl,
+                    raw_amqp=raw,
+                    placement=placement,
+                    exactly_once_batched=batched,
+                )
+            )
         summary = summarize(args, repeats)
         summary["elapsed_s"] = time.monotonic() - started
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

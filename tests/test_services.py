@@ -4,11 +4,13 @@ In ``TestCase`` the after-commit fast path never runs (``on_commit`` callbacks a
 discarded with the test's transaction), so nothing here touches the broker.
 """
 
+import io
 import uuid
 from typing import Any
 from unittest import mock
 
 from django.conf import settings
+from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 
@@ -222,6 +224,24 @@ class TradesPlaceManyTests(TestCase):
         with self.assertRaisesMessage(TradeInvalid, "must be 1 to 198 characters"):
             trades_place_many(orders=self.orders((self.alice, 1)), idempotency_key="k" * 199)
         self.assert_nothing_written()
+
+
+class PlaceTradesCommandTests(TestCase):
+    def test_trades_are_placed_in_batches_over_the_accounts_in_turn(self) -> None:
+        accounts = [account_create(owner=name, balance=100).pk for name in ("alice", "bob")]
+        out = io.StringIO()
+        call_command(
+            "place_trades", "--count", "7", "--beans", "3", "--batch", "3", "--no-progress", stdout=out
+        )
+
+        self.assertIn("placed 7 trades", out.getvalue())
+        self.assertEqual(
+            list(Trade.objects.order_by("pk").values_list("account_id", flat=True)),
+            [accounts[n % 2] for n in range(7)],
+        )
+        self.assertEqual(OutboxMessage.objects.count(), 7)
+        with self.assertRaisesMessage(CommandError, "--batch must be from 1 to"):
+            call_command("place_trades", "--count", "1", "--batch", str(settings.TRADES_BATCH_MAX + 1))
 
 
 class OutboxEnqueueTests(TestCase):

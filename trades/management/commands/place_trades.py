@@ -3,6 +3,7 @@ import sys
 import time
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from beans.models import Account
@@ -25,22 +26,38 @@ class Command(BaseCommand):
         parser.add_argument(
             "--account", type=int, action="append", help="account id (repeatable); default all"
         )
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=1,
+            help="trades per transaction (trades_place_many, like POST /api/trades/batch/); default 1",
+        )
         parser.add_argument("--no-progress", action="store_true", help="do not draw the progress bar")
 
-    def handle(self, *args: Any, count: int, beans: int, account: list[int] | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, count: int, beans: int, account: list[int] | None, batch: int, **options: Any
+    ) -> None:
         account_ids = account or list(Account.objects.order_by("id").values_list("id", flat=True))
         if not account_ids:
             raise CommandError("no accounts: run `manage.py create_accounts` first")
         if count <= 0:
             raise CommandError("--count must be positive")
+        if not 1 <= batch <= settings.TRADES_BATCH_MAX:
+            raise CommandError(f"--batch must be from 1 to {settings.TRADES_BATCH_MAX} (TRADES_BATCH_MAX)")
         show = not options["no_progress"]
         started = time.monotonic()
-        for done, account_id in enumerate(itertools.islice(itertools.cycle(account_ids), count), start=1):
+        accounts = itertools.islice(itertools.cycle(account_ids), count)
+        done = 0
+        while chunk := list(itertools.islice(accounts, batch)):
             try:
-                services.trade_place(account_id=account_id, beans=beans)
+                if batch == 1:
+                    services.trade_place(account_id=chunk[0], beans=beans)
+                else:
+                    services.trades_place_many(orders=[{"account": one, "beans": beans} for one in chunk])
             except TradeError as exc:
-                raise CommandError(f"trade {done} on account {account_id}: {exc}") from exc
-            if show and (done % 10 == 0 or done == count):
+                raise CommandError(f"trades {done + 1} to {done + len(chunk)}: {exc}") from exc
+            done += len(chunk)
+            if show and (done % 10 < len(chunk) or done == count):
                 sys.stderr.write(progress_bar(done, count, started))
                 sys.stderr.flush()
         if show:
