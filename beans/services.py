@@ -121,21 +121,16 @@ def deductions_apply(messages: list[Message]) -> list[str]:
             raise AccountNotFound(f"message {message.message_id}: account {account_id} does not exist")
     balances = {account_id: account.balance for account_id, account in accounts.items()}
     now = timezone.now()
-    entries, outcomes, outcome_messages = [], [], []
+    # Ledger rows as columns (account, beans, balance_after, message_id, trade_id).
+    entries: tuple[list[Any], ...] = ([], [], [], [], [])
+    outcomes, outcome_messages = [], []
     for message, (trade_id, account_id, beans) in zip(messages, fields, strict=True):
         if balances[account_id] >= beans:
             balances[account_id] -= beans
-            entries.append(
-                LedgerEntry(
-                    account_id=account_id,
-                    kind=LedgerEntry.Kind.DEDUCTION,
-                    beans=beans,
-                    balance_after=balances[account_id],
-                    message_id=message.message_id,
-                    trade_id=trade_id,
-                    created_at=now,
-                )
-            )
+            for column, value in zip(
+                entries, (account_id, beans, balances[account_id], message.message_id, trade_id), strict=True
+            ):
+                column.append(value)
             outcome = DeductionOutcome.DEDUCTED
         else:
             outcome = DeductionOutcome.REJECTED
@@ -154,14 +149,24 @@ def deductions_apply(messages: list[Message]) -> list[str]:
     changed = [
         account_id for account_id in account_ids if balances[account_id] != accounts[account_id].balance
     ]
-    if changed:
-        with connections[settings.BEANS_DATABASE].cursor() as cursor:
+    with connections[settings.BEANS_DATABASE].cursor() as cursor:
+        if changed:
             cursor.execute(
                 f"UPDATE {Account._meta.db_table} AS a SET balance = u.b, updated_at = %s "  # noqa: S608
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS u(i, b) WHERE a.id = u.i",
                 [now, changed, [balances[account_id] for account_id in changed]],
             )
-    LedgerEntry.objects.bulk_create(entries)
+        if entries[0]:
+            # One statement for every deduction (the ORM's bulk_create quotes each value on its
+            # own: a tenth of a worker's CPU in the profile); the table's constraints still apply.
+            cursor.execute(
+                f"INSERT INTO {LedgerEntry._meta.db_table} "  # noqa: S608
+                "(account_id, kind, beans, balance_after, message_id, trade_id, note, created_at) "
+                "SELECT u.a, %s, u.b, u.after, u.m, u.t, '', %s "
+                "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::bigint[]) "
+                "AS u(a, b, after, m, t)",
+                [LedgerEntry.Kind.DEDUCTION, now, *entries],
+            )
     outbox_enqueue_many(
         task_name=OUTCOME_TASK, queue=OUTCOME_QUEUE, messages=outcome_messages, using=settings.BEANS_DATABASE
     )

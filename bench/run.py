@@ -290,17 +290,21 @@ def _place_trades(job: tuple[list[int], int, int]) -> tuple[float, float]:
     return started, time.time()
 
 
-def _place_trades_paced(job: tuple[list[int], int, float]) -> tuple[float, float]:
-    """Place trades on a fixed schedule (open loop): the i-th at start + i / rate."""
-    from trades.services import trade_place
-
-    accounts, count, rate = job
+def _place_trades_paced(job: tuple[list[int], int, int, float]) -> tuple[float, float]:
+    """Place trades on a fixed schedule (open loop): the i-th at start + i / rate, ``batch`` per call."""
+    accounts, count, batch, rate = job
     started = time.time()
-    for i in range(count):
-        delay = started + i / rate - time.time()
+    for first in range(0, count, batch):
+        delay = started + first / rate - time.time()
         if delay > 0:
             time.sleep(delay)
-        trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
+        _place_trades(
+            (
+                accounts[first % len(accounts) :] + accounts[: first % len(accounts)],
+                min(batch, count - first),
+                batch,
+            )
+        )
     return started, time.time()
 
 
@@ -490,9 +494,9 @@ def measure_placement(trades: int) -> dict[str, float]:
 
 
 def measure_exactly_once(
-    args: argparse.Namespace, children: Children, tag: str, *, placement_batch: int = 1
+    args: argparse.Namespace, children: Children, tag: str, *, total: int, placement_batch: int = 1
 ) -> ExactlyOnce:
-    """The pipeline end to end; ``placement_batch`` trades per placement call (1: ``trade_place``)."""
+    """The pipeline end to end, ``total`` trades, ``placement_batch`` per placement call (1: ``trade_place``)."""
     from django.conf import settings
 
     def placing(total: int) -> list[tuple[list[int], int, int]]:
@@ -555,21 +559,23 @@ def measure_exactly_once(
         started, placed, finished = produce_and_wait(
             pool,
             _place_trades,
-            placing(args.trades),
+            placing(total),
             done=settled,
             timeout=args.timeout,
-            what=f"{args.trades} trades to settle",
+            what=f"{total} trades to settle",
         )
         cpu_s = cpu_usage(cpu_before, [*workers, beat])
         seconds = finished - started
         paced: dict[str, float] = {}
-        if args.paced_trades and placement_batch == 1:
+        if args.paced_trades:
             # Latency without a backlog: trades placed at a fixed share of the throughput.
-            rate = max(args.paced_share * args.trades / seconds, 1.0)
+            rate = max(args.paced_share * total / seconds, 1.0)
+            # As many trades as the run's share of --trades: the same seconds of pacing at any speed.
+            paced_trades = args.paced_trades * total // args.trades
             paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
             work = [
-                (own, n, rate / args.producers)
-                for own, n in jobs(accounts, args.paced_trades, args.producers)
+                (own, n, placement_batch, rate / args.producers)
+                for own, n in jobs(accounts, paced_trades, args.producers)
             ]
             produce_and_wait(
                 pool, _place_trades_paced, work, done=settled, timeout=args.timeout, what="paced trades"
@@ -578,13 +584,13 @@ def measure_exactly_once(
             t50, t99, _ = percentiles(TRADE_TO_SETTLED, [paced_base])
             paced = {
                 "rate_per_s": rate,
-                "trades": args.paced_trades,
+                "trades": paced_trades,
                 "p50_ms": d50,
                 "p99_ms": d99,
                 "settled_p50_ms": t50,
                 "settled_p99_ms": t99,
             }
-    end_id = base_id + args.trades
+    end_id = base_id + total
     between = [base_id, end_id]
     p50, p99, _ = percentiles(TRADE_TO_DEDUCTED + " AND t.id <= %s", between)
     s50, s99, smax = percentiles(TRADE_TO_SETTLED + " AND t.id <= %s", between)
@@ -635,8 +641,8 @@ def measure_exactly_once(
         children.running.remove(child)
         child.stop()
     deducted = counts.get("deducted", 0)
-    if trades != args.trades or entries != deducted or counts.get("pending"):
-        raise RuntimeError(f"expected {args.trades} settled trades, got {counts}; {entries} ledger entries")
+    if trades != total or entries != deducted or counts.get("pending"):
+        raise RuntimeError(f"expected {total} settled trades, got {counts}; {entries} ledger entries")
     return ExactlyOnce(
         trades=trades,
         seconds=seconds,
@@ -845,6 +851,20 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
         "exactly_once_batched_placement_per_s": eob,
         "ratio_batched_placement_vs_baseline": eob / bl if eob else None,
         "ratio_batched_placement_vs_raw_amqp": eob / raw if eob and raw else None,
+        "batched_placement_paced_p50_ms": median(
+            [
+                r.exactly_once_batched.paced["p50_ms"]
+                for r in repeats
+                if r.exactly_once_batched and r.exactly_once_batched.paced
+            ]
+        ),
+        "batched_placement_paced_p99_ms": median(
+            [
+                r.exactly_once_batched.paced["p99_ms"]
+                for r in repeats
+                if r.exactly_once_batched and r.exactly_once_batched.paced
+            ]
+        ),
         "raw_amqp_per_s": raw,
         "ratio_vs_baseline": eo / bl,
         "ratio_vs_raw_amqp": eo / raw if raw else None,
@@ -912,6 +932,7 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             "paced_trades": args.paced_trades,
             "paced_share": args.paced_share,
             "placement_batch": args.placement_batch,
+            "batched_trades": args.batched_trades,
             "accounts": ACCOUNTS,
             "beans_per_trade": BEANS,
             "worker_loglevel": args.loglevel,
@@ -979,6 +1000,12 @@ def report(summary: dict[str, Any]) -> None:
             f"{summary['exactly_once_batched_placement_per_s']:.1f} deductions/s end to end; "
             + ", ".join(f"{what} mean {size['mean']:.1f}" for what, size in batched_sizes.items())
         )
+        if summary["batched_placement_paced_p99_ms"]:
+            print(
+                f"               paced at {p['paced_share']:.0%} of its throughput: trade->deducted "
+                f"p50 {summary['batched_placement_paced_p50_ms']:.0f} ms, "
+                f"p99 {summary['batched_placement_paced_p99_ms']:.0f} ms"
+            )
     print(f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)")
     if summary["raw_amqp_per_s"]:
         print(
@@ -1049,6 +1076,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=50,
         help="also run the pipeline with trades placed this many per call (trades_place_many; 0: skip)",
+    )
+    parser.add_argument(
+        "--batched-trades",
+        type=int,
+        default=15000,
+        help="trades of the batched-placement run (it is several times faster: more trades, a longer window)",
     )
     parser.add_argument(
         "--paced-trades",
@@ -1128,7 +1161,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{placement['postgres_cpu_ms']:.2f} ms PostgreSQL CPU per trade -> ceiling "
                     f"{placement['ceiling_per_s']:.0f} trades/s on {os.cpu_count()} cores"
                 )
-            eo = measure_exactly_once(args, children, tag)
+            eo = measure_exactly_once(args, children, tag, total=args.trades)
             log(
                 f"  exactly-once {eo.per_s:.1f}/s in {eo.seconds:.2f}s (placement {eo.placement_per_s:.1f}/s), "
                 f"p50 {eo.p50_ms:.0f} ms, p99 {eo.p99_ms:.0f} ms, deducted {eo.deducted}, "
@@ -1149,8 +1182,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             batched = None
             if args.placement_batch > 1:
-                log(f"repeat {r}/{args.repeats}: exactly-once, trades placed {args.placement_batch} per call")
-                batched = measure_exactly_once(args, children, tag, placement_batch=args.placement_batch)
+                log(
+                    f"repeat {r}/{args.repeats}: exactly-once, {args.batched_trades} trades placed "
+                    f"{args.placement_batch} per call"
+                )
+                batched = measure_exactly_once(
+                    args, children, tag, total=args.batched_trades, placement_batch=args.placement_batch
+                )
                 log(
                     f"  exactly-once with batched placement {batched.per_s:.1f}/s in {batched.seconds:.2f}s "
                     f"(placement {batched.placement_per_s:.1f}/s), p50 {batched.p50_ms:.0f} ms, "
@@ -1159,6 +1197,11 @@ def main(argv: list[str] | None = None) -> int:
                 for what, size in batched.batch_sizes.items():
                     log(f"  messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
                 log(f"  {cpu_line(batched.cpu_s, batched.trades)}")
+                if batched.paced:
+                    log(
+                        f"  paced at {batched.paced['rate_per_s']:.1f}/s: trade->deducted "
+                        f"p50 {batched.paced['p50_ms']:.0f} ms, p99 {batched.paced['p99_ms']:.0f} ms"
+                    )
             log(f"repeat {r}/{args.repeats}: baseline, {args.trades} messages")
             bl = measure_baseline(args, children, tag)
             log(f"  baseline {bl.per_s:.1f}/s in {bl.seconds:.2f}s (sent {bl.placement_per_s:.0f}/s)")

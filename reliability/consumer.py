@@ -42,7 +42,13 @@ from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter, ParkedMessage
 from .signing import Unauthentic, envelope_verify
-from .streams import stream_high_record, stream_position_record, stream_runs_record, stream_watermark_lock
+from .streams import (
+    RunFit,
+    stream_high_record,
+    stream_position_record,
+    stream_runs_record,
+    stream_watermark_lock,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +86,9 @@ class _Overtaken(_TakeOneByOne):
 
 
 # An overtaking batch usually waits on a predecessor that another pool process is
-# committing this very moment: a few short retries spare both batches the slow path.
-_OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02)
+# committing this very moment (a batch of 100 takes 50-100 ms): retries that add up to a
+# few of those spare both batches the slow path, where each message is parked alone.
+_OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 
 
 def envelope_parse(envelope: Any) -> Message:
@@ -491,8 +498,11 @@ def _batch_apply(
             stream: ([message.seq for message in run], max((message.producer_high or 0) for message in run))
             for stream, run in runs.items()
         }
-        if not stream_runs_record(handler=handler_name, runs=positions, using=using):
-            raise _Overtaken("a stream does not continue right after its watermark")
+        fit = stream_runs_record(handler=handler_name, runs=positions, using=using)
+        if fit is RunFit.AHEAD:
+            raise _Overtaken("a stream's run starts past its next seq: its predecessor has not arrived")
+        if fit is not RunFit.FITS:
+            raise _TakeOneByOne("a stream does not continue right after its watermark")
         if batch_handler is not None:
             outcomes = batch_handler(messages)
         else:

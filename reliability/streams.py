@@ -14,6 +14,7 @@ positions are updated in order; other streams are not held up. Cost per message:
 one upsert and one update while a stream has no open gap.
 """
 
+import enum
 import itertools
 from typing import Any
 
@@ -88,20 +89,32 @@ def stream_position_record(
     return int(watermark)
 
 
+class RunFit(enum.Enum):
+    """Whether runs of seqs continue their streams' watermarks (``stream_runs_record``)."""
+
+    FITS = "fits"
+    # Nothing of the stream seen past the watermark, and the run starts further on: its
+    # predecessor has not arrived yet, and may be committing in another process right now.
+    AHEAD = "ahead"
+    # Not consecutive, or the stream already has a gap or has seen beyond its watermark.
+    OFF = "off"
+
+
 def stream_runs_record(
     *, handler: str, runs: dict[str, tuple[list[int], int]], using: str = "default"
-) -> bool:
+) -> RunFit:
     """Record runs of seqs ``{stream: (seqs, producer_high)}`` in two statements, if each fits.
 
-    True when, for every stream, the seqs are consecutive and start right after the
-    watermark with no open gap and nothing seen beyond it: each watermark moves to
-    the last of its run. False (nothing written, rows locked) otherwise; the caller
-    then rolls back and records them one by one. The rows are locked in stream
-    order, the one lock order of every caller.
+    ``FITS`` when, for every stream, the seqs are consecutive and start right after
+    the watermark with no open gap and nothing seen beyond it: each watermark moves
+    to the last of its run. Otherwise nothing is written (the rows stay locked) and
+    ``AHEAD`` or ``OFF`` says why; the caller then rolls back, and may wait for the
+    predecessor (``AHEAD``) or record the messages one by one. The rows are locked
+    in stream order, the one lock order of every caller.
     """
     for seqs, _ in runs.values():
         if any(later != earlier + 1 for earlier, later in itertools.pairwise(seqs)):
-            return False
+            return RunFit.OFF
     streams = sorted(runs)
     now = timezone.now()
     with connections[using].cursor() as cursor:
@@ -117,8 +130,10 @@ def stream_runs_record(
         for stream in streams:
             seqs, producer_high = runs[stream]
             wm_id, watermark, max_seen, high, gaps_open = current[stream]
-            if gaps_open or watermark != max_seen or seqs[0] != max_seen + 1:
-                return False
+            if gaps_open or watermark != max_seen or seqs[0] <= max_seen:
+                return RunFit.OFF
+            if seqs[0] != max_seen + 1:
+                return RunFit.AHEAD
             ids.append(wm_id)
             lasts.append(seqs[-1])
             highs.append(max(high, seqs[-1], producer_high))
@@ -129,7 +144,7 @@ def stream_runs_record(
             "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) AS u(id, last, high) WHERE w.id = u.id",
             [now, now, now, ids, lasts, highs],
         )
-    return True
+    return RunFit.FITS
 
 
 def stream_watermark_lock(*, handler: str, stream: str, using: str = "default") -> int:

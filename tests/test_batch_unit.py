@@ -149,13 +149,27 @@ class BatchConsumeTests(TestCase):
         self.assertEqual(applied, list(range(1, 11)), "applied in sequence order")
         self.assertEqual(Account.objects.get(pk=account).balance, 900)
 
+    def test_only_a_batch_whose_predecessor_may_be_in_flight_waits_for_it(self) -> None:
+        account = account_create(owner="a", balance=1000).pk
+        rows = self.place([account], 15)
+        first, second, third = packed(rows[:5]), packed(rows[5:10]), packed(rows[10:])
+        with mock.patch("reliability.consumer.time.sleep") as sleep:
+            consume(second)  # nothing seen past the watermark: seqs 1-5 may be committing now
+        self.assertEqual(len(sleep.call_args_list), 6, "waited, a little longer each time")
+        self.assertEqual(ParkedMessage.objects.using(BEANS).count(), 5, "then parked, one by one")
+        with mock.patch("reliability.consumer.time.sleep") as sleep:
+            consume(third)  # the stream has a known gap now: waiting would not close it
+        sleep.assert_not_called()
+        consume(first)
+        self.assertEqual(deductions(), 15)
+        self.assertFalse(ParkedMessage.objects.using(BEANS).exists())
+
     def test_a_transient_database_error_requeues_the_batch_and_applies_nothing(self) -> None:
         account = account_create(owner="a", balance=1000).pk
         envelope = packed(self.place([account], 4))
         with (
-            mock.patch(
-                "beans.services.LedgerEntry.objects.bulk_create", side_effect=OperationalError("gone")
-            ),
+            # After the balances and the ledger were written: both must roll back.
+            mock.patch("beans.services.outbox_enqueue_many", side_effect=OperationalError("gone")),
             self.settings(RELIABILITY_REQUEUE_PAUSE_MAX_S=0),
             self.assertRaises(Reject),
         ):
