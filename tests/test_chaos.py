@@ -32,6 +32,7 @@ from chaos.checker import (
     TradeRow,
     check,
 )
+from chaos.load import load_plan, producer_jobs
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, schedule_make
 
 REPO = Path(settings.BASE_DIR)
@@ -259,6 +260,34 @@ class ChaosScheduleTests(SimpleTestCase):
 
 
 @tag("chaos", "integration")
+class ChaosLoadTests(SimpleTestCase):
+    def test_batch_requests_stay_whole_within_one_producer_and_one_phase(self) -> None:
+        plan = load_plan(seed=3, load=2000, probe=100, accounts=[1, 2, 3])
+        self.assertEqual([item.number for item in plan.items], list(range(2100)))
+        self.assertEqual(load_plan(seed=3, load=2000, probe=100, accounts=[1, 2, 3]), plan, "replayable")
+        leaders = [item for item in plan.items if item.batch > 1]
+        self.assertGreater(len(leaders), 20, "some requests are batches")
+        for leader in leaders:
+            members = plan.items[leader.number : leader.number + leader.batch]
+            self.assertEqual(
+                [m.key for m in members], [f"{leader.key.rsplit('/', 1)[0]}/{j}" for j in range(leader.batch)]
+            )
+            self.assertTrue(all(m.batch == 0 for m in members[1:]))
+            self.assertEqual(len({plan.phase[m.number] for m in members}), 1, "a batch stays in its phase")
+        for items in (plan.items[:2000], plan.items[2000:]):
+            jobs = producer_jobs(items, producers=3, start_at=0, rate=30, deadline=1)
+            self.assertEqual(
+                sorted(item.number for _, share, *_ in jobs for item in share), [i.number for i in items]
+            )
+            for _, share, *_ in jobs:
+                for position, item in enumerate(share):
+                    if item.batch > 1:
+                        self.assertEqual(
+                            [m.number for m in share[position : position + item.batch]],
+                            list(range(item.number, item.number + item.batch)),
+                        )
+
+
 class ChaosSoakTests(SimpleTestCase):
     """The CI tier: a fixed seed, 10,000 deductions, real workers, real faults (about 4 minutes)."""
 
