@@ -438,7 +438,15 @@ def report(
     for detail in outcome.details:
         for answer in detail.split():
             answers[answer] = answers.get(answer, 0) + 1
-    say(f"client answers (per attempt): {dict(sorted(answers.items(), key=lambda kv: -kv[1]))}")
+    say(
+        "client answers (per trade and attempt; a batch's answer counts for each of its trades): "
+        f"{dict(sorted(answers.items(), key=lambda kv: -kv[1]))}"
+    )
+    batched = [request.key for request in outcome.requests if "/" in request.key]
+    say(
+        f"placed in batches: {len(batched)} trades in {len({key.rsplit('/', 1)[0] for key in batched})} "
+        "requests to /api/trades/batch/; the others one per request"
+    )
     say(
         f"indeterminate resolved by Idempotency-Key: {c['indeterminate_committed']} committed, "
         f"{c['indeterminate'] - c['indeterminate_committed']} not; retried requests {c['retried']}; "
