@@ -121,16 +121,12 @@ def deductions_apply(messages: list[Message]) -> list[str]:
             raise AccountNotFound(f"message {message.message_id}: account {account_id} does not exist")
     balances = {account_id: account.balance for account_id, account in accounts.items()}
     now = timezone.now()
-    # Ledger rows as columns (account, beans, balance_after, message_id, trade_id).
-    entries: tuple[list[Any], ...] = ([], [], [], [], [])
+    entries: list[tuple[int, int, int, Any, int]] = []  # (account, beans, balance_after, message, trade)
     outcomes, outcome_messages = [], []
     for message, (trade_id, account_id, beans) in zip(messages, fields, strict=True):
         if balances[account_id] >= beans:
             balances[account_id] -= beans
-            for column, value in zip(
-                entries, (account_id, beans, balances[account_id], message.message_id, trade_id), strict=True
-            ):
-                column.append(value)
+            entries.append((account_id, beans, balances[account_id], message.message_id, trade_id))
             outcome = DeductionOutcome.DEDUCTED
         else:
             outcome = DeductionOutcome.REJECTED
@@ -156,7 +152,7 @@ def deductions_apply(messages: list[Message]) -> list[str]:
                 "FROM unnest(%s::bigint[], %s::bigint[]) AS u(i, b) WHERE a.id = u.i",
                 [now, changed, [balances[account_id] for account_id in changed]],
             )
-        if entries[0]:
+        if entries:
             # One statement for every deduction (the ORM's bulk_create quotes each value on its
             # own: a tenth of a worker's CPU in the profile); the table's constraints still apply.
             cursor.execute(
@@ -165,7 +161,7 @@ def deductions_apply(messages: list[Message]) -> list[str]:
                 "SELECT u.a, %s, u.b, u.after, u.m, u.t, '', %s "
                 "FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::uuid[], %s::bigint[]) "
                 "AS u(a, b, after, m, t)",
-                [LedgerEntry.Kind.DEDUCTION, now, *entries],
+                [LedgerEntry.Kind.DEDUCTION, now, *map(list, zip(*entries, strict=True))],
             )
     outbox_enqueue_many(
         task_name=OUTCOME_TASK, queue=OUTCOME_QUEUE, messages=outcome_messages, using=settings.BEANS_DATABASE

@@ -271,22 +271,25 @@ def _producer_init() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: terminate() must kill
 
 
-def _place_trades(job: tuple[list[int], int, int]) -> tuple[float, float]:
-    """Place ``count`` trades: one per call (``trade_place``) or ``batch`` per call (``trades_place_many``)."""
+def _place(accounts: list[int], first: int, size: int, *, batched: bool) -> None:
+    """Place trades ``first`` to ``first + size - 1`` (trade i on account i mod len) in one call."""
     from trades.services import trade_place, trades_place_many
 
+    if batched:
+        orders = [
+            {"account": accounts[i % len(accounts)], "beans": BEANS} for i in range(first, first + size)
+        ]
+        trades_place_many(orders=orders)
+    else:
+        trade_place(account_id=accounts[first % len(accounts)], beans=BEANS)
+
+
+def _place_trades(job: tuple[list[int], int, int]) -> tuple[float, float]:
+    """Place ``count`` trades: one per call (``trade_place``) or ``batch`` per call (``trades_place_many``)."""
     accounts, count, batch = job
     started = time.time()
-    if batch <= 1:
-        for i in range(count):
-            trade_place(account_id=accounts[i % len(accounts)], beans=BEANS)
-    else:
-        for first in range(0, count, batch):
-            orders = [
-                {"account": accounts[i % len(accounts)], "beans": BEANS}
-                for i in range(first, min(first + batch, count))
-            ]
-            trades_place_many(orders=orders)
+    for first in range(0, count, batch):
+        _place(accounts, first, min(batch, count - first), batched=batch > 1)
     return started, time.time()
 
 
@@ -298,13 +301,7 @@ def _place_trades_paced(job: tuple[list[int], int, int, float]) -> tuple[float, 
         delay = started + first / rate - time.time()
         if delay > 0:
             time.sleep(delay)
-        _place_trades(
-            (
-                accounts[first % len(accounts) :] + accounts[: first % len(accounts)],
-                min(batch, count - first),
-                batch,
-            )
-        )
+        _place(accounts, first, min(batch, count - first), batched=batch > 1)
     return started, time.time()
 
 

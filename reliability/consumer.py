@@ -560,9 +560,7 @@ def exactly_once_task(
                 return message_consume(
                     task=task, envelope=envelope, handler=handler, using=using, ordered=ordered
                 )
-            except Reject:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # a Reject (already a requeue) is not transient: re-raised as is
                 # The paths outside the effect's transaction (a heartbeat, recording a dead
                 # letter) meet the same database hiccups. Escaping, the error would fail the
                 # task and the broker would dead-letter a message that only had to wait.

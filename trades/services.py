@@ -139,10 +139,13 @@ def trades_place_many(*, orders: Any, idempotency_key: str | None = None) -> tup
         try:
             with transaction.atomic() if idempotency_key is not None else nullcontext():
                 trades = Trade.objects.bulk_create(
-                    Trade(account_id=account_id, beans=beans, idempotency_key=key, deduction_message_id=mid)
-                    for (account_id, beans), key, mid in zip(
-                        validated, keys, (message_id_new() for _ in validated), strict=False
+                    Trade(
+                        account_id=account_id,
+                        beans=beans,
+                        idempotency_key=key,
+                        deduction_message_id=message_id_new(),
                     )
+                    for (account_id, beans), key in zip(validated, keys, strict=True)
                 )
         except IntegrityError:
             if idempotency_key is None:

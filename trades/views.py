@@ -99,26 +99,25 @@ def _idempotency_key(request: HttpRequest) -> str | None:
     return key
 
 
+# Why a placement wrote nothing, and the status that says so.
+_REFUSAL_STATUS: dict[type[Exception], int] = {
+    TradeInvalid: 400,
+    AccountNotFound: 404,
+    IdempotencyConflict: 409,
+    WorkerIdUnavailable: 503,
+    ClockMovedBackwards: 503,
+}
+_PLACEMENT_REFUSALS = tuple(_REFUSAL_STATUS)
+
+
 def _placement_refused(exc: Exception) -> JsonResponse:
     """The answer to a placement that wrote nothing: which 4xx or 503, and why."""
-    if isinstance(exc, TradeInvalid):
-        return _error(400, str(exc))
-    if isinstance(exc, AccountNotFound):
-        return _error(404, str(exc))
-    if isinstance(exc, IdempotencyConflict):
-        return _error(409, str(exc))
+    status = next(code for kind, code in _REFUSAL_STATUS.items() if isinstance(exc, kind))
+    if status != 503:
+        return _error(status, str(exc))
     response = _error(503, f"cannot assign a message id right now, nothing was written: {exc}")
     response["Retry-After"] = "5"
     return response
-
-
-_PLACEMENT_REFUSALS = (
-    TradeInvalid,
-    AccountNotFound,
-    IdempotencyConflict,
-    WorkerIdUnavailable,
-    ClockMovedBackwards,
-)
 
 
 def _placed(body: dict[str, Any], *, created: bool) -> JsonResponse:
