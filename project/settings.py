@@ -73,7 +73,41 @@ def database_from_url(url: str, *, test_name: str = "") -> dict[str, object]:
         # Persistent connections: workers and the relay run many short transactions.
         "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
         "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": database_session_options(),
         "TEST": {"NAME": test_name or None},
+    }
+
+
+def database_session_options() -> dict[str, object]:
+    """Deadlines on every database session, both ends of it (README, "Partitions and timeouts").
+
+    The client (libpq) gives up on a server that went silent: connect timeout, TCP
+    keepalives, and ``tcp_user_timeout`` for data the server never acknowledges. The
+    server gives up on a client that went silent mid-transaction: after
+    ``idle_in_transaction_session_timeout`` it ends the session and its row locks
+    (accounts, stream watermarks) are released, so other workers carry on; its own
+    keepalives find a vanished client that is not in a transaction.
+    """
+    idle = env_int("DATABASE_KEEPALIVES_IDLE_S", 5)
+    interval = env_int("DATABASE_KEEPALIVES_INTERVAL_S", 2)
+    count = env_int("DATABASE_KEEPALIVES_COUNT", 3)
+    user_timeout_ms = env_int("DATABASE_TCP_USER_TIMEOUT_MS", 15_000)
+    in_transaction_s = env_float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 30.0)
+    server = {
+        "idle_in_transaction_session_timeout": f"{int(in_transaction_s * 1000)}ms",
+        "tcp_keepalives_idle": idle,
+        "tcp_keepalives_interval": interval,
+        "tcp_keepalives_count": count,
+        "tcp_user_timeout": user_timeout_ms,
+    }
+    return {
+        "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_S", 5),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": user_timeout_ms,
+        "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
     }
 
 
@@ -205,9 +239,26 @@ LOGGING = {
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Every publish Celery itself makes (task retries, beat) waits for the broker's confirm.
+# Deadlines on every broker connection (README, "Partitions and timeouts"). AMQP heartbeats
+# let both ends notice a silent peer: the broker closes a worker's connection after two
+# missed heartbeats and hands its unacknowledged messages to other consumers.
+RELIABILITY_BROKER_HEARTBEAT_S = env_float("RELIABILITY_BROKER_HEARTBEAT_S", 10.0)
+RELIABILITY_CONNECT_TIMEOUT_S = env_float("RELIABILITY_CONNECT_TIMEOUT_S", 2.0)
+# Longest a blocking socket read or write may wait (SO_RCVTIMEO / SO_SNDTIMEO): a reply the
+# broker never sends (Declare-Ok, Close-Ok, a confirm Celery waits on) ends in an error.
+RELIABILITY_BROKER_IO_TIMEOUT_S = env_float("RELIABILITY_BROKER_IO_TIMEOUT_S", 10.0)
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat
+CELERY_BROKER_HEARTBEAT = RELIABILITY_BROKER_HEARTBEAT_S
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-timeout
+CELERY_BROKER_CONNECTION_TIMEOUT = RELIABILITY_CONNECT_TIMEOUT_S
+# Every publish Celery itself makes (beat, events) waits for the broker's confirm, and no
+# blocking socket operation on any of its connections waits longer than the I/O timeout.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
-CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "confirm_publish": True,
+    "read_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
+    "write_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
+}
 
 # JSON only, never pickle.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#accept-content
@@ -238,7 +289,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 # Quorum queues do not support global QoS; Celery switches to per-consumer QoS.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-detect-quorum-queues
 CELERY_WORKER_DETECT_QUORUM_QUEUES = True
-# Countdowns use native delayed delivery, which needs quorum queues too.
+# Countdowns and ETAs on quorum queues need Celery's native delayed delivery: 28 more quorum
+# queues and exchanges per vhost. Nothing here uses a countdown, so the worker does not
+# declare them (reliability.worker); a countdown then fails loudly (no such exchange).
+# Turn it on for a project that does use countdowns.
+RELIABILITY_NATIVE_DELAYED_DELIVERY = env_bool("RELIABILITY_NATIVE_DELAYED_DELIVERY", False)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-native-delayed-delivery-queue-type
 CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
 # A task routed to a queue nobody declared is a bug, not a reason to invent a queue.
@@ -380,6 +435,10 @@ if RELIABILITY_SIGNING_KEY_ID not in RELIABILITY_SIGNING_KEYS:
     raise ImproperlyConfigured(
         f"RELIABILITY_SIGNING_KEY_ID {RELIABILITY_SIGNING_KEY_ID!r} is not in RELIABILITY_SIGNING_KEYS"
     )
+# An envelope names the task it is signed for (README, "Message authenticity"). Envelopes
+# signed before that (no "task") are accepted while this is on: the upgrade's transition,
+# while older producers' messages may still be in flight. Turn it off once they drained.
+RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES = env_bool("RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES", True)
 if IS_PRODUCTION and ("RELIABILITY_SIGNING_KEYS" not in os.environ or "dev" in RELIABILITY_SIGNING_KEYS):
     raise ImproperlyConfigured(
         "DJANGO_ENV=production needs RELIABILITY_SIGNING_KEYS of its own (not the dev key)"
@@ -388,7 +447,13 @@ if IS_PRODUCTION and ("RELIABILITY_SIGNING_KEYS" not in os.environ or "dev" in R
 RELIABILITY_RELAY_GRACE_S = env_float("RELIABILITY_RELAY_GRACE_S", 2.0)
 # Longest wait for a publisher confirm before the publish counts as failed.
 RELIABILITY_CONFIRM_TIMEOUT_S = env_float("RELIABILITY_CONFIRM_TIMEOUT_S", 5.0)
-RELIABILITY_CONNECT_TIMEOUT_S = env_float("RELIABILITY_CONNECT_TIMEOUT_S", 2.0)
+# A relay claims the rows it is about to publish for this long (committed, no lock held
+# while it waits on the broker); a claim that expires is taken over by any relay or the
+# sweep. A relay stops publishing its claim when less than a confirm timeout of it is left.
+RELIABILITY_RELAY_CLAIM_S = env_float("RELIABILITY_RELAY_CLAIM_S", 20.0)
+# The active relay loop hands its leadership to another worker after failing to publish
+# for this long while rows wait, and stands back for as long again.
+RELIABILITY_RELAY_LEADER_FAIL_S = env_float("RELIABILITY_RELAY_LEADER_FAIL_S", 10.0)
 # Backoff after a failed publish: min(base * 2**attempts, max), in seconds.
 RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S", 0.5)
 RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)

@@ -48,6 +48,11 @@ class OutboxMessage(models.Model):
     next_attempt_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
+    # A relay claims rows (committed) before it publishes them and releases them when it
+    # marks them: no row lock is held across a network wait. A claim that expires (its relay
+    # died or is cut off) is taken over by any relay or the sweep.
+    claimed_by = models.CharField(max_length=200, blank=True, default="")
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name = "outbox message"
@@ -70,6 +75,26 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name} {self.message_id} ({self.stream}#{self.seq}, {self.status})"
+
+
+class PipelineCounter(models.Model):
+    """A named event count kept in the database, so every process adds to the same figure.
+
+    For events worth counting but not worth a row each (``/metrics`` shows them), such as
+    a periodic housekeeping task that expired in its queue and was dropped.
+    """
+
+    name = models.CharField(max_length=100, primary_key=True)
+    value = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(value__gte=0), name="pipeline_counter_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.value}"
 
 
 class StreamCounter(models.Model):

@@ -1,0 +1,127 @@
+"""A TCP proxy that can go silent: a network partition without a reset, on loopback only.
+
+Point a process at ``proxy.address`` instead of the real server and call
+``partition()``: from then on no byte moves in either direction, yet every
+connection stays open and no RST or FIN is sent, as with a dropped route, a dead
+NAT entry or a frozen VM. New connections are accepted and then hear nothing
+either. ``heal()`` lets the bytes flow again: what was sent meanwhile is delivered
+late and intact (the proxy only stopped reading, as TCP retransmission would
+deliver it), and a side that gave up on its connection meanwhile is seen to have
+closed it only then.
+
+The sockets between the proxy and each side stay healthy at the TCP level, so the
+kernel's keepalives and retransmission timeouts cannot notice the partition: only
+the application's own deadlines (AMQP heartbeats, confirm and read timeouts, the
+database's idle-in-transaction timeout) can. That is the point of the test.
+"""
+
+import logging
+import select
+import socket
+import threading
+from contextlib import suppress
+
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.05
+
+
+class SilentProxy:
+    """Forward ``127.0.0.1:<port>`` to ``upstream``; ``partition()`` makes it drop silent."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, name: str = "proxy") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.name = name
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._closing = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self._listener.settimeout(_POLL_S)
+        self.port = int(self._listener.getsockname()[1])
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.connections = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    @property
+    def partitioned(self) -> bool:
+        return not self._flowing.is_set()
+
+    def start(self) -> "SilentProxy":
+        self._spawn(self._accept_loop)
+        return self
+
+    def partition(self) -> None:
+        """Stop moving bytes, in both directions, on every connection (new ones too)."""
+        self._flowing.clear()
+        logger.warning("%s: partitioned (silent drop, connections kept open)", self.name)
+
+    def heal(self) -> None:
+        self._flowing.set()
+        logger.warning("%s: healed", self.name)
+
+    def close(self) -> None:
+        """Close every socket and stop every thread (a test's cleanup)."""
+        self._closing.set()
+        self._flowing.set()
+        with suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            with suppress(OSError):
+                sock.close()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def _spawn(self, target: object, *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-pump")
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self.connections += 1
+            with self._lock:
+                self._sockets.update((client, server))
+            self._spawn(self._pump, client, server)
+            self._spawn(self._pump, server, client)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while not self._closing.is_set():
+                if not self._flowing.wait(_POLL_S):
+                    continue  # partitioned: leave the bytes in the kernel's buffers
+                readable, _, _ = select.select([source], [], [], _POLL_S)
+                if not readable or not self._flowing.is_set():
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with suppress(OSError):
+                    sock.close()
+            with self._lock:
+                self._sockets.discard(source)
+                self._sockets.discard(sink)
