@@ -1,22 +1,79 @@
-"""Celery worker pieces: a consumer that never acknowledges a message it cannot decode, and the relay loop."""
+"""Celery worker pieces: the consumer blueprint (dead-lettering, bounded heartbeats) and the relay loop."""
 
 import logging
 from typing import Any
 
 from celery import bootsteps
+from celery.worker import heartbeat
 from celery.worker.consumer import Consumer
+from celery.worker.consumer.heart import Heart
 
 logger = logging.getLogger(__name__)
 
 
-class DeadLetteringConsumer(Consumer):
-    """Reject (not ack) an undecodable message, so the broker dead-letters it.
+_DELAYED_DELIVERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
+_HEART_STEP = "celery.worker.consumer.heart:Heart"
 
-    Celery's default acknowledges a body it cannot decode (bad JSON, a content
-    type outside ``accept_content`` such as pickle): the message would be gone.
-    Rejecting without requeue hands it to the queue's dead-letter exchange; the
-    dead-letter drain then records it with its raw body.
+
+class _BoundedHeartbeat(heartbeat.Heart):
+    """Celery's worker-heartbeat event sender, with one reconnect per beat instead of endless ones.
+
+    Celery publishes it with ``retry=True`` and no retry policy: kombu then reconnects
+    until the broker answers, on the worker's event loop. Across a silent partition
+    that loop stops, AMQP heartbeats go unchecked and the worker never notices it is
+    cut off. A beat that cannot be sent is skipped: the next one follows in seconds.
     """
+
+    def _send(self, event: str, retry: bool = True) -> Any:
+        if self._send_sent_signal is not None:
+            self._send_sent_signal(sender=self)
+        try:
+            return self.eventer.send(
+                event,
+                freq=self.interval,
+                active=len(heartbeat.active_requests),
+                processed=heartbeat.all_total_count[0],
+                loadavg=heartbeat.load_average(),
+                retry=retry,
+                retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 1, "interval_max": 1},
+                **heartbeat.SOFTWARE_INFO,
+            )
+        except Exception as exc:  # noqa: BLE001 - a monitoring event, never worth stopping the loop for
+            logger.warning("worker event %s not sent: %s", event, exc)
+            return None
+
+
+class BoundedHeart(Heart):
+    """The ``Heart`` consumer step, sending through ``_BoundedHeartbeat``."""
+
+    def start(self, c: Any) -> None:
+        c.heart = _BoundedHeartbeat(c.timer, c.event_dispatcher, self.heartbeat_interval)
+        c.heart.start()
+
+
+class DeadLetteringConsumer(Consumer):
+    """Celery's consumer, with three changes for an exactly-once pipeline.
+
+    * An undecodable message is rejected (not acknowledged), so the broker
+      dead-letters it. Celery's default acknowledges a body it cannot decode (bad
+      JSON, a content type outside ``accept_content`` such as pickle): the message
+      would be gone. The dead-letter drain then records it with its raw body.
+    * Worker-heartbeat events give up after one reconnect (``BoundedHeart``).
+    * Native delayed delivery (28 quorum queues per vhost) is set up only when
+      ``RELIABILITY_NATIVE_DELAYED_DELIVERY`` asks for it.
+    """
+
+    class Blueprint(Consumer.Blueprint):
+        @property
+        def default_steps(self) -> list[Any]:  # type: ignore[override]
+            from django.conf import settings
+
+            steps: list[Any] = []
+            for step in Consumer.Blueprint.default_steps:
+                if step == _DELAYED_DELIVERY_STEP and not settings.RELIABILITY_NATIVE_DELAYED_DELIVERY:
+                    continue
+                steps.append(BoundedHeart if step == _HEART_STEP else step)
+            return steps
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         logger.error(
