@@ -57,8 +57,8 @@ def main() -> None:
             )
             cursor.execute(
                 "INSERT INTO reliability_outboxmessage (message_id, task_name, queue, stream, seq, payload, status, "
-                "attempts, last_error, next_attempt_at, created_at, sent_at) "
-                "SELECT gen_random_uuid(), 'bench.handler', 'beans', 's', g, '{}', 'sent', 1, '', now(), now(), now() "
+                "attempts, last_error, next_attempt_at, created_at, sent_at, claimed_by) "
+                "SELECT gen_random_uuid(), 'bench.handler', 'beans', 's', g, '{}', 'sent', 1, '', now(), now(), now(), '' "
                 "FROM generate_series(1, %s) AS g",
                 [history],
             )

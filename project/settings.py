@@ -454,6 +454,11 @@ RELIABILITY_RELAY_CLAIM_S = env_float("RELIABILITY_RELAY_CLAIM_S", 20.0)
 # The active relay loop hands its leadership to another worker after failing to publish
 # for this long while rows wait, and stands back for as long again.
 RELIABILITY_RELAY_LEADER_FAIL_S = env_float("RELIABILITY_RELAY_LEADER_FAIL_S", 10.0)
+if RELIABILITY_RELAY_CLAIM_S < 2 * (RELIABILITY_CONNECT_TIMEOUT_S + RELIABILITY_CONFIRM_TIMEOUT_S):
+    raise ImproperlyConfigured(
+        "RELIABILITY_RELAY_CLAIM_S must be at least twice RELIABILITY_CONNECT_TIMEOUT_S + "
+        "RELIABILITY_CONFIRM_TIMEOUT_S: a claim must outlast the publish window it covers"
+    )
 # Backoff after a failed publish: min(base * 2**attempts, max), in seconds.
 RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S", 0.5)
 RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)

@@ -12,9 +12,15 @@ return or a missing confirm fails only the message it concerns. One synchronous
 confirm per publish caps near 1,000 messages/s here; a window of them costs about
 one round trip.
 
-Each process keeps one connection (re-opened after a fork or an error). After a
-connection failure a short circuit breaker makes further publishes fail at once
-instead of each waiting for a connect timeout: the relay sweep retries later.
+Each process keeps one connection (re-opened after a fork, an error, or an idle
+spell longer than the AMQP heartbeat). After a connection failure a short circuit
+breaker makes further publishes fail at once instead of each waiting for a connect
+timeout: the relay sweep retries later.
+
+Every wait has a deadline (``broker_connection``): connect and handshake, each
+blocking socket read and write, each confirm. A connection that missed one is
+abandoned (its socket closed), never closed politely: over a silent partition a
+``Close-Ok`` never comes.
 """
 
 import logging
@@ -36,6 +42,35 @@ logger = logging.getLogger(__name__)
 _CIRCUIT_OPEN_S = 1.0
 
 
+def broker_connection(url: str | None = None) -> Connection:
+    """A kombu connection to the broker with a deadline on every wait.
+
+    ``connect_timeout`` bounds the TCP connect and the AMQP handshake; the socket's
+    read and write timeouts (``SO_RCVTIMEO``/``SO_SNDTIMEO``) bound every blocking
+    operation after it (a declare, a channel open or close, a ``basic.get``); AMQP
+    heartbeats let the broker notice a client that went silent. Several
+    ';'-separated URLs are cluster nodes, tried round robin.
+    """
+    io_timeout = settings.RELIABILITY_BROKER_IO_TIMEOUT_S
+    return Connection(
+        url or current_app.conf.broker_url,
+        connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,
+        heartbeat=settings.RELIABILITY_BROKER_HEARTBEAT_S,
+        failover_strategy="round-robin",
+        transport_options={"read_timeout": io_timeout, "write_timeout": io_timeout},
+    )
+
+
+def connection_abandon(connection: Connection | None) -> None:
+    """Drop a connection without the AMQP close handshake: close its socket, now."""
+    if connection is None:
+        return
+    try:
+        connection.collect()
+    except Exception:
+        logger.debug("error while abandoning a broker connection", exc_info=True)
+
+
 @dataclass(frozen=True)
 class Publish:
     """One task message to publish: ``task_id`` is the Celery task id (correlation id)."""
@@ -55,6 +90,7 @@ class ConfirmedPublisher:
         self._connection: Connection | None = None
         self._producer: Producer | None = None
         self._circuit_open_until = 0.0
+        self._last_used = 0.0
         # Confirm bookkeeping of the current channel: the next delivery tag, the tags
         # confirmed (True: ack, False: nack), and the task ids the broker returned.
         self._next_tag = 1
@@ -83,19 +119,17 @@ class ConfirmedPublisher:
         if self._pid != os.getpid():  # forked: the parent's socket is not ours
             self._connection, self._producer, self._pid = None, None, os.getpid()
         if self._producer is not None:
-            return self._producer
+            if time.monotonic() - self._last_used < settings.RELIABILITY_BROKER_HEARTBEAT_S:
+                return self._producer
+            # Idle past a heartbeat: nobody answered the broker's heartbeats meanwhile, so it
+            # may have closed the connection, or the path to it may be gone. A new one is cheap.
+            self.close(abandon=True)
         if time.monotonic() < self._circuit_open_until:
             raise BrokerUnavailable("broker unreachable a moment ago; leaving it to the relay")
         app = current_app
-        # Several ';'-separated URLs are cluster nodes: try each once, round robin.
         # Confirm mode is selected by hand below (not ``confirm_publish``, which waits
         # for each confirm in turn) so that many publishes can be in flight.
-        connection = Connection(
-            app.conf.broker_url,
-            connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,
-            failover_strategy="round-robin",
-            heartbeat=0,
-        )
+        connection = broker_connection()
         try:
             connection.ensure_connection(
                 max_retries=len(app.conf.broker_url.split(";")),
@@ -111,9 +145,9 @@ class ConfirmedPublisher:
             channel.events["basic_nack"].add(lambda tag, multiple: self._on_confirm(False, tag, multiple))
             producer = Producer(channel, on_return=self._on_return, auto_declare=False)
         except Exception as exc:
-            connection.release()
+            connection_abandon(connection)
             self._circuit_open_until = time.monotonic() + _CIRCUIT_OPEN_S
-            raise BrokerUnavailable(f"cannot connect to the broker: {exc}") from exc
+            raise BrokerUnavailable(f"cannot connect to the broker: {exc!r}") from exc
         self._connection, self._producer = connection, producer
         self._next_tag, self._confirms, self._returned = 1, {}, {}
         return producer
@@ -136,12 +170,17 @@ class ConfirmedPublisher:
         names = [queue.name for queue in current_app.conf.task_queues]
         return [*names, settings.RELIABILITY_DEAD_LETTER_QUEUE]
 
-    def close(self) -> None:
+    def close(self, *, abandon: bool = False) -> None:
+        """Close the connection: politely (still within the socket timeouts), or ``abandon`` it."""
         if self._connection is not None:
-            try:
-                self._connection.release()
-            except Exception:
-                logger.debug("error while closing the publisher connection", exc_info=True)
+            if abandon:
+                connection_abandon(self._connection)
+            else:
+                try:
+                    self._connection.release()
+                except Exception:
+                    logger.debug("error while closing the publisher connection", exc_info=True)
+                    connection_abandon(self._connection)
         self._connection, self._producer = None, None
 
     def publish(self, *, task_name: str, queue: str, message_id: str, envelope: dict[str, Any]) -> None:
@@ -186,7 +225,7 @@ class ConfirmedPublisher:
                     delivery_mode=2,
                 )
             except Exception as exc:
-                self.close()
+                self.close(abandon=True)
                 self._circuit_open_until = time.monotonic() + _CIRCUIT_OPEN_S
                 if not tags:
                     raise BrokerUnavailable(f"publish of message {item.task_id} failed: {exc!r}") from exc
@@ -215,7 +254,11 @@ class ConfirmedPublisher:
             else:
                 results.append(None)
         if any(isinstance(result, PublishTimeout) for result in results):
-            self.close()  # late confirms on this channel could be mistaken for new ones
+            # Late confirms on this channel could be mistaken for new ones; and a broker that
+            # did not confirm in time may be out of reach: no Close-Ok would come either.
+            self.close(abandon=True)
+        else:
+            self._last_used = time.monotonic()
         return results
 
     def _confirms_wait(self, tags: list[int]) -> None:
@@ -231,7 +274,7 @@ class ConfirmedPublisher:
             except TimeoutError:
                 return
             except Exception as exc:
-                self.close()
+                self.close(abandon=True)
                 self._circuit_open_until = time.monotonic() + _CIRCUIT_OPEN_S
                 if not any(tag in self._confirms for tag in tags):
                     raise BrokerUnavailable(f"connection lost while waiting for confirms: {exc!r}") from exc

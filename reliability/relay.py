@@ -10,6 +10,14 @@ everything pending in batches (``outbox_relay_messages``: envelopes of many
 messages, pipelined confirms). While a loop runs, producers skip their inline
 after-commit publish (``relay_loop_running``) and leave the packing to it.
 
+A leader that cannot publish (the broker is out of its reach, not of the
+others') hands the lock over: after ``RELIABILITY_RELAY_LEADER_FAIL_S`` of failed
+windows while rows wait, it unlocks and stands back for as long again, so a
+worker that can reach the broker takes the lead. A leader cut off from the
+database loses the lock with its session: the listener session has an
+``idle_session_timeout`` and is pinged every second while healthy, so the server
+ends it (and frees the lock) once the pings stop arriving.
+
 Nothing here is needed for correctness: rows the loop misses (it died, the
 broker refused) are published by the beat sweep, and the consumer drops copies.
 """
@@ -19,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db import connections
 
 from . import services
@@ -47,10 +56,11 @@ class RelayLoop(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             listener = None
+            step_down = False
             try:
                 listener = self._listener()
                 if self._lead(listener):
-                    self._relay_while_leading(listener)
+                    step_down = self._relay_while_leading(listener)
             except Exception:
                 logger.warning(
                     "relay loop for %s failed; retrying in %.0fs", self.using, _RETRY_S, exc_info=True
@@ -59,16 +69,22 @@ class RelayLoop(threading.Thread):
             finally:
                 if listener is not None:
                     try:
-                        listener.close()
+                        listener.close()  # ends the session: the lock goes with it
                     except Exception:
                         logger.debug("error closing the relay listener", exc_info=True)
                 connections[self.using].close()
+            if step_down:
+                self._stopping.wait(settings.RELIABILITY_RELAY_LEADER_FAIL_S)
 
     def _listener(self) -> Any:
         """A connection of its own (autocommit) for the lock and LISTEN."""
         wrapper = connections[self.using]
         connection = wrapper.get_new_connection(wrapper.get_connection_params())
         connection.autocommit = True
+        # Pinged every _IDLE_WAIT_S while this loop is healthy: a session that goes quiet
+        # for longer is one whose worker is cut off, and the server ends it with its lock.
+        idle_ms = int(max(settings.RELIABILITY_RELAY_LEADER_FAIL_S, 5 * _IDLE_WAIT_S) * 1000)
+        connection.execute(f"SET idle_session_timeout = {idle_ms}")
         return connection
 
     def _lead(self, listener: Any) -> bool:
@@ -84,11 +100,24 @@ class RelayLoop(threading.Thread):
             self._stopping.wait(_IDLE_WAIT_S)
         return False
 
-    def _relay_while_leading(self, listener: Any) -> None:
-        limit = services.settings.RELIABILITY_RELAY_BATCH_SIZE
+    def _relay_while_leading(self, listener: Any) -> bool:
+        """Relay until stopping (False) or until this leader should step down (True)."""
+        limit = settings.RELIABILITY_RELAY_BATCH_SIZE
+        failing_since: float | None = None
         while not self._stopping.is_set():
             sent = services.outbox_relay_messages(ids=None, using=self.using, due_only=True, fresh_too=True)
             self.relayed += sent
+            if services.relay_path_verified(using=self.using):
+                failing_since = None
+            else:
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since >= settings.RELIABILITY_RELAY_LEADER_FAIL_S:
+                    logger.warning(
+                        "relay loop for %s cannot publish for %.0fs: handing the lead to another worker",
+                        self.using,
+                        time.monotonic() - failing_since,
+                    )
+                    return True
             if sent >= limit:
                 continue  # more is waiting
             woken = False
@@ -99,3 +128,5 @@ class RelayLoop(threading.Thread):
                 time.sleep(self.linger_s)
             for _ in listener.notifies(timeout=0, stop_after=1000):
                 pass  # notifications already covered by the next pass
+            listener.execute("SELECT 1")  # the ping that keeps the session (and the lock) alive
+        return False

@@ -2,6 +2,9 @@
 
 import json
 import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -10,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -171,8 +174,8 @@ def _outbox_insert(rows: list[OutboxMessage], *, using: str) -> None:
         cursor.execute(
             f"WITH wake AS (SELECT pg_notify(%s, '')) INSERT INTO {table} "  # noqa: S608
             "(message_id, task_name, queue, stream, seq, payload, status, attempts, last_error, "
-            "next_attempt_at, created_at) "
-            "SELECT u.m, %s, %s, u.s, u.q, u.p::jsonb, %s, 0, '', %s, %s "
+            "next_attempt_at, created_at, claimed_by) "
+            "SELECT u.m, %s, %s, u.s, u.q, u.p::jsonb, %s, 0, '', %s, %s, '' "
             "FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[]) AS u(m, s, q, p) CROSS JOIN wake "
             "RETURNING id, message_id",
             [
@@ -279,6 +282,50 @@ def _backoff(attempts: int) -> timedelta:
 _path_verified: dict[str, bool] = {}
 
 
+def relay_path_verified(*, using: str = "default") -> bool:
+    """Whether this process's last relay window to the broker went through (True before any)."""
+    return _path_verified.get(using, True)
+
+
+def _relay_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def outbox_claim(
+    *,
+    ids: Iterable[int] | None,
+    using: str = "default",
+    limit: int,
+    due_only: bool = True,
+    fresh_too: bool = False,
+) -> list[OutboxMessage]:
+    """Claim up to ``limit`` pending rows for this relay, oldest first, and commit the claim.
+
+    A claim is an owner and an expiry (``RELIABILITY_RELAY_CLAIM_S``), not a lock: the
+    caller publishes after the claim committed, holding no database lock across the
+    broker's round trips. Rows claimed by another relay are skipped until that claim
+    expires; then any relay (or the beat sweep) takes them over. ``SKIP LOCKED`` keeps
+    two relays claiming at the same moment from taking the same rows.
+    """
+    now = timezone.now()
+    with transaction.atomic(using=using):
+        rows = OutboxMessage.objects.using(using).select_for_update(skip_locked=True)
+        rows = rows.filter(status=OutboxMessage.Status.PENDING)
+        rows = rows.filter(Q(claim_expires_at__isnull=True) | Q(claim_expires_at__lt=now))
+        if ids is not None:
+            rows = rows.filter(pk__in=list(ids))
+        if due_only:
+            due = Q(next_attempt_at__lte=now)
+            rows = rows.filter(due | Q(attempts=0) if fresh_too else due)
+        batch = list(rows.order_by("id")[:limit])
+        if batch:
+            owner, expires = _relay_owner(), now + timedelta(seconds=settings.RELIABILITY_RELAY_CLAIM_S)
+            OutboxMessage.objects.using(using).filter(pk__in=[row.pk for row in batch]).update(
+                claimed_by=owner, claim_expires_at=expires
+            )
+    return batch
+
+
 def outbox_relay_messages(
     *,
     ids: Iterable[int] | None,
@@ -289,35 +336,36 @@ def outbox_relay_messages(
 ) -> int:
     """Publish pending outbox rows, marking them sent only after a positive confirm.
 
-    Rows are locked with ``SKIP LOCKED`` and taken in id order, so several relays
-    (and fast paths) can run at once without publishing the same row twice in
-    parallel. Rows for one task and queue are packed, stream by stream in seq
-    order, into envelopes of up to ``RELIABILITY_ENVELOPE_MAX_MESSAGES``; a window
-    of envelopes is put in flight at once and the confirms collected by delivery
-    tag. Confirmed rows are marked sent in one statement; a nack, return or
-    timeout marks only the rows of that envelope. A crash after the publish and
-    before the commit leaves the rows pending: they are published again, and the
-    consumer's message log drops the copies. ``fresh_too``: also take rows never
-    attempted whose grace period has not passed (the relay loop does not wait).
+    Rows are claimed first (``outbox_claim``, committed), then published with no
+    transaction open, so several relays (and fast paths) can run at once without
+    publishing the same row twice in parallel, and a relay cut off from the broker
+    holds nothing but its own claim, for a bounded time. Rows for one task and queue
+    are packed, stream by stream in seq order, into envelopes of up to
+    ``RELIABILITY_ENVELOPE_MAX_MESSAGES``; a window of envelopes is put in flight at
+    once and the confirms collected by delivery tag. Confirmed rows are marked sent
+    in one statement; a nack, return or timeout marks only the rows of that
+    envelope. A window that could not end before the claim expires is not started:
+    its rows are released for the next pass. A crash after the publish and before
+    the mark leaves the rows pending: they are published again once the claim
+    expires, and the consumer's message log drops the copies. ``fresh_too``: also
+    take rows never attempted whose grace period has not passed (the relay loop does
+    not wait).
     """
     limit = limit or settings.RELIABILITY_RELAY_BATCH_SIZE
+    batch = outbox_claim(ids=ids, using=using, limit=limit, due_only=due_only, fresh_too=fresh_too)
+    if not batch:
+        return 0
+    # Start no window that could outlast the claim: past it, another relay may take the rows.
+    window_s = settings.RELIABILITY_CONNECT_TIMEOUT_S + settings.RELIABILITY_CONFIRM_TIMEOUT_S
+    claim_left = time.monotonic() + settings.RELIABILITY_RELAY_CLAIM_S - window_s
     sent_ids: list[int] = []
-    with transaction.atomic(using=using):
-        rows = OutboxMessage.objects.using(using).select_for_update(skip_locked=True)
-        rows = rows.filter(status=OutboxMessage.Status.PENDING)
-        if ids is not None:
-            rows = rows.filter(pk__in=list(ids))
-        if due_only:
-            due = Q(next_attempt_at__lte=timezone.now())
-            rows = rows.filter(due | Q(attempts=0) if fresh_too else due)
-        batch = list(rows.order_by("id")[:limit])
-        if not batch:
-            return 0
-        highs = stream_highs(streams=(message.stream for message in batch), using=using)
-        envelopes = outbox_envelopes_pack(batch, highs=highs, probe=not _path_verified.get(using))
-        window = 1 if not _path_verified.get(using) else settings.RELIABILITY_RELAY_WINDOW
-        position = 0
-        while position < len(envelopes):
+    settled: set[int] = set()
+    highs = stream_highs(streams=(message.stream for message in batch), using=using)
+    envelopes = outbox_envelopes_pack(batch, highs=highs, probe=not relay_path_verified(using=using))
+    window = 1 if not relay_path_verified(using=using) else settings.RELIABILITY_RELAY_WINDOW
+    position = 0
+    try:
+        while position < len(envelopes) and time.monotonic() < claim_left:
             chunk = envelopes[position : position + window]
             position += len(chunk)
             fault_point("relay.before_publish", message_id=chunk[0][1][0].message_id)
@@ -325,6 +373,7 @@ def outbox_relay_messages(
             fault_point("relay.after_publish", message_id=chunk[0][1][0].message_id)
             failed = False
             for (_, messages), error in zip(chunk, results, strict=True):
+                settled.update(message.pk for message in messages)
                 if error is None:
                     sent_ids.extend(message.pk for message in messages)
                 else:
@@ -338,12 +387,32 @@ def outbox_relay_messages(
             window = settings.RELIABILITY_RELAY_WINDOW
         if sent_ids:
             fault_point("relay.before_mark_sent", message_id=batch[0].message_id)
-            OutboxMessage.objects.using(using).filter(pk__in=sent_ids).update(
-                status=OutboxMessage.Status.SENT, sent_at=timezone.now(), last_error=""
+            OutboxMessage.objects.using(using).filter(
+                pk__in=sent_ids, status=OutboxMessage.Status.PENDING
+            ).update(
+                status=OutboxMessage.Status.SENT,
+                sent_at=timezone.now(),
+                last_error="",
+                claimed_by="",
+                claim_expires_at=None,
             )
+    finally:
+        unsent = [message.pk for message in batch if message.pk not in settled]
+        if unsent:
+            _outbox_claim_release(unsent, using=using)
     if sent_ids and ids is None:
         logger.info("relayed %d messages in %d envelopes", len(sent_ids), position)
     return len(sent_ids)
+
+
+def _outbox_claim_release(ids: list[int], *, using: str) -> None:
+    """Hand rows this relay claimed but did not try back to every relay at once."""
+    try:
+        OutboxMessage.objects.using(using).filter(pk__in=ids, claimed_by=_relay_owner()).update(
+            claimed_by="", claim_expires_at=None
+        )
+    except DatabaseError:  # the claim then simply expires
+        logger.warning("could not release the claim on %d outbox rows", len(ids), exc_info=True)
 
 
 def _publish_window(items: list[Publish]) -> list[PublishError | None]:
@@ -418,6 +487,8 @@ def _outbox_publish_failed(messages: list[OutboxMessage], exc: Exception, *, usi
         attempts=F("attempts") + 1,
         last_error=f"{type(exc).__name__}: {exc}"[:2000],
         next_attempt_at=timezone.now() + _backoff(attempts),
+        claimed_by="",
+        claim_expires_at=None,
     )
     logger.warning(
         "publish of %d message(s) from %s failed (attempt %d), left pending: %s",

@@ -65,7 +65,7 @@ class DeadLetteringConsumer(Consumer):
 
     class Blueprint(Consumer.Blueprint):
         @property
-        def default_steps(self) -> list[Any]:  # type: ignore[override]
+        def default_steps(self) -> list[Any]:
             from django.conf import settings
 
             steps: list[Any] = []
