@@ -194,6 +194,7 @@ def _requeue(task: Task, exc: Exception, *, what: str) -> NoReturn:
 def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
     fault_point("consume.before_handler", message_id=message.message_id)
     outcome = handler(message) or "applied"
+    fault_point("consume.after_handler", message_id=message.message_id)  # its locks are held here
     services.message_log_record_outcome(
         handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
     )
@@ -507,6 +508,7 @@ def _batch_apply(
             outcomes = batch_handler(messages)
         else:
             outcomes = [handler(message) or "applied" for message in messages]
+        fault_point("consume.after_handler", message_id=messages[0].message_id)
         if len(outcomes) != len(messages):
             raise RuntimeError(
                 f"batch handler of {handler_name} returned {len(outcomes)} outcomes for {len(messages)}"
