@@ -9,16 +9,24 @@ late and intact (the proxy only stopped reading, as TCP retransmission would
 deliver it), and a side that gave up on its connection meanwhile is seen to have
 closed it only then.
 
-The sockets between the proxy and each side stay healthy at the TCP level, so the
-kernel's keepalives and retransmission timeouts cannot notice the partition: only
-the application's own deadlines (AMQP heartbeats, confirm and read timeouts, the
-database's idle-in-transaction timeout) can. That is the point of the test.
+By default the sockets between the proxy and each side stay healthy at the TCP
+level, so the kernel's keepalives and retransmission timeouts cannot notice the
+partition: only the application's own deadlines (AMQP heartbeats, confirm and
+read timeouts, the database's idle-in-transaction timeout) can. With
+``drop_packets=True`` the partition also drops, with iptables, every packet to and
+from the proxy's own port, as a real partition between the client and the proxy
+would: then the client's TCP keepalives and ``tcp_user_timeout`` see it too (the
+proxy's side towards the server stays up, so the server sees a silent client).
+The rules name only that port and are removed on ``heal()`` and ``close()``.
 """
 
 import logging
 import select
+import shutil
 import socket
+import subprocess
 import threading
+from collections.abc import Callable
 from contextlib import suppress
 
 logger = logging.getLogger(__name__)
@@ -29,9 +37,15 @@ _POLL_S = 0.05
 class SilentProxy:
     """Forward ``127.0.0.1:<port>`` to ``upstream``; ``partition()`` makes it drop silent."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, name: str = "proxy") -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, name: str = "proxy", drop_packets: bool = False
+    ) -> None:
+        if drop_packets and shutil.which("iptables") is None:
+            raise RuntimeError("drop_packets needs iptables (apt-get install iptables) and root")
         self.upstream = (upstream_host, upstream_port)
         self.name = name
+        self.drop_packets = drop_packets
+        self._rules_on = False
         self._flowing = threading.Event()
         self._flowing.set()
         self._closing = threading.Event()
@@ -58,14 +72,32 @@ class SilentProxy:
     def partition(self) -> None:
         """Stop moving bytes, in both directions, on every connection (new ones too)."""
         self._flowing.clear()
+        if self.drop_packets and not self._rules_on:
+            self._iptables("-I")
+            self._rules_on = True
         logger.warning("%s: partitioned (silent drop, connections kept open)", self.name)
 
     def heal(self) -> None:
+        if self._rules_on:
+            self._iptables("-D")
+            self._rules_on = False
         self._flowing.set()
         logger.warning("%s: healed", self.name)
 
+    def _iptables(self, action: str) -> None:
+        """Add (``-I``) or delete (``-D``) the rules that drop this proxy's packets, both ways."""
+        for match in (["--dport", str(self.port)], ["--sport", str(self.port)]):
+            subprocess.run(
+                ["iptables", "-w", action, "INPUT", "-i", "lo", "-p", "tcp", *match, "-j", "DROP"],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
+
     def close(self) -> None:
         """Close every socket and stop every thread (a test's cleanup)."""
+        if self._rules_on:
+            self.heal()
         self._closing.set()
         self._flowing.set()
         with suppress(OSError):
@@ -78,7 +110,7 @@ class SilentProxy:
         for thread in self._threads:
             thread.join(timeout=2)
 
-    def _spawn(self, target: object, *args: object) -> None:
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{self.name}-pump")
         self._threads.append(thread)
         thread.start()
@@ -114,7 +146,7 @@ class SilentProxy:
                 if not data:
                     break
                 sink.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: closed under us by close()
             pass
         finally:
             for sock in (source, sink):
