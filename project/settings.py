@@ -256,6 +256,10 @@ CELERY_BROKER_CONNECTION_TIMEOUT = RELIABILITY_CONNECT_TIMEOUT_S
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "confirm_publish": True,
+    # Celery negotiates heartbeats on the consumer's connection only (broker_heartbeat); this
+    # asks for them on its publishing connections too (beat, events), so the broker drops
+    # those of a process that went silent. They publish every second or two while healthy.
+    "heartbeat": RELIABILITY_BROKER_HEARTBEAT_S,
     "read_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
     "write_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
 }

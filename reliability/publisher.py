@@ -84,7 +84,8 @@ class Publish:
 class ConfirmedPublisher:
     """Publish Celery task messages with confirms and ``mandatory`` on one connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, url: str | None = None) -> None:
+        self._url = url  # None: the Celery app's broker_url
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._connection: Connection | None = None
@@ -129,10 +130,11 @@ class ConfirmedPublisher:
         app = current_app
         # Confirm mode is selected by hand below (not ``confirm_publish``, which waits
         # for each confirm in turn) so that many publishes can be in flight.
-        connection = broker_connection()
+        url = self._url or app.conf.broker_url
+        connection = broker_connection(url)
         try:
             connection.ensure_connection(
-                max_retries=len(app.conf.broker_url.split(";")),
+                max_retries=len(url.split(";")),
                 interval_start=0,
                 interval_step=0,
                 timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S,

@@ -100,15 +100,17 @@ class PartitionIntegrationTests(PipelineTestCase):
 
         self.wait_for(settled, timeout=timeout, what="the trades placed during the partition to settle")
 
-    def delayed_report(self, started: float, healed: float, label: str) -> dict[str, float]:
+    def delayed_report(self, started: float, healed: float, label: str) -> dict[str, float | int]:
         """Trades placed during the partition: how many took over a second to settle, and the worst."""
         start = timezone.now() - timedelta(seconds=time.monotonic() - started)
         end = timezone.now() - timedelta(seconds=time.monotonic() - healed)
+        settled = Trade.objects.filter(created_at__range=(start, end), settled_at__isnull=False)
         latencies = [
             (trade.settled_at - trade.created_at).total_seconds()
-            for trade in Trade.objects.filter(created_at__range=(start, end)).exclude(settled_at=None)
+            for trade in settled
+            if trade.settled_at is not None
         ]
-        figures = {
+        figures: dict[str, float | int] = {
             "trades": len(latencies),
             "delayed_over_1s": sum(1 for latency in latencies if latency > 1.0),
             "worst_s": round(max(latencies, default=0.0), 1),
