@@ -7,9 +7,9 @@ from celery import current_app
 from django.conf import settings
 from django.db.models import Min, Sum
 from django.utils import timezone
-from kombu import Connection
 
 from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter, StreamGap, StreamWatermark
+from .publisher import broker_connection
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,7 @@ def queue_depths() -> dict[str, int | None]:
     names.append(settings.RELIABILITY_DEAD_LETTER_QUEUE)
     depths: dict[str, int | None] = dict.fromkeys(names)
     try:
-        with Connection(
-            current_app.conf.broker_url, connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S
-        ) as conn:
+        with broker_connection() as conn:
             conn.ensure_connection(max_retries=1, timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S)
             for name in names:
                 channel = conn.channel()
