@@ -53,6 +53,8 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
         "status",
         "attempts",
         "next_attempt_at",
+        "claimed_by",
+        "claim_expires_at",
         "created_at",
         "sent_at",
     )
