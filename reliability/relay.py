@@ -107,7 +107,7 @@ class RelayLoop(threading.Thread):
         while not self._stopping.is_set():
             sent = services.outbox_relay_messages(ids=None, using=self.using, due_only=True, fresh_too=True)
             self.relayed += sent
-            if services.relay_path_verified(using=self.using):
+            if not services.relay_path_failing(using=self.using):
                 failing_since = None
             else:
                 failing_since = failing_since or time.monotonic()

@@ -283,8 +283,13 @@ _path_verified: dict[str, bool] = {}
 
 
 def relay_path_verified(*, using: str = "default") -> bool:
-    """Whether this process's last relay window to the broker went through (True before any)."""
-    return _path_verified.get(using, True)
+    """Whether this process's last relay window to the broker went through (False before any)."""
+    return _path_verified.get(using, False)
+
+
+def relay_path_failing(*, using: str = "default") -> bool:
+    """Whether this process's last relay window failed (False before any)."""
+    return _path_verified.get(using) is False
 
 
 def _relay_owner() -> str:

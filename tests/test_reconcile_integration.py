@@ -82,11 +82,18 @@ class ReconcilerIntegrationTests(PipelineTestCase):
         }
         self.assertEqual(self.run_manage("relay_outbox", env=faults), -9, "killed between commit and publish")
         self.assertEqual(queue_message_counts()["beans"], 0)
+        # The dead relay's claim keeps the rows from every other relay until it expires.
+        claimed = OutboxMessage.objects.exclude(claimed_by="").filter(claim_expires_at__gt=timezone.now())
+        self.assertEqual(claimed.count(), 40, "the killed relay had claimed the rows (committed)")
+        self.assertEqual(self.run_manage("relay_outbox", env=faults), 0, "nothing to take while claimed")
+        self.assertEqual(queue_message_counts()["beans"], 0)
+        OutboxMessage.objects.update(claim_expires_at=timezone.now())  # the claim runs out
         self.assertEqual(
             self.run_manage("relay_outbox", env=faults), -9, "killed between publish and mark-sent"
         )
         self.assertEqual(queue_message_counts()["beans"], 1, "the first message was published")
         self.assertEqual(OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count(), 40)
+        OutboxMessage.objects.update(claim_expires_at=timezone.now())
         self.assertEqual(self.run_manage("relay_outbox", env=faults), 0)
         self.start_worker()
         self.wait_drained(timeout=120)
