@@ -9,8 +9,10 @@ Every value has a default that works on a developer machine (services on
 import os
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Any
+from urllib.parse import urlsplit
 
+import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from reliability.retention_rules import retention_horizons_check
@@ -58,27 +60,40 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
 
 
-def database_from_url(url: str, *, test_name: str = "") -> dict[str, object]:
-    """Turn ``postgres://user:password@host:port/name`` into a DATABASES entry."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"postgres", "postgresql"}:
+def database_from_url(url: str, *, test_name: str = "") -> dict[str, Any]:
+    """Turn a PostgreSQL URL into a DATABASES entry (dj-database-url), with the session deadlines.
+
+    Query parameters reach the driver as they are (``?sslmode=require&connect_timeout=3``,
+    ``?host=/var/run/postgresql`` for the socket); they override the deadlines' defaults,
+    and ``-c name=value`` items of ``options`` are merged with ours.
+    """
+    try:
+        config: dict[str, Any] = dict(
+            dj_database_url.parse(
+                url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60), conn_health_checks=True
+            )
+        )
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"cannot read the database URL {url!r}: {exc}") from exc
+    if config.get("ENGINE") != "django.db.backends.postgresql":
         raise ImproperlyConfigured(f"only PostgreSQL database URLs are supported, got {url!r}")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")),
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        # Persistent connections: workers and the relay run many short transactions.
-        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60),
-        "CONN_HEALTH_CHECKS": True,
-        "OPTIONS": database_session_options(),
-        "TEST": {"NAME": test_name or None},
-    }
+    # Persistent connections (CONN_MAX_AGE above): workers and the relay run many short transactions.
+    config["OPTIONS"] = database_session_options(dict(config.get("OPTIONS") or {}))
+    config["TEST"] = {"NAME": test_name or None}
+    return config
 
 
-def database_session_options() -> dict[str, object]:
+def _server_options(text: str) -> dict[str, str]:
+    """``"-c a=1 -c b=2"`` (libpq ``options``) as ``{"a": "1", "b": "2"}``."""
+    parsed, tokens = {}, text.replace("-c ", "-c").split()
+    for token in tokens:
+        name, _, value = token.removeprefix("-c").partition("=")
+        if name:
+            parsed[name] = value
+    return parsed
+
+
+def database_session_options(given: dict[str, Any]) -> dict[str, Any]:
     """Deadlines on every database session, both ends of it (README, "Partitions and timeouts").
 
     The client (libpq) gives up on a server that went silent: connect timeout, TCP
@@ -86,20 +101,22 @@ def database_session_options() -> dict[str, object]:
     server gives up on a client that went silent mid-transaction: after
     ``idle_in_transaction_session_timeout`` it ends the session and its row locks
     (accounts, stream watermarks) are released, so other workers carry on; its own
-    keepalives find a vanished client that is not in a transaction.
+    keepalives find a vanished client that is not in a transaction. ``given`` (from the
+    URL) wins over these defaults.
     """
     idle = env_int("DATABASE_KEEPALIVES_IDLE_S", 5)
     interval = env_int("DATABASE_KEEPALIVES_INTERVAL_S", 2)
     count = env_int("DATABASE_KEEPALIVES_COUNT", 3)
     user_timeout_ms = env_int("DATABASE_TCP_USER_TIMEOUT_MS", 15_000)
     in_transaction_s = env_float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 30.0)
-    server = {
+    server: dict[str, object] = {
         "idle_in_transaction_session_timeout": f"{int(in_transaction_s * 1000)}ms",
         "tcp_keepalives_idle": idle,
         "tcp_keepalives_interval": interval,
         "tcp_keepalives_count": count,
         "tcp_user_timeout": user_timeout_ms,
     }
+    server.update(_server_options(str(given.pop("options", ""))))
     return {
         "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT_S", 5),
         "keepalives": 1,
@@ -107,6 +124,7 @@ def database_session_options() -> dict[str, object]:
         "keepalives_interval": interval,
         "keepalives_count": count,
         "tcp_user_timeout": user_timeout_ms,
+        **given,
         "options": " ".join(f"-c {name}={value}" for name, value in server.items()),
     }
 
@@ -178,9 +196,10 @@ TEMPLATES = [
     },
 ]
 
+DATABASE_URL = env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")
 DATABASES = {
     "default": database_from_url(
-        env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans"),
+        DATABASE_URL,
         test_name=env_str("DATABASE_TEST_NAME", ""),
     ),
 }
@@ -239,6 +258,10 @@ LOGGING = {
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A channel the broker closes (a delivery that outlived consumer_timeout: PRECONDITION_FAILED)
+# restarts the consumer instead of ending the worker; the delivery is requeued by the broker.
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-channel-error-retry
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
 # Deadlines on every broker connection (README, "Partitions and timeouts"). AMQP heartbeats
 # let both ends notice a silent peer: the broker closes a worker's connection after two
 # missed heartbeats and hands its unacknowledged messages to other consumers.

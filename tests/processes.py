@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import connections
@@ -28,11 +29,10 @@ def wait_until(
 
 
 def test_database_url(alias: str = "default") -> str:
-    params = connections[alias].settings_dict
-    host = params["HOST"] or "127.0.0.1"
-    port = params["PORT"] or "5432"
-    auth = params["USER"] + (f":{params['PASSWORD']}" if params["PASSWORD"] else "")
-    return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+    """The URL the settings were read from (user, password, host or socket, options kept), naming the test database."""
+    source = settings.DATABASE_URL if alias == "default" else settings.BEANS_DATABASE_URL
+    parts = urlsplit(source)
+    return urlunsplit(parts._replace(path="/" + quote(connections[alias].settings_dict["NAME"], safe="")))
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
