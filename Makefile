@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate demo test audit cluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate demo test test-fast check audit cluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -69,6 +69,19 @@ ifeq ($(strip $(TEST_ARGS)),)
 else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
+
+# The inner loop: everything but the slow tiers and the tests that stop the shared broker.
+FAST_EXCLUDED_TAGS := cluster chaos browser broker_restart partition
+
+test-fast: venv services ## The suite without the cluster, chaos, browser, partition and broker-restart tests (a few minutes)
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
+
+check: venv ## What CI checks before the tests: lint, format, types, import contracts, missing migrations
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
+	$(PY) manage.py makemigrations --check --dry-run --noinput
 
 audit: venv ## Check the pinned requirements for known vulnerabilities (says so, and passes, when the vulnerability service is unreachable)
 	$(PY) scripts/audit-requirements.py

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
 from reliability.consumer import Message
 from reliability.services import outbox_enqueue_many
 
@@ -16,8 +17,6 @@ from .models import Account, LedgerEntry
 logger = logging.getLogger(__name__)
 
 # The trade service's contract: the task that consumes our outcomes, and its queue.
-OUTCOME_TASK = "trades.record_outcome"
-OUTCOME_QUEUE = "trades"
 BALANCE_MAX = 2**63 - 1  # PostgreSQL bigint
 
 

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 
+from project.contracts import DEDUCT_TASK
 from reliability.consumer import Message, exactly_once_task
 
 from . import services
@@ -10,7 +11,7 @@ from . import services
 # Ordered: one account's deductions are applied in the order the trades were placed (I7).
 # A batch envelope is applied set-based, in one transaction (services.deductions_apply).
 @exactly_once_task(
-    name="beans.deduct",
+    name=DEDUCT_TASK,
     queue="beans",
     using=settings.BEANS_DATABASE,
     ordered=True,

@@ -47,7 +47,9 @@ def queue_declare(broker: Broker, *, dead_letter_exchange: str, delivery_limit: 
     connection = broker.connect()
     try:
         channel = connection.channel()
-        channel.queue_declare(QUEUE, durable=True, auto_delete=False, arguments=queue.queue_arguments)
+        # kombu sets queue_arguments from its attrs table; its type hints do not declare it.
+        arguments = queue.queue_arguments  # type: ignore[attr-defined]
+        channel.queue_declare(QUEUE, durable=True, auto_delete=False, arguments=arguments)
     finally:
         connection.close()
 

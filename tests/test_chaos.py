@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.test import SimpleTestCase, tag
@@ -85,7 +86,7 @@ def clean_run() -> tuple[Snapshot, list[Request], Injected, Liveness]:
         LogRow("trades.record_outcome", "o2", "outcomes.deductions.2", 1, "deducted", 0),
         LogRow("trades.record_outcome", "o3", "outcomes.deductions.2", 2, "rejected", 0),
     ]
-    streams = [
+    streams: list[dict[str, Any]] = [
         {"stream": name, "produced_seq": 2, "consumed_watermark": 2, "max_seen": 2, "gaps_open": 0}
         for name in ("deductions.1", "deductions.2", "outcomes.deductions.1", "outcomes.deductions.2")
     ]

@@ -124,6 +124,7 @@ class PipelineIntegrationTests(PipelineTestCase):
         self.wait_queues_empty()
         self.assert_exactly_once(trades=100)
 
+    @tag("broker_restart")
     def test_broker_down_when_trade_placed_then_relayed_once_back(self) -> None:
         (account,) = self.create_accounts(1, balance=1000)
         rabbitmqctl("stop_app")

@@ -104,6 +104,7 @@ class ReconcilerIntegrationTests(PipelineTestCase):
         )
         self.assertEqual(redelivered.count(), 1, "the message published twice was applied once")
 
+    @tag("broker_restart")
     def test_broker_restarted_mid_stream_loses_and_doubles_nothing(self) -> None:
         accounts = self.create_accounts(5, balance=100_000)
         self.start_worker()

@@ -6,9 +6,9 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 
+from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.services import outbox_enqueue
-from trades.services import DEDUCT_TASK
 
 from .pipeline import queues_purge
 

@@ -29,9 +29,8 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
     violation (lost or stuck) unless ``in_flight_ok``.
     """
     from beans.selectors import deductions_by_message_id, ledger_totals_by_account
+    from project.contracts import DEDUCT_TASK
     from reliability.models import MessageLog, OutboxMessage
-
-    from .services import DEDUCT_TASK
 
     violations: list[str] = []
     deductions = deductions_by_message_id()

@@ -10,6 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from beans.selectors import account_exists, accounts_missing
+from project.contracts import DEDUCT_TASK
 from reliability.consumer import Message
 from reliability.ids import message_id_new
 from reliability.services import outbox_enqueue, outbox_enqueue_many
@@ -20,7 +21,6 @@ from .models import Trade
 logger = logging.getLogger(__name__)
 
 # The bean service's contract: the task that deducts (its queues: settings.BEANS_QUEUES).
-DEDUCT_TASK = "beans.deduct"
 IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 

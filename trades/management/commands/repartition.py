@@ -2,10 +2,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.selectors import queue_depths, stream_positions
 from reliability.services import stream_queue_move
-from trades.services import DEDUCT_TASK, deduction_queue
+from trades.services import deduction_queue
 
 
 class Command(BaseCommand):
