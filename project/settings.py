@@ -519,8 +519,9 @@ if _retention_problems:
     raise ImproperlyConfigured("unsafe retention settings: " + "; ".join(_retention_problems))
 
 # --- Message ids (reliability/ids.py) ----------------------------------------
-# Which generator assigns message ids: snowflake (default), uuid7, redis or database.
-RELIABILITY_ID_GENERATOR = env_str("RELIABILITY_ID_GENERATOR", "snowflake")
+# Which generator assigns message ids: uuid7 (default: needs no service), snowflake, redis or
+# database. README, "Message ids", says why.
+RELIABILITY_ID_GENERATOR = env_str("RELIABILITY_ID_GENERATOR", "uuid7")
 if RELIABILITY_ID_GENERATOR not in {"snowflake", "uuid7", "redis", "database"}:
     raise ImproperlyConfigured("RELIABILITY_ID_GENERATOR must be snowflake, uuid7, redis or database")
 # Redis for snowflake worker-id leases and the "redis" counter; when unreachable, ids stop

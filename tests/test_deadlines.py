@@ -17,11 +17,14 @@ from urllib.parse import urlsplit
 
 from celery import current_app
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
+from django.db.backends.postgresql.base import DatabaseWrapper
 from django.test import TestCase, override_settings, tag
 from django.utils import timezone
 
 from chaos.partition import SilentProxy
+from project.settings import database_from_url
 from reliability.exceptions import BrokerUnavailable, PublishTimeout
 from reliability.models import OutboxMessage
 from reliability.publisher import ConfirmedPublisher, broker_connection
@@ -155,3 +158,43 @@ class OutboxClaimTests(TestCase):
         self.assertEqual(
             {(row.status, row.claimed_by, row.claim_expires_at) for row in rows}, {("pending", "", None)}
         )
+
+
+class DatabaseUrlTests(TestCase):
+    """DATABASE_URL is read by dj-database-url: its options reach the driver, none is dropped."""
+
+    def test_query_options_reach_the_settings_and_override_the_defaults(self) -> None:
+        config = database_from_url(
+            "postgres://app:p%40ss@db.example:6432/beans?sslmode=require&connect_timeout=3"
+            "&options=-c%20search_path%3Dbeans%20-c%20idle_in_transaction_session_timeout%3D5s"
+        )
+        self.assertEqual((config["USER"], config["PASSWORD"], config["HOST"]), ("app", "p@ss", "db.example"))
+        options = config["OPTIONS"]
+        self.assertEqual((options["sslmode"], options["connect_timeout"]), ("require", 3))
+        self.assertIn("-c search_path=beans", options["options"])
+        self.assertIn("-c idle_in_transaction_session_timeout=5s", options["options"])
+        self.assertNotIn("idle_in_transaction_session_timeout=30000ms", options["options"])
+        self.assertIn("-c tcp_user_timeout=15000", options["options"], "the other deadlines stay")
+
+    def test_a_socket_directory_is_kept_as_the_host(self) -> None:
+        config = database_from_url("postgres:///beans?host=/var/run/postgresql")
+        self.assertEqual(config["OPTIONS"]["host"], "/var/run/postgresql")
+
+    def test_other_databases_are_refused(self) -> None:
+        for url in ("mysql://u@h/db", "nosuch://h/db"):
+            with self.subTest(url), self.assertRaises(ImproperlyConfigured):
+                database_from_url(url)
+
+    def test_an_option_from_the_url_reaches_a_live_session(self) -> None:
+        current = connection.settings_dict
+        url = (
+            f"postgres://{current['USER']}@{current['HOST'] or '127.0.0.1'}:{current['PORT'] or 5432}/"
+            f"{current['NAME']}?application_name=beans-url-test&sslmode=disable"
+        )
+        wrapper = DatabaseWrapper({**current, **database_from_url(url)}, alias="url-test")
+        self.addCleanup(wrapper.close)
+        with wrapper.cursor() as cursor:
+            cursor.execute(
+                "SELECT current_setting('application_name'), current_setting('tcp_keepalives_idle')"
+            )
+            self.assertEqual(cursor.fetchone(), ("beans-url-test", "5"))

@@ -474,15 +474,15 @@ class MessageIdNewTests(RedisTestMixin, TestCase):
         self.assertEqual(len(set(made)), len(made))
         self.assertTrue(is_strictly_increasing(made))
 
-    def test_snowflake_is_the_default(self) -> None:
-        with override_settings(RELIABILITY_SNOWFLAKE_WORKER_ID=6, RELIABILITY_REDIS_URL=closed_port_url()):
+    def test_uuid7_is_the_default_and_needs_no_redis(self) -> None:
+        with override_settings(RELIABILITY_REDIS_URL=closed_port_url()):
             if hasattr(settings, "RELIABILITY_ID_GENERATOR"):
                 delattr(settings, "RELIABILITY_ID_GENERATOR")
             ids._config.cache_clear()
             self.addCleanup(ids._config.cache_clear)
-            value = message_id_int(message_id_new())
-        assert value is not None
-        self.assertEqual(snowflake_parts(value)[1], 6)
+            made = [message_id_new() for _ in range(1000)]
+        self.assertEqual({message.version for message in made}, {7})
+        self.assertUniqueIncreasing(made)
 
     def test_snowflake_with_a_leased_worker_id(self) -> None:
         self.age_epoch()

@@ -131,7 +131,10 @@ class ReconcilerIntegrationTests(PipelineTestCase):
         self.assert_streams_contiguous()
         self.assertEqual(Trade.objects.filter(status=Trade.Status.DEDUCTED).count(), 300)
 
+    @override_settings(RELIABILITY_ID_GENERATOR="snowflake")
     def test_redis_flushed_mid_run_breaks_no_guarantee(self) -> None:
+        # Snowflake ids lease their worker ids in Redis (the default, UUIDv7, needs no Redis).
+        self.process_env = {**self.process_env, "RELIABILITY_ID_GENERATOR": "snowflake"}
         accounts = self.create_accounts(5, balance=100_000)
         self.start_worker()
         self.start_beat()
