@@ -2,10 +2,19 @@
 
 Workers started by the integration tests inherit the vhost through
 ``CELERY_BROKER_URL`` and the test database through ``DATABASE_URL``.
+
+The vhost (``test-<pid>``) is deleted whatever ends the run: at teardown, at exit if
+the run failed before teardown (an import error, a database that could not be made),
+and on SIGTERM (turned into ``KeyboardInterrupt``, so the teardown runs). A vhost left by
+a run that was SIGKILLed is recognised by its dead pid and deleted when the next run
+starts. A vhost costs the broker queues and file descriptors (README, "Broker footprint").
 """
 
+import atexit
 import os
+import re
 import shutil
+import signal
 import subprocess
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,10 +28,40 @@ from reliability.publisher import publisher
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
-def rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str) -> str:
     if shutil.which("rabbitmqctl") is None:
         raise RuntimeError("rabbitmqctl not found: install rabbitmq-server (apt-get install rabbitmq-server)")
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def vhosts_stale_delete() -> list[str]:
+    """Delete the ``test-<pid>`` vhosts of test runs that no longer run (SIGKILLed mid-run)."""
+    deleted = []
+    for vhost in rabbitmqctl("list_vhosts", "name").split():
+        found = re.fullmatch(r"test-(\d+)", vhost)
+        if found and not _pid_alive(int(found.group(1))):
+            subprocess.run(
+                ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
+            )
+            deleted.append(vhost)
+    return deleted
+
+
+def _sigterm_interrupts(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class PipelineTestRunner(DiscoverRunner):
@@ -34,7 +73,12 @@ class PipelineTestRunner(DiscoverRunner):
         os.environ.setdefault("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", "3")
         # A Redis database of the tests' own, so a test may flush it.
         os.environ.setdefault("RELIABILITY_REDIS_URL", TEST_REDIS_URL)
+        vhosts_stale_delete()
         self.vhost = f"test-{os.getpid()}"
+        # Registered before the vhost exists: whatever fails from here on, it goes.
+        atexit.register(self._vhost_delete)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_interrupts)
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         parts = urlsplit(settings.CELERY_BROKER_URL)
@@ -43,9 +87,22 @@ class PipelineTestRunner(DiscoverRunner):
         current_app.conf.broker_url = url
         publisher().close()
 
+    def _vhost_delete(self) -> None:
+        """Delete this run's vhost if it is still there (idempotent; never raises)."""
+        if self.vhost:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "delete_vhost", self.vhost],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            self.vhost = ""
+
     def teardown_test_environment(self, **kwargs: Any) -> None:
         publisher().close()
         try:
-            rabbitmqctl("delete_vhost", self.vhost)
+            vhost, self.vhost = self.vhost, ""
+            if vhost:
+                rabbitmqctl("delete_vhost", vhost)
         finally:
             super().teardown_test_environment(**kwargs)
