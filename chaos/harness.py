@@ -12,12 +12,13 @@ it off silently.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,34 @@ def run_cmd(argv: list[str], *, env: dict[str, str], timeout: float, check: bool
 def rabbitmqctl(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     return run_cmd([ctl, "-q", *args], env=env, timeout=timeout)
+
+
+# --------------------------------------------------------------------------- leftovers of dead runs
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def orphans(names: Iterable[str], pattern: str) -> list[str]:
+    """The ``names`` that match ``pattern``, whose first group is the pid of a process now gone.
+
+    Runs name what they create after their pid (a vhost ``test-<pid>``, a database
+    ``chaos_t<pid>``), so a later run can remove what a killed one left behind.
+    """
+    found = []
+    for name in names:
+        match = re.fullmatch(pattern, name)
+        if match and not pid_alive(int(match.group(1))):
+            found.append(name)
+    return found
 
 
 # --------------------------------------------------------------------------- silent partitions

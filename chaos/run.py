@@ -80,6 +80,7 @@ from chaos.harness import (  # noqa: E402
     database_create,
     db_progress,
     log,
+    orphans,
     partition_drops_packets,
     queue_counts,
     rabbitmqctl,
@@ -108,22 +109,11 @@ def vhosts_reap(names: Names, env: dict[str, str]) -> list[str]:
     whose process is gone was left by a run killed before its ``finally``.
     """
     notes = []
-    for vhost in rabbitmqctl("list_vhosts", "name", env=env).split():
-        stale = re.fullmatch(r"chaos-test(\d+)", vhost)
-        if vhost == names.vhost or (stale and not pid_alive(int(stale.group(1)))):
-            rabbitmqctl("delete_vhost", vhost, env=env)
-            notes.append(f"deleted vhost {vhost!r} left over by an earlier run")
+    vhosts = rabbitmqctl("list_vhosts", "name", env=env).split()
+    for vhost in [*({names.vhost} & set(vhosts)), *orphans(vhosts, r"chaos-test(\d+)")]:
+        rabbitmqctl("delete_vhost", vhost, env=env)
+        notes.append(f"deleted vhost {vhost!r} left over by an earlier run")
     return notes
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def accounts_open() -> tuple[list[int], dict[int, int]]:

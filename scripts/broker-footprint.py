@@ -31,6 +31,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chaos.harness import orphans  # noqa: E402
+
 DB_HOST = "127.0.0.1"
 AMQP_PORT = 5672
 REDIS_URL = "redis://127.0.0.1:6379/10"  # chaos 11, bench 12, tests 13 and 15, bench/ids.py 14
@@ -62,30 +67,18 @@ def ctl_json(*args: str) -> Any:
     return json.loads(ctl(*args, "--formatter", "json") or "[]")
 
 
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_reap() -> list[str]:
     """Delete the vhosts and databases of earlier runs whose process is gone."""
     notes = []
-    for vhost in ctl("list_vhosts", "name", "--no-table-headers").split():
-        found = re.fullmatch(re.escape(PREFIX_VHOST) + r"(\d+)", vhost)
-        if found and not pid_alive(int(found.group(1))):
-            ctl("delete_vhost", vhost)
-            notes.append(f"deleted vhost {vhost} left by an earlier run")
+    for vhost in orphans(
+        ctl("list_vhosts", "name", "--no-table-headers").split(), re.escape(PREFIX_VHOST) + r"(\d+)"
+    ):
+        ctl("delete_vhost", vhost)
+        notes.append(f"deleted vhost {vhost} left by an earlier run")
     databases = run(["psql", "-h", DB_HOST, "-d", "postgres", "-Atc", "SELECT datname FROM pg_database"])
-    for name in databases.split():
-        found = re.fullmatch(re.escape(PREFIX_DB) + r"(\d+)", name)
-        if found and not pid_alive(int(found.group(1))):
-            run(["dropdb", "-h", DB_HOST, "--if-exists", "--force", name])
-            notes.append(f"dropped database {name} left by an earlier run")
+    for name in orphans(databases.split(), re.escape(PREFIX_DB) + r"(\d+)"):
+        run(["dropdb", "-h", DB_HOST, "--if-exists", "--force", name])
+        notes.append(f"dropped database {name} left by an earlier run")
     return notes
 
 

@@ -12,7 +12,6 @@ starts. A vhost costs the broker queues and file descriptors (README, "Broker fo
 
 import atexit
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from celery import current_app
 from django.conf import settings
 from django.test.runner import DiscoverRunner
 
+from chaos.harness import orphans
 from reliability.publisher import publisher
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -37,26 +37,14 @@ def rabbitmqctl(*args: str) -> str:
     return done.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def vhosts_stale_delete() -> list[str]:
     """Delete the ``test-<pid>`` vhosts of test runs that no longer run (SIGKILLed mid-run)."""
     deleted = []
-    for vhost in rabbitmqctl("list_vhosts", "name").split():
-        found = re.fullmatch(r"test-(\d+)", vhost)
-        if found and not _pid_alive(int(found.group(1))):
-            subprocess.run(
-                ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
-            )
-            deleted.append(vhost)
+    for vhost in orphans(rabbitmqctl("list_vhosts", "name").split(), r"test-(\d+)"):
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
+        )
+        deleted.append(vhost)
     return deleted
 
 

@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from django.test import TestCase, override_settings, tag
 from django.utils import timezone
 
+from chaos.harness import url_via
 from chaos.partition import SilentProxy
 from reliability.exceptions import BrokerUnavailable, PublishTimeout
 from reliability.models import OutboxMessage
@@ -29,7 +30,6 @@ from reliability.services import outbox_claim, outbox_enqueue, outbox_relay_mess
 from reliability.worker import BoundedHeart, DeadLetteringConsumer
 
 from .pipeline import PipelineTestCase
-from .test_partition_integration import _via
 
 HANG_LIMIT_S = 60.0
 
@@ -100,7 +100,7 @@ class PublisherPartitionTests(PipelineTestCase):
             broker.hostname or "127.0.0.1", broker.port or 5672, name="broker-proxy"
         ).start()
         self.addCleanup(self.proxy.close)
-        self.publisher = ConfirmedPublisher(url=_via(current_app.conf.broker_url, self.proxy.port))
+        self.publisher = ConfirmedPublisher(url=url_via(current_app.conf.broker_url, self.proxy.port))
         self.addCleanup(self.publisher.close, abandon=True)
 
     def publish(self) -> None:
