@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery import current_app
 from django.conf import settings
+from django.db import connections
 from django.test.runner import DiscoverRunner
 
 from chaos.harness import orphans
@@ -61,6 +62,7 @@ class PipelineTestRunner(DiscoverRunner):
         os.environ.setdefault("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", "3")
         # A Redis database of the tests' own, so a test may flush it.
         os.environ.setdefault("RELIABILITY_REDIS_URL", TEST_REDIS_URL)
+        self._idle_in_transaction_timeout_lift()
         vhosts_stale_delete()
         self.vhost = f"test-{os.getpid()}"
         # Registered before the vhost exists: whatever fails from here on, it goes.
@@ -85,6 +87,23 @@ class PipelineTestRunner(DiscoverRunner):
                 check=False,
             )
             self.vhost = ""
+
+    @staticmethod
+    def _idle_in_transaction_timeout_lift() -> None:
+        """No idle-in-transaction deadline for this process's own sessions (its subprocesses keep it).
+
+        A ``TestCase`` runs each test inside one transaction, and a test may wait far longer
+        than the production deadline for a worker or the broker without a query; the server
+        would end its session mid-test. Workers, beat and commands the tests start read the
+        settings afresh, with the deadline the tests are about.
+        """
+        for alias in connections:
+            options = connections[alias].settings_dict["OPTIONS"]
+            # libpq's options: a later -c overrides an earlier one.
+            options["options"] = (
+                f"{options.get('options', '')} -c idle_in_transaction_session_timeout=0".strip()
+            )
+            connections[alias].close()
 
     def teardown_test_environment(self, **kwargs: Any) -> None:
         publisher().close()

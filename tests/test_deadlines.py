@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
@@ -55,16 +56,24 @@ def returns_within(test: Any, call: Callable[[], Any], *, limit: float = HANG_LI
 
 class DatabaseSessionDeadlineTests(TestCase):
     def test_every_session_has_keepalives_and_an_idle_in_transaction_timeout(self) -> None:
-        with connection.cursor() as cursor:
-            shown = {}
-            for name in ("idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout"):
-                cursor.execute(f"SHOW {name}")
-                shown[name] = cursor.fetchone()[0]
-        self.assertEqual(shown["idle_in_transaction_session_timeout"], "30s")
-        self.assertEqual(shown["tcp_keepalives_idle"], "5")
-        self.assertEqual(shown["tcp_user_timeout"], "15000")
         params = connection.get_connection_params()
         self.assertEqual((params["keepalives"], params["connect_timeout"]), (1, 5))
+        # A session as every process opens it from the settings (the test runner lifts the
+        # idle-in-transaction deadline for its own sessions only, see tests/runner.py).
+        params["options"] = params["options"].replace(" -c idle_in_transaction_session_timeout=0", "")
+        with psycopg.connect(**params) as session:
+            shown = {
+                name: session.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                for name in ("idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout")
+            }
+        self.assertEqual(
+            shown,
+            {
+                "idle_in_transaction_session_timeout": "30s",
+                "tcp_keepalives_idle": "5",
+                "tcp_user_timeout": "15000",
+            },
+        )
 
 
 class BrokerConnectionDeadlineTests(TestCase):
