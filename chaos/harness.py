@@ -6,20 +6,26 @@ passed to every subprocess through the environment (the developer's ``DJANGO_``,
 subprocess in its own session, logging to a file under ``.run/chaos/``; every wait bounded.
 Each process connects to PostgreSQL under a name of its own (``PGAPPNAME``), so the nemesis
 can terminate the sessions of the workers, the relay, beat or the producers, and never the
-controller's.
+controller's. One worker reaches RabbitMQ and PostgreSQL through ``SilentProxy`` instances
+(``WorkerProxies``) that live in the controller for the whole run, so the nemesis can cut
+it off silently.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from chaos.partition import SilentProxy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +41,12 @@ POLL_S = 0.5
 # Short reconciler periods, as tests/pipeline.py uses, so healing shows within the run. Short
 # snowflake leases (as the test runner uses): a process started right after Redis lost its
 # data waits at most this long for its first message id.
+#
+# Shorter deadlines than the defaults (README, "Partitions and timeouts"), so that a partition
+# of 20-30 s outlasts all of them: AMQP heartbeat 5 s (default 10: the broker drops a silent
+# worker after about 10-15 s), relay leader 5 s of failed windows (default 10), relay claim
+# 14 s (default 20; the least the connect and confirm timeouts allow), idle in transaction
+# 10 s (default 30), and the client's TCP deadlines towards PostgreSQL 8 s (default 15).
 PROCESS_ENV = {
     "RELIABILITY_RECONCILE_GRACE_S": "1",
     "RELIABILITY_RECONCILE_INTERVAL_S": "1",
@@ -42,6 +54,14 @@ PROCESS_ENV = {
     "RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S": "1",
     "RELIABILITY_REQUEUE_PAUSE_MAX_S": "0.05",
     "RELIABILITY_SNOWFLAKE_LEASE_TTL_S": "3",
+    "RELIABILITY_BROKER_HEARTBEAT_S": "5",
+    "RELIABILITY_RELAY_LEADER_FAIL_S": "5",
+    "RELIABILITY_RELAY_CLAIM_S": "14",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S": "10",
+    "DATABASE_KEEPALIVES_IDLE_S": "2",
+    "DATABASE_KEEPALIVES_INTERVAL_S": "1",
+    "DATABASE_KEEPALIVES_COUNT": "3",
+    "DATABASE_TCP_USER_TIMEOUT_MS": "8000",
 }
 
 
@@ -128,6 +148,125 @@ def rabbitmqctl(*args: str, env: dict[str, str], timeout: float = 120) -> str:
     return run_cmd([ctl, "-q", *args], env=env, timeout=timeout)
 
 
+# --------------------------------------------------------------------------- leftovers of dead runs
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def orphans(names: Iterable[str], pattern: str) -> list[str]:
+    """The ``names`` that match ``pattern``, whose first group is the pid of a process now gone.
+
+    Runs name what they create after their pid (a vhost ``test-<pid>``, a database
+    ``chaos_t<pid>``), so a later run can remove what a killed one left behind.
+    """
+    found = []
+    for name in names:
+        match = re.fullmatch(pattern, name)
+        if match and not pid_alive(int(match.group(1))):
+            found.append(name)
+    return found
+
+
+# --------------------------------------------------------------------------- silent partitions
+
+
+def url_via(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by ``127.0.0.1:port`` (user, password, vhost kept)."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"))
+
+
+def partition_drops_packets() -> bool:
+    """Whether the database proxy can also drop its packets (iptables, as root), as the tests do."""
+    return os.geteuid() == 0 and shutil.which("iptables") is not None
+
+
+class WorkerProxies:
+    """The silent proxies one worker reaches the broker and the database through, for a whole run.
+
+    One ``SilentProxy`` per broker node (the URL may list several, ``;``-separated, on
+    the cluster) and one for PostgreSQL, all in the controller's process.
+    ``partition("broker")`` cuts the proxied worker off from every broker node at once,
+    ``partition("database")`` from PostgreSQL; ``heal_all()`` undoes whatever is cut.
+    The broker side only stops moving bytes (the AMQP heartbeats must notice); the
+    database side also drops its packets when it can (``partition_drops_packets``), so
+    the worker's own TCP deadlines see it too, as ``tests/test_partition_integration.py``
+    does.
+    """
+
+    def __init__(self, *, broker_url: str, database_url: str, drop_database_packets: bool) -> None:
+        self.broker_urls = [url for url in broker_url.split(";") if url]
+        self.database_url = database_url
+        self.sides: dict[str, list[SilentProxy]] = {"broker": [], "database": []}
+        for n, url in enumerate(self.broker_urls):
+            parts = urlsplit(url)
+            proxy = SilentProxy(
+                parts.hostname or "127.0.0.1", parts.port or 5672, name=f"chaos-broker-proxy-{n}"
+            )
+            self.sides["broker"].append(proxy)
+        db = urlsplit(database_url)
+        self.sides["database"].append(
+            SilentProxy(
+                db.hostname or "127.0.0.1",
+                db.port or 5432,
+                name="chaos-db-proxy",
+                drop_packets=drop_database_packets,
+            )
+        )
+        self.drop_database_packets = drop_database_packets
+
+    def start(self) -> "WorkerProxies":
+        for proxies in self.sides.values():
+            for proxy in proxies:
+                proxy.start()
+        return self
+
+    def env(self) -> dict[str, str]:
+        """What the proxied worker's environment overrides: its broker and database URLs."""
+        broker = ";".join(
+            url_via(url, proxy.port)
+            for url, proxy in zip(self.broker_urls, self.sides["broker"], strict=True)
+        )
+        return {
+            "CELERY_BROKER_URL": broker,
+            "DATABASE_URL": url_via(self.database_url, self.sides["database"][0].port),
+        }
+
+    def partition(self, side: str) -> None:
+        for proxy in self.sides[side]:
+            proxy.partition()
+
+    def heal(self, side: str) -> None:
+        for proxy in self.sides[side]:
+            proxy.heal()
+
+    def partitioned(self) -> list[str]:
+        return [side for side, proxies in self.sides.items() if any(proxy.partitioned for proxy in proxies)]
+
+    def heal_all(self) -> list[str]:
+        notes = []
+        for side in self.partitioned():
+            self.heal(side)
+            notes.append(f"healed the partition of the proxied worker from the {side}")
+        return notes
+
+    def close(self) -> None:
+        for proxies in self.sides.values():
+            for proxy in proxies:
+                with suppress(Exception):
+                    proxy.close()
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -138,6 +277,7 @@ class Child:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.proxied = False  # reaches the broker and the database through WorkerProxies
 
     @property
     def pid(self) -> int:
@@ -224,6 +364,13 @@ class Pipeline:
         self.beat: Child | None = None
         self.started = 0
         self.unexpected: list[str] = []
+        # Set by the run: the base pool keeps one worker (the first, then its replacements)
+        # started with these broker and database URLs, those of WorkerProxies.
+        self.proxied_env: dict[str, str] | None = None
+
+    def proxied(self) -> Child | None:
+        """The live base worker that reaches the broker and the database through the proxies."""
+        return next((worker for worker in self.workers if worker.proxied and worker.alive()), None)
 
     def start_worker(
         self,
@@ -234,15 +381,24 @@ class Pipeline:
         queues: list[str] | None = None,
     ) -> Child:
         self.started += 1
+        via_proxies = base and self.proxied_env is not None and self.proxied() is None
+        if via_proxies:
+            tag = "px"  # chaos-px<n>: the worker the partition faults cut off
         name = f"chaos-{tag}{self.started}"
         argv = [
             sys.executable, "-m", "celery", "-A", "project", "worker", "-l", "warning",
             "-n", f"{name}@%h", "-c", str(self.concurrency), "--without-mingle", "--without-gossip",
             *(["-Q", ",".join(queues)] if queues else []),
         ]  # fmt: skip
-        env = {**self.env, "PGAPPNAME": f"chaos-worker-{name}", **(extra_env or {})}
-        child = Child(name, argv, env, self.run_dir / f"{name}.log").start()
-        (self.workers if base else self.others).append(child)
+        env = {
+            **self.env,
+            "PGAPPNAME": f"chaos-worker-{name}",
+            **(self.proxied_env if via_proxies and self.proxied_env else {}),
+            **(extra_env or {}),
+        }
+        child = Child(name, argv, env, self.run_dir / f"{name}.log")
+        child.proxied = via_proxies
+        (self.workers if base else self.others).append(child.start())
         return child
 
     def start_beat(self) -> Child:

@@ -1,9 +1,11 @@
 """The nemesis: each fault of the schedule, injected, held for its window, and healed.
 
-It remembers what it broke (the broker app, Redis, a cluster node), so that
-``heal_all`` can undo it whatever happens, and what it injected on purpose (poison
-messages, duplicates, messages removed from a queue), so that the checker can tell
-those from failures.
+It remembers what it broke (the broker app, Redis, a cluster node, a worker's silent
+partition), so that ``heal_all`` can undo it whatever happens, and what it injected on
+purpose (poison messages, duplicates, messages removed from a queue), so that the checker
+can tell those from failures. Each partition is also recorded with what it cost
+(``partitions``: how long it lasted, when the relay's lead moved, when the broker dropped
+the cut-off worker, when it rejoined), for the report.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -25,9 +28,12 @@ from chaos.harness import (
     REDIS_DB,
     REDIS_HOST,
     REDIS_PORT,
+    Child,
     Names,
     Pipeline,
+    WorkerProxies,
     amqp_connection,
+    queue_counts,
     queue_names,
     rabbitmqctl,
     scalar,
@@ -64,6 +70,8 @@ class Nemesis:
         self.redis_stopped = False
         self.cluster: Any = None
         self.poison_n = 0
+        self.proxies: WorkerProxies | None = None  # set by the run: the proxied worker's proxies
+        self.partitions: list[dict[str, Any]] = []  # one record per partition fault that ran
 
     # ---- the schedule
 
@@ -75,8 +83,10 @@ class Nemesis:
             sleep_until(until)
 
     def heal_all(self) -> list[str]:
-        """Undo whatever is still broken: broker app, Redis, cluster nodes. Each step bounded."""
+        """Undo whatever is still broken: partitions, broker app, Redis, cluster nodes. Each step bounded."""
         notes = []
+        if self.proxies is not None:
+            notes.extend(self.proxies.heal_all())
         if self.broker_stopped:
             notes.append(self._broker_start())
         if self.redis_stopped:
@@ -157,20 +167,56 @@ class Nemesis:
         # Not the housekeeping queue: the beat relay sweep would pass the fault point in a pool child.
         queues = [*settings.BEANS_QUEUES, "trades"]
         worker = self.pipeline.start_worker(tag="relayfault", extra_env=extra, base=False, queues=queues)
-        handovers = 0
         # A worker takes a few seconds to start on a loaded machine: the window lasts until the
-        # fault fired, and at least 20 s.
-        deadline = max(until, time.monotonic() + 20.0)
-        while time.monotonic() < deadline and worker.alive() and not (fault_dir / f"{point}.0").exists():
+        # fault fired, and at least 20 s. Its pool children are paused with the other workers
+        # at each handover: their after-commit fast path would publish (and pass the fault
+        # point) while no loop holds the lock.
+        handovers = self._relay_lead_to(
+            worker,
+            deadline=max(until, time.monotonic() + 20.0),
+            done=lambda: (fault_dir / f"{point}.0").exists(),
+            pause_children=True,
+        )
+        fired = (fault_dir / f"{point}.0").exists()
+        if not worker.alive():
+            fault.notes.append(
+                f"{worker.name}'s relay loop reached {point} and was SIGKILLed "
+                f"({handovers} relay-lock session(s) terminated, the other workers paused, to hand the lock over)"
+            )
+        elif fired:
+            fault.notes.append(f"{point} fired in a pool child of {worker.name} (an after-commit publish)")
+        else:
+            fault.notes.append(f"{point} was not reached within the window ({handovers} handovers)")
+        worker.stop(timeout=10)
+
+    def _relay_lead_to(
+        self,
+        worker: Child,
+        *,
+        deadline: float,
+        done: Callable[[], bool] | None = None,
+        pause_children: bool = False,
+    ) -> int:
+        """Make ``worker``'s relay loop the active one (or stop at ``deadline``, or once ``done()``).
+
+        The holder's session is terminated while the other workers' main processes (their
+        relay loops) are paused a moment, so that this worker's standing-by loop is the one
+        that takes the lock. Returns how many holders' sessions were terminated.
+        """
+        handovers = 0
+
+        def finished() -> bool:
+            if done is not None:
+                return done()
+            return (self._relay_lock_holder() or (0, ""))[1] == worker.appname
+
+        while time.monotonic() < deadline and worker.alive() and not finished():
             holder = self._relay_lock_holder()
             if holder is None or holder[1] == worker.appname or not self._relay_standing_by(worker.appname):
                 time.sleep(0.3)
                 continue
-            # Hand the lock over: the other workers' main processes (their relay loops) are
-            # paused for a moment, so that this worker's loop is the one that takes it; so are
-            # this worker's pool children, whose after-commit fast path would publish (and pass
-            # the fault point) while no loop holds the lock.
-            paused = [w.pid for w in self.pipeline.workers if w.alive()] + worker.children()
+            paused = [w.pid for w in self.pipeline.workers if w.alive() and w is not worker]
+            paused += worker.children() if pause_children else []
             for pid in paused:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGSTOP)
@@ -188,17 +234,7 @@ class Nemesis:
                     with suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGCONT)
             time.sleep(0.5)
-        fired = (fault_dir / f"{point}.0").exists()
-        if not worker.alive():
-            fault.notes.append(
-                f"{worker.name}'s relay loop reached {point} and was SIGKILLed "
-                f"({handovers} relay-lock session(s) terminated, the other workers paused, to hand the lock over)"
-            )
-        elif fired:
-            fault.notes.append(f"{point} fired in a pool child of {worker.name} (an after-commit publish)")
-        else:
-            fault.notes.append(f"{point} was not reached within the window ({handovers} handovers)")
-        worker.stop(timeout=10)
+        return handovers
 
     @staticmethod
     def _relay_lock_holder() -> tuple[int, str] | None:
@@ -418,6 +454,171 @@ class Nemesis:
                 self.injected.poison[message_id] = kind
                 sent.append(kind)
         fault.notes.append(f"published poison: {', '.join(sent)}")
+
+    # ---- silent partitions
+
+    def fault_partition_broker(self, fault: Fault, until: float) -> None:
+        self._partition("broker", fault, until)
+
+    def fault_partition_database(self, fault: Fault, until: float) -> None:
+        self._partition("database", fault, until)
+
+    def _partition(self, side: str, fault: Fault, until: float) -> None:
+        """Cut the proxied worker off from the broker or the database, silently, for the fault's duration.
+
+        With ``relay_lead`` the worker is first made the relay's leader (at most 10 s), so
+        that the lead has to move. The partition itself then lasts the whole drawn
+        duration. Meanwhile the controller (which is not proxied) watches the relay lock,
+        the consumers the broker counts and the worker's database sessions; after the heal
+        it waits (at most 60 s) for the worker to be back: consuming again (broker), its
+        sessions running queries again (database).
+        """
+        worker = self.pipeline.proxied() if self.proxies is not None else None
+        if self.proxies is None or worker is None:
+            fault.notes.append("skipped: no live worker runs through the proxies")
+            return
+        handovers = 0
+        if fault.params.get("relay_lead"):
+            handovers = self._relay_lead_to(worker, deadline=time.monotonic() + 10.0)
+        holder = self._relay_lock_holder()
+        leader = holder is not None and holder[1] == worker.appname
+        consumers = self._consumers() if side == "broker" else None
+        sessions, _ = self._sessions(worker.appname)
+        record: dict[str, Any] = {
+            "fault": fault.index,
+            "side": side,
+            "worker": worker.name,
+            "drop_packets": side == "database" and self.proxies.drop_database_packets,
+            "relay_leader": leader,
+            "relay_lead_handovers": handovers,
+            "planned_s": fault.duration_s,
+            "lasted_s": None,
+            "lead_moved_after_s": None,
+            "lead_moved_to": None,
+            "consumers_at_start": consumers,
+            "broker_dropped_consumers_after_s": None,
+            "sessions_at_start": sessions,
+            "sessions_ended_by_server": 0,
+            "in_transaction_seen": 0,
+            "in_transaction_ended_after_s": None,
+            "rejoined_after_heal_s": None,
+        }
+        self.partitions.append(record)
+        began = time.monotonic()
+        self.proxies.partition(side)
+        try:
+            self._partition_watch(record, worker, leader=leader, consumers=consumers, began=began)
+        finally:
+            self.proxies.heal(side)
+            record["lasted_s"] = round(time.monotonic() - began, 1)
+        healed = time.monotonic()
+        healed_at = scalar("SELECT now()")
+
+        def back() -> bool:
+            if side == "broker":
+                return (self._consumers() or 0) >= (consumers or 0)
+            return bool(
+                scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s "
+                    "AND state_change > %s)",
+                    [worker.appname, healed_at],
+                )
+            )
+
+        if wait_for(back, timeout=60.0, interval=0.5) and worker.alive():
+            record["rejoined_after_heal_s"] = round(time.monotonic() - healed, 1)
+        fault.notes.append(self._partition_note(record, worker))
+
+    def _partition_watch(
+        self, record: dict[str, Any], worker: Child, *, leader: bool, consumers: int | None, began: float
+    ) -> None:
+        """Poll what the partition does, until its planned duration is over."""
+        end = began + record["planned_s"]
+        next_count = began
+        fewest_sessions = record["sessions_at_start"]
+        while time.monotonic() < end:
+            now = time.monotonic()
+            if leader and record["lead_moved_after_s"] is None:
+                holder = self._relay_lock_holder()
+                if holder is not None and holder[1] != worker.appname:
+                    record["lead_moved_after_s"] = round(now - began, 1)
+                    record["lead_moved_to"] = holder[1].removeprefix("chaos-worker-")
+            if record["side"] == "database":
+                total, in_transaction = self._sessions(worker.appname)
+                fewest_sessions = min(fewest_sessions, total)
+                record["sessions_ended_by_server"] = record["sessions_at_start"] - fewest_sessions
+                record["in_transaction_seen"] = max(record["in_transaction_seen"], in_transaction)
+                if record["in_transaction_seen"] and not in_transaction:
+                    if record["in_transaction_ended_after_s"] is None:
+                        record["in_transaction_ended_after_s"] = round(now - began, 1)
+            elif consumers and record["broker_dropped_consumers_after_s"] is None and now >= next_count:
+                next_count = now + 1.0
+                if (self._consumers() or consumers) < consumers:
+                    record["broker_dropped_consumers_after_s"] = round(time.monotonic() - began, 1)
+            time.sleep(0.5)
+
+    @staticmethod
+    def _partition_note(record: dict[str, Any], worker: Child) -> str:
+        how = "silent drop" + (", packets dropped too" if record["drop_packets"] else "")
+        parts = [f"{record['worker']} cut off from the {record['side']} ({how}) for {record['lasted_s']}s"]
+        if record["relay_leader"]:
+            moved = record["lead_moved_after_s"]
+            handovers = record["relay_lead_handovers"]
+            parts.append(
+                "it led the relay"
+                + (f" ({handovers} holder session(s) terminated to make it lead)" if handovers else "")
+                + (
+                    f"; lead moved to {record['lead_moved_to']} after {moved}s"
+                    if moved is not None
+                    else "; lead did not move"
+                )
+            )
+        else:
+            parts.append("not the relay's leader")
+        if record["side"] == "broker":
+            dropped = record["broker_dropped_consumers_after_s"]
+            parts.append(
+                f"broker dropped its consumers after {dropped}s"
+                if dropped is not None
+                else "consumers not seen dropped"
+            )
+        else:
+            ended = record["in_transaction_ended_after_s"]
+            parts.append(
+                f"the server ended {record['sessions_ended_by_server']} of its {record['sessions_at_start']} sessions"
+                + (
+                    f" ({record['in_transaction_seen']} left idle in a transaction, gone after {ended}s)"
+                    if record["in_transaction_seen"]
+                    else ""
+                )
+            )
+        rejoined = record["rejoined_after_heal_s"]
+        parts.append(
+            f"rejoined {rejoined}s after the heal"
+            if rejoined is not None
+            else ("not back within 60s of the heal" if worker.alive() else "the worker exited")
+        )
+        return "; ".join(parts)
+
+    @staticmethod
+    def _consumers() -> int | None:
+        """Consumers the broker counts on the beans queue (every base worker consumes it)."""
+        from django.conf import settings
+
+        return queue_counts(consumers=True).get(settings.BEANS_QUEUES[0])
+
+    def _sessions(self, appname: str) -> tuple[int, int]:
+        """The process's database sessions as the server sees them: (all, idle in transaction)."""
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*), count(*) FILTER (WHERE state LIKE 'idle in transaction%%') "
+                "FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+                [self.names.db, appname],
+            )
+            total, in_transaction = cursor.fetchone()
+        return int(total), int(in_transaction)
 
     # ---- database and Redis
 

@@ -9,7 +9,10 @@ What happens, Jepsen style:
 1. **Setup.** A fresh database (``beans_chaos``), a private RabbitMQ vhost (``chaos``) and
    Redis database 11; 32 accounts (4 of them poor, so some trades are rejected for
    insufficient funds); 2 ``celery worker -c 2`` and one ``celery beat``, with short
-   reconciler periods (as the integration tests use).
+   reconciler periods (as the integration tests use) and shorter deadlines (AMQP heartbeat
+   5 s, idle in transaction 10 s: ``harness.PROCESS_ENV``). The first worker (and whichever
+   replaces it) reaches RabbitMQ and PostgreSQL through silent proxies
+   (``chaos/partition.py``) that live in this process for the whole run.
 2. **Load.** Producer processes place N deductions through the HTTP API
    (``POST /api/trades/`` via Django's test client, in process: the real view and
    ``trade_place``), paced at ``--rate`` per second, each with a unique
@@ -24,8 +27,9 @@ What happens, Jepsen style:
    warm shutdowns (SIGTERM) mid-batch, the relay loop killed at its fault points, the broker
    stopped (``rabbitmqctl stop_app``), PostgreSQL sessions terminated, Redis flushed (and
    restarted when nobody else uses it), sent messages published again straight to the queue,
-   messages taken off the queue, poison messages, and on the 3-node cluster the queue
-   leader killed.
+   messages taken off the queue, poison messages, the proxied worker silently cut off from
+   RabbitMQ or from PostgreSQL for 20-28 s (full tier 30-45 s; most often after it was made
+   the relay's leader), and on the 3-node cluster the queue leader killed.
 4. **Heal, drain, reconcile.** Everything is healed; trades placed after the heal must settle
    within a bound (I10); the pipeline drains; one reconciler pass runs; workers stop.
 5. **Check** (``chaos/checker.py``): I1-I10 against the database and the broker. Output: the
@@ -36,7 +40,9 @@ What happens, Jepsen style:
 A seed replays exactly the same schedule and load (``--seed``, ``make chaos SEED=...``): the
 same faults at the same offsets with the same parameters; the processes' timing is real.
 Every loop is bounded in count and time; the ``finally`` heals whatever is still broken
-(broker app started, Redis restarted), stops every process it started and deletes the vhost.
+(partitions healed, broker app started, Redis restarted), stops every process it started,
+closes the proxies and deletes the vhost (a vhost ``chaos-test<pid>`` left by a test run
+that was killed is deleted at the start of the next run).
 The database is kept for inspection (``--drop-database`` drops it). Logs: ``.run/chaos/``.
 """
 
@@ -65,13 +71,17 @@ from chaos import checker  # noqa: E402
 from chaos.harness import (  # noqa: E402
     DB_HOST,
     DB_PORT,
+    PROCESS_ENV,
     Names,
     Pipeline,
+    WorkerProxies,
     _foreign,
     chaos_env,
     database_create,
     db_progress,
     log,
+    orphans,
+    partition_drops_packets,
     queue_counts,
     rabbitmqctl,
     run_cmd,
@@ -90,6 +100,20 @@ RICH_BALANCE = 10**12
 POOR_BALANCE = 3_000
 FULL_TIER_FROM = 50_000  # deductions: the full tier (and the cluster) by default from here on
 RATE = 50.0  # requests per second: below what the pipeline drains on 2 shared cores under faults
+
+
+def vhosts_reap(names: Names, env: dict[str, str]) -> list[str]:
+    """Delete this run's vhost if an earlier run left it, and those of killed test runs.
+
+    ``tests/test_chaos.py`` runs with ``--instance test<pid>``: a vhost ``chaos-test<pid>``
+    whose process is gone was left by a run killed before its ``finally``.
+    """
+    notes = []
+    vhosts = rabbitmqctl("list_vhosts", "name", env=env).split()
+    for vhost in [*({names.vhost} & set(vhosts)), *orphans(vhosts, r"chaos-test(\d+)")]:
+        rabbitmqctl("delete_vhost", vhost, env=env)
+        notes.append(f"deleted vhost {vhost!r} left over by an earlier run")
+    return notes
 
 
 def accounts_open() -> tuple[list[int], dict[int, int]]:
@@ -202,6 +226,47 @@ def replay_command(args: argparse.Namespace) -> str:
     if extra:
         return f".venv/bin/python chaos/run.py --deductions {args.deductions} --seed {args.seed} {' '.join(extra)}"
     return f"make chaos N={args.deductions} SEED={args.seed}"
+
+
+# The deadlines the run shortens (harness.PROCESS_ENV), printed at the start and in the report.
+DEADLINES = (
+    "RELIABILITY_BROKER_HEARTBEAT_S",
+    "RELIABILITY_RELAY_LEADER_FAIL_S",
+    "RELIABILITY_RELAY_CLAIM_S",
+    "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S",
+    "DATABASE_TCP_USER_TIMEOUT_MS",
+)
+
+
+def deadlines_line() -> str:
+    return ", ".join(f"{key}={PROCESS_ENV[key]}" for key in DEADLINES)
+
+
+def print_partitions(partitions: list[dict[str, Any]]) -> None:
+    """One line per partition fault: how long it lasted and what it cost."""
+    if not partitions:
+        return
+    say(f"partitions (the proxied worker cut off, silent drop; deadlines {deadlines_line()}):")
+    say(f"{'#':>3} {'side':<9} {'worker':<11} {'lasted':>7} {'leader':>6} {'lead moved':>10} "
+        f"{'consumers dropped':>17} {'sessions ended':>14} {'in tx ended':>11} {'rejoined':>8}")  # fmt: skip
+
+    def secs(value: Any) -> str:
+        return "-" if value is None else f"{value:.1f}s"
+
+    for record in partitions:
+        ended = (
+            f"{record['sessions_ended_by_server']}/{record['sessions_at_start']}"
+            if record["side"] == "database"
+            else "-"
+        )
+        say(
+            f"{record['fault']:>3} {record['side']:<9} {record['worker']:<11} {secs(record['lasted_s']):>7} "
+            f"{'yes' if record['relay_leader'] else 'no':>6} {secs(record['lead_moved_after_s']):>10} "
+            f"{secs(record['broker_dropped_consumers_after_s']):>17} {ended:>14} "
+            f"{secs(record['in_transaction_ended_after_s']):>11} {secs(record['rejoined_after_heal_s']):>8}"
+        )
+    say("(seconds after the partition began; rejoined: seconds after the heal)")
+    say()
 
 
 def print_schedule(faults: list[Fault]) -> None:
@@ -420,6 +485,7 @@ def report(
     initial: dict[int, int],
     history: Path,
     started: float,
+    partitions: list[dict[str, Any]],
 ) -> dict[str, Any]:
     c = verdict.counts
     tier = tier_of(args)
@@ -434,6 +500,7 @@ def report(
     say("schedule (seconds after the load started):")
     print_schedule(faults)
     say()
+    print_partitions(partitions)
     answers: dict[str, int] = {}
     for detail in outcome.details:
         for answer in detail.split():
@@ -504,6 +571,8 @@ def report(
         "surprises": outcome.surprises,
         "timings": {**outcome.timings, "total_s": round(elapsed, 1)},
         "schedule": [fault.as_json() for fault in faults],
+        "partitions": partitions,
+        "deadlines": {key: value for key, value in PROCESS_ENV.items() if key in DEADLINES},
         "injected": {
             "poison": injected.poison,
             "removed": sorted(injected.removed),
@@ -600,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     outcome = Outcome()
     vhost_made = False
     cluster = None
+    proxies: WorkerProxies | None = None
     result: dict[str, Any] = {
         "seed": args.seed,
         "tier": tier,
@@ -635,11 +705,24 @@ def main(argv: list[str] | None = None) -> int:
                 current_app.conf.broker_url = urls
                 log(f"cluster up: {urls}")
         if nemesis.cluster is None:
-            if names.vhost in rabbitmqctl("list_vhosts", "name", env=env).split():
-                rabbitmqctl("delete_vhost", names.vhost, env=env)
+            for note in vhosts_reap(names, env):
+                log(note)
             vhost_made = True
             rabbitmqctl("add_vhost", names.vhost, env=env)
             rabbitmqctl("set_permissions", "-p", names.vhost, "guest", ".*", ".*", ".*", env=env)
+        proxies = WorkerProxies(
+            broker_url=env["CELERY_BROKER_URL"],
+            database_url=names.database_url,
+            drop_database_packets=partition_drops_packets(),
+        ).start()
+        nemesis.proxies = proxies
+        pipeline.proxied_env = proxies.env()
+        log(
+            f"the first worker reaches RabbitMQ ({len(proxies.sides['broker'])} node(s)) and PostgreSQL through "
+            "silent proxies"
+            + (" (the database's with iptables drops)" if proxies.drop_database_packets else "")
+            + f"; deadlines {deadlines_line()}"
+        )
         database_create(names, env)
         publisher().close()
         publisher().topology_declare()
@@ -679,7 +762,18 @@ def main(argv: list[str] | None = None) -> int:
         snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
         verdict = checker.check(snapshot, outcome.requests, nemesis.injected, outcome.liveness)
         result = {
-            **report(args, faults, verdict, outcome, pipeline, nemesis.injected, initial, history, started),
+            **report(
+                args,
+                faults,
+                verdict,
+                outcome,
+                pipeline,
+                nemesis.injected,
+                initial,
+                history,
+                started,
+                nemesis.partitions,
+            ),
             **({"cluster_skipped": result["cluster_skipped"]} if "cluster_skipped" in result else {}),
         }
         code = 0 if verdict.passed else 1
@@ -698,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
         for note in nemesis.heal_all():
             log(f"cleanup: {note}")
         pipeline.stop_all()
+        if proxies is not None:
+            proxies.close()
         if vhost_made:
             try:
                 rabbitmqctl("delete_vhost", names.vhost, env=env)
@@ -723,6 +819,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"could not drop database {names.db}: {exc}")
         if result.get("error") and faults:
             result["schedule"] = [fault.as_json() for fault in faults]
+            result["partitions"] = nemesis.partitions
         report_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         log(f"report: {report_path}; exit {code}")
     return code

@@ -2,7 +2,8 @@
 
 A schedule alternates a healthy period and a fault window: ``healthy_s`` of normal
 operation, then one fault active for a duration drawn from ``[fault_min_s,
-fault_max_s]``, and so on until the load's planned duration is covered. The kinds
+fault_max_s]`` (a partition from ``[partition_min_s, partition_max_s]``: it must outlast
+every deadline it is meant to trip), and so on until the load's planned duration is covered. The kinds
 are drawn from a seeded shuffle of every kind, reshuffled once each has been used,
 so a schedule long enough covers every kind. Whatever a fault will need at run time
 (which worker, which child, how many messages, which fault point) is drawn here
@@ -25,7 +26,11 @@ FAULT_KINDS = (
     "duplicate_publish",  # sent outbox messages published again straight to their queue
     "queue_remove",  # messages taken off a queue (basic.get + ack): their seqs go missing
     "poison",  # undecodable, forged, unsigned, and unknown-account messages
+    "partition_broker",  # one worker's traffic to RabbitMQ silently dropped (no RST, no FIN), then healed
+    "partition_database",  # the same worker's traffic to PostgreSQL silently dropped, then healed
 )
+# Held longer than the other faults: past the heartbeats, claims and session timeouts (run.py).
+PARTITION_KINDS = ("partition_broker", "partition_database")
 # On the private 3-node cluster, also:
 CLUSTER_FAULT_KINDS = (*FAULT_KINDS, "leader_kill")  # kill -9 the beans queue's leader node
 
@@ -39,16 +44,33 @@ class Cadence:
     healthy_s: float
     fault_min_s: float
     fault_max_s: float
+    partition_min_s: float
+    partition_max_s: float
 
     def describe(self) -> str:
-        return f"healthy {self.healthy_s:g} s / fault {self.fault_min_s:g}-{self.fault_max_s:g} s"
+        return (
+            f"healthy {self.healthy_s:g} s / fault {self.fault_min_s:g}-{self.fault_max_s:g} s, "
+            f"partitions {self.partition_min_s:g}-{self.partition_max_s:g} s"
+        )
+
+    def duration_range(self, kind: str) -> tuple[float, float]:
+        if kind in PARTITION_KINDS:
+            return self.partition_min_s, self.partition_max_s
+        return self.fault_min_s, self.fault_max_s
 
 
 # The full tier runs the cadence of ../shared/reliability.md; the CI tier scales it down so
-# that about 10,000 deductions see every kind of fault in a few minutes.
+# that about 10,000 deductions see every kind of fault in a few minutes. A partition is not
+# scaled down: it has to outlast the run's deadlines (harness.PROCESS_ENV: AMQP heartbeat
+# 5 s, so about 10-15 s until the broker drops a silent worker; relay claim 14 s; relay
+# leader 5 s after a 5 s confirm timeout; idle in transaction 10 s).
 TIERS = {
-    "full": Cadence(healthy_s=20.0, fault_min_s=10.0, fault_max_s=30.0),
-    "ci": Cadence(healthy_s=5.0, fault_min_s=3.0, fault_max_s=8.0),
+    "full": Cadence(
+        healthy_s=20.0, fault_min_s=10.0, fault_max_s=30.0, partition_min_s=30.0, partition_max_s=45.0
+    ),
+    "ci": Cadence(
+        healthy_s=5.0, fault_min_s=3.0, fault_max_s=8.0, partition_min_s=20.0, partition_max_s=28.0
+    ),
 }
 
 
@@ -105,6 +127,9 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
         return {"kinds": kinds[: rng.randint(1, len(kinds))], "offset": round(rng.random(), 4)}
     if kind == "leader_kill":
         return {"queue": "beans"}
+    if kind in PARTITION_KINDS:
+        # Most of the time the cut-off worker is made the relay's leader first: the lead must move.
+        return {"relay_lead": rng.random() < 0.7}
     raise ValueError(f"unknown fault kind {kind!r}")
 
 
@@ -121,7 +146,7 @@ def schedule_make(
             bag = list(kinds)
             rng.shuffle(bag)
         kind = bag.pop()
-        duration = round(rng.uniform(cadence.fault_min_s, cadence.fault_max_s), 1)
+        duration = round(rng.uniform(*cadence.duration_range(kind)), 1)
         faults.append(Fault(len(faults), kind, round(at, 1), duration, _params(kind, rng)))
         at += duration + cadence.healthy_s
     return faults

@@ -41,7 +41,7 @@ from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
 from .models import DeadLetter, ParkedMessage
-from .signing import Unauthentic, envelope_verify
+from .signing import KIND, MESSAGE, Unauthentic, envelope_verify
 from .streams import (
     RunFit,
     stream_high_record,
@@ -294,17 +294,36 @@ def _dead_letter(
     return "dead-lettered"
 
 
-def message_consume(*, task: Task, envelope: Any, handler: Handler, using: str, ordered: bool = False) -> str:
-    """Apply ``envelope`` through ``handler`` exactly once; return the outcome."""
+def message_consume(
+    *,
+    task: Task,
+    envelope: Any,
+    handler: Handler,
+    using: str,
+    ordered: bool = False,
+    in_batch: bool = False,
+) -> str:
+    """Apply ``envelope`` through ``handler`` exactly once; return the outcome.
+
+    ``in_batch``: the envelope came inside a batch envelope, which carries data
+    messages only (a heartbeat there is refused, never applied).
+    """
     handler_name = task.name
+    kind = envelope.get(KIND, MESSAGE) if isinstance(envelope, dict) else MESSAGE
     try:
-        if isinstance(envelope, dict) and envelope.get("kind") == HEARTBEAT:
-            envelope_verify(envelope)
+        if kind == HEARTBEAT and not in_batch:
+            envelope_verify(envelope, task=handler_name, kind=HEARTBEAT)
             return heartbeat_apply(handler_name=handler_name, envelope=envelope, using=using)
+        if kind != MESSAGE:
+            # Not a data message (a heartbeat inside a batch, a kind this version does not
+            # know): judged by its address, which refuses it, not by a data message's shape.
+            envelope_verify(envelope, task=handler_name, kind=MESSAGE)
         message = envelope_parse(envelope)
-        envelope_verify(envelope)
+        envelope_verify(envelope, task=handler_name, kind=MESSAGE)
     except (InvalidEnvelope, Unauthentic) as exc:
-        # Nothing of it is trusted: no message_id, stream or seq is recorded as its own.
+        # Nothing of it is trusted: no message_id, stream or seq is recorded as its own. An
+        # authentic message addressed to another task is refused the same way: its stream
+        # and seq belong to that task, and recorded here they would be gaps that never heal.
         unauthentic = isinstance(exc, Unauthentic)
         services.dead_letter_record(
             handler=handler_name,
@@ -449,7 +468,9 @@ def batch_consume(
         fault_point("consume.after_commit", message_id=outcomes[0][0])
         return f"batch of {len(items)} applied"
     results = [
-        message_consume(task=task, envelope=item, handler=handler, using=using, ordered=ordered)
+        message_consume(
+            task=task, envelope=item, handler=handler, using=using, ordered=ordered, in_batch=True
+        )
         for item in items
     ]
     return f"batch of {len(items)} one by one: " + ", ".join(sorted(set(results)))
@@ -478,7 +499,7 @@ def _batch_apply(
     try:
         messages = [envelope_parse(item) for item in items]
         for item in items:
-            envelope_verify(item)
+            envelope_verify(item, task=handler_name, kind=MESSAGE)
     except (InvalidEnvelope, Unauthentic) as exc:
         raise _TakeOneByOne(f"a malformed or unauthentic message: {exc}") from exc
     if len({message.message_id for message in messages}) < len(messages):

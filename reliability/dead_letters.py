@@ -4,7 +4,14 @@ The broker dead-letters a message when a consumer rejects it for good (a body
 Celery cannot decode, an unknown task) or when it exceeds the queue's delivery
 limit (a handler that kept failing). ``dead_letters_drain`` moves each one into
 ``DeadLetter`` with the reason (from ``x-death``), its message_id, headers and raw
-body, and acknowledges it only after that row committed: nothing is dropped.
+body, and acknowledges it only after that row committed: nothing is lost.
+
+A stream position (stream, seq) is recorded with a dead letter only when its
+envelope is authentic and addressed to the task it was dead-lettered from: a
+message published under another task name would otherwise count as a position of
+the wrong handler, a gap that never heals. A periodic housekeeping task that
+expired in its queue is not a dead letter at all: it is dropped, logged and
+counted (``PipelineCounter`` "housekeeping_expired_dropped", on ``/metrics``).
 
 A replay publishes the stored envelope again with its *original* message_id, so
 replaying something that was in fact applied has no effect (the message log).
@@ -27,9 +34,13 @@ from kombu import Connection
 from .exceptions import ReliabilityError
 from .models import DeadLetter
 from .publisher import publisher
-from .services import BATCH, dead_letter_record, storable_text
+from .services import BATCH, dead_letter_record, pipeline_counter_add, storable_text
+from .signing import MESSAGE, Unauthentic, envelope_verify
 
 logger = logging.getLogger(__name__)
+
+# Counted, not kept: a periodic task that waited in its queue past its ``expires``.
+HOUSEKEEPING_EXPIRED_DROPPED = "housekeeping_expired_dropped"
 
 _X_DEATH_REASONS = {
     "delivery_limit": DeadLetter.Reason.DELIVERY_LIMIT,
@@ -84,11 +95,29 @@ def _message_id(envelope: dict[str, Any] | None, properties: dict[str, Any]) -> 
     return None
 
 
+def _periodic_task_names() -> set[str]:
+    return {str(entry.get("task")) for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+
+
+def _addressed_to(envelope: dict[str, Any] | None, handler: str) -> bool:
+    """Whether ``envelope`` is an authentic data message signed for ``handler``."""
+    if envelope is None:
+        return False
+    try:
+        envelope_verify(envelope, task=handler, kind=MESSAGE)
+    except Unauthentic:
+        return False
+    return True
+
+
 def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> list[DeadLetter]:
     """Record one message taken from the dead-letter queue: a batch envelope, one row per message.
 
     Each message of a batch keeps its own row (message_id, stream, seq, envelope), so
-    each can be replayed, discarded and accounted for on its own.
+    each can be replayed, discarded and accounted for on its own. Its stream and seq
+    are recorded only when it is authentic and addressed to the task it died in. A
+    periodic housekeeping task that expired in its queue is dropped and counted:
+    it carries no effect, and the next beat run does its work. Returns the rows kept.
     """
     headers = dict(properties.get("application_headers") or {})
     deaths = headers.get("x-death") or [{}]
@@ -96,13 +125,22 @@ def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> li
     broker_reason = str(death.get("reason", ""))
     handler = str(headers.get("task") or "unknown")
     envelope = _envelope_from_body(body)
+    if broker_reason == "expired" and envelope is None and handler in _periodic_task_names():
+        pipeline_counter_add(name=HOUSEKEEPING_EXPIRED_DROPPED, using=task_database(handler))
+        logger.warning(
+            "dropped periodic task %s (task id %s): it expired in queue %s; the next beat run does its work",
+            handler,
+            headers.get("id") or properties.get("correlation_id", "?"),
+            death.get("queue", "?"),
+        )
+        return []
     inner = (envelope or {}).get("messages") if (envelope or {}).get("kind") == BATCH else None
     envelopes = (
         [item if isinstance(item, dict) else None for item in inner] if isinstance(inner, list) else []
     )
     letters = []
     for one in envelopes or [envelope]:
-        seq = (one or {}).get("seq")
+        seq = (one or {}).get("seq") if _addressed_to(one, handler) else None
         letters.append(
             dead_letter_record(
                 handler=handler,
@@ -123,13 +161,6 @@ def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> li
                 using=task_database(handler),
             )
         )
-    if broker_reason == "expired" and envelope is None:
-        # A periodic housekeeping task that waited past its ``expires`` (say while the broker
-        # was down): no effect was lost, the next beat run does the same work. Kept, closed.
-        for letter in letters:
-            letter.status = DeadLetter.Status.DISCARDED
-            letter.discard_reason = "expired periodic task: it carries no effect; the next run does its work"
-            letter.save(using=task_database(handler), update_fields=["status", "discard_reason"])
     return letters
 
 

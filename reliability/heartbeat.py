@@ -8,7 +8,7 @@ from .exceptions import PublishError
 from .models import StreamCounter
 from .publisher import publisher
 from .services import ENVELOPE_VERSION
-from .signing import envelope_sign
+from .signing import KIND, TASK, envelope_sign
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ def stream_heartbeat_send(*, using: str = "default") -> int:
                 envelope=envelope_sign(
                     {
                         "v": ENVELOPE_VERSION,
-                        "kind": HEARTBEAT,
+                        # The address: the stream's consumer, the only task it may move.
+                        TASK: counter.task_name,
+                        KIND: HEARTBEAT,
                         "stream": counter.stream,
                         "high": counter.last_seq,
                     }

@@ -8,7 +8,15 @@ from django.conf import settings
 from django.db.models import Min, Sum
 from django.utils import timezone
 
-from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter, StreamGap, StreamWatermark
+from .models import (
+    DeadLetter,
+    MessageLog,
+    OutboxMessage,
+    PipelineCounter,
+    StreamCounter,
+    StreamGap,
+    StreamWatermark,
+)
 from .publisher import broker_connection
 
 logger = logging.getLogger(__name__)
@@ -47,6 +55,15 @@ def dead_letter_open_count() -> int:
         DeadLetter.objects.using(alias).filter(status=DeadLetter.Status.OPEN).count()
         for alias in _databases()
     )
+
+
+def pipeline_counters() -> dict[str, int]:
+    """Return each named event counter (``PipelineCounter``), summed over the databases."""
+    totals: dict[str, int] = {}
+    for alias in _databases():
+        for name, value in PipelineCounter.objects.using(alias).values_list("name", "value"):
+            totals[name] = totals.get(name, 0) + value
+    return dict(sorted(totals.items()))
 
 
 def gaps_escalated_count() -> int:

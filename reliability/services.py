@@ -20,9 +20,9 @@ from django.utils import timezone
 from .exceptions import OutboxUsageError, PublishError
 from .faults import fault_point
 from .ids import message_id_new
-from .models import DeadLetter, MessageLog, OutboxMessage, StreamCounter
+from .models import DeadLetter, MessageLog, OutboxMessage, PipelineCounter, StreamCounter
 from .publisher import Publish, publisher
-from .signing import envelope_sign
+from .signing import KIND, MESSAGE, TASK, envelope_sign
 from .streams import stream_position_record
 
 logger = logging.getLogger(__name__)
@@ -227,11 +227,15 @@ def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None)
 
     ``high`` is the stream's high-water mark when published, so the consumer can
     see that later seqs exist (a lost tail) even if none of them arrives. Signed
-    (``reliability.signing``): the consumer applies nothing it cannot verify.
+    (``reliability.signing``) together with its address, the task and kind it is
+    meant for: the consumer applies nothing it cannot verify, and nothing signed for
+    another task.
     """
     return envelope_sign(
         {
             "v": ENVELOPE_VERSION,
+            TASK: message.task_name,
+            KIND: MESSAGE,
             "message_id": str(message.message_id),
             "stream": message.stream,
             "seq": message.seq,
@@ -681,3 +685,18 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def pipeline_counter_add(*, name: str, by: int = 1, using: str = "default") -> None:
+    """Add ``by`` to the event counter ``name`` (created at 0), in one statement.
+
+    An upsert, so concurrent processes add to the same row without a lost update.
+    """
+    table = PipelineCounter._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (name, value, updated_at) VALUES (%s, %s, %s) "  # noqa: S608
+            f"ON CONFLICT (name) DO UPDATE SET value = {table}.value + EXCLUDED.value, "
+            "updated_at = EXCLUDED.updated_at",
+            [name, by, timezone.now()],
+        )

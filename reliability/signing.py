@@ -9,9 +9,20 @@ recorded, since its stream and seq are whatever the forger wrote.
 
 The signature covers the canonical JSON of the whole envelope (sorted keys, no
 whitespace) except the signature itself, so message_id, stream, seq, payload,
-produced_at and the key id are all bound to it. A batch envelope is not signed
-as a whole: each message inside carries its own signature, so each can be
-dead-lettered, replayed and verified on its own.
+produced_at, the key id and the envelope's *address* are all bound to it. A batch
+envelope is not signed as a whole: each message inside carries its own signature
+(and its own address), so each can be dead-lettered, replayed and verified on its
+own.
+
+The address is the task (handler) the message is meant for and its kind (a data
+message, a heartbeat). ``envelope_verify`` takes the task and kind of the path
+consuming it and refuses an authentic envelope addressed elsewhere: re-published
+under another task name (a routing mistake, a shovel), it would otherwise be
+recorded as a stream position of the wrong handler, and that handler would chase
+gaps that do not exist. Envelopes signed before the address existed (no
+``task``) are accepted while ``RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES`` is on,
+the transition of an upgrade; the address keys are new keys of version 1, which
+consumers that predate them verify (the signature covers every key) and ignore.
 
 Rotation: add the new key to ``RELIABILITY_SIGNING_KEYS`` everywhere (consumers
 accept it), then make it the active ``RELIABILITY_SIGNING_KEY_ID`` on the
@@ -30,10 +41,20 @@ from .exceptions import ReliabilityError
 
 SIGNATURE = "sig"
 KEY_ID = "kid"
+# The address: the task an envelope is signed for, and its kind.
+TASK = "task"
+KIND = "kind"
+# The kind of a data message (an outbox row); also what an unaddressed envelope without a
+# kind is, since data messages carried none before the address existed.
+MESSAGE = "message"
 
 
 class Unauthentic(ReliabilityError):
-    """A message without a valid signature: unsigned, signed with an unknown key, forged or tampered."""
+    """A message that is not authentic *here*.
+
+    Unsigned, signed with an unknown key, forged or tampered, or authentic but addressed
+    to another task or kind than the path that took it.
+    """
 
 
 def _canonical(envelope: dict[str, Any]) -> bytes:
@@ -54,8 +75,30 @@ def envelope_sign(envelope: dict[str, Any]) -> dict[str, Any]:
     return signed
 
 
-def envelope_verify(envelope: dict[str, Any]) -> None:
-    """Raise ``Unauthentic`` saying why, unless ``envelope`` carries a valid signature."""
+def envelope_verify(envelope: dict[str, Any], *, task: str, kind: str) -> None:
+    """Raise ``Unauthentic`` saying why, unless ``envelope`` is signed for ``task`` and ``kind``.
+
+    One rule for every path that consumes an envelope (a message, a heartbeat, a
+    message inside a batch) and for the dead-letter drain deciding whether a stream
+    position may be recorded.
+    """
+    _signature_verify(envelope)
+    if TASK not in envelope:
+        if not settings.RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES:
+            raise Unauthentic(
+                "unaddressed envelope (signed without a task) refused: "
+                "RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES is off"
+            )
+        signed_kind = envelope.get(KIND, MESSAGE)
+    else:
+        if envelope[TASK] != task:
+            raise Unauthentic(f"signed for task {envelope[TASK]!r}, delivered to task {task!r}")
+        signed_kind = envelope.get(KIND)
+    if signed_kind != kind:
+        raise Unauthentic(f"signed as kind {signed_kind!r}, taken as kind {kind!r} by task {task!r}")
+
+
+def _signature_verify(envelope: dict[str, Any]) -> None:
     key_id, signature = envelope.get(KEY_ID), envelope.get(SIGNATURE)
     if not isinstance(signature, str) or not isinstance(key_id, str):
         raise Unauthentic("unsigned message (no key id or signature)")

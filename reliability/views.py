@@ -23,7 +23,13 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .health import pipeline_health, pipeline_mode_state, stream_health
-from .selectors import dead_letter_open_count, message_log_stats, outbox_pending_stats, queue_depths
+from .selectors import (
+    dead_letter_open_count,
+    message_log_stats,
+    outbox_pending_stats,
+    pipeline_counters,
+    queue_depths,
+)
 
 HEALTH_REFRESH_S = 10
 
@@ -178,6 +184,15 @@ class PipelineHealthCollector:
             "Dead letters waiting for a replay or a discard.",
             value=dead_letter_open_count(),
         )
+        events = CounterMetricFamily(
+            self._name("pipeline_events"),
+            "Events counted but not kept row by row (PipelineCounter), e.g. housekeeping_expired_dropped: "
+            "periodic tasks that expired in their queue and were dropped.",
+            labels=["event"],
+        )
+        for event, count in pipeline_counters().items():
+            events.add_metric([event], count)
+        yield events
         yield GaugeMetricFamily(
             self._name("pipeline_degraded"),
             "1 while the pipeline is in degrade mode (a backlog: non-critical work is shed), else 0.",

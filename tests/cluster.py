@@ -16,6 +16,8 @@ from typing import Any
 
 from django.conf import settings
 
+from chaos.harness import orphans
+
 SCRIPT = Path(settings.BASE_DIR) / "scripts" / "rabbitmq-cluster"
 
 
@@ -60,7 +62,7 @@ class RabbitCluster:
         for directory in sorted(Path(tempfile.gettempdir()).glob("beans-t*-rabbitmq-cluster")):
             name = directory.name.removesuffix("-rabbitmq-cluster")
             pid = name.removeprefix("beans-t")
-            if not pid.isdigit() or _pid_alive(int(pid)):
+            if not orphans([pid], r"(\d+)"):
                 continue
             cls(env={"RABBITMQ_CLUSTER_NAME": name, "RABBITMQ_CLUSTER_DIR": str(directory)}).down()
             reaped.append(name)
@@ -188,12 +190,4 @@ def _port_free(port: int) -> bool:
             return False
     return True
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True

@@ -2,27 +2,55 @@
 
 Workers started by the integration tests inherit the vhost through
 ``CELERY_BROKER_URL`` and the test database through ``DATABASE_URL``.
+
+The vhost (``test-<pid>``) is deleted whatever ends the run: at teardown, at exit if
+the run failed before teardown (an import error, a database that could not be made),
+and on SIGTERM (turned into ``KeyboardInterrupt``, so the teardown runs). A vhost left by
+a run that was SIGKILLed is recognised by its dead pid and deleted when the next run
+starts. A vhost costs the broker queues and file descriptors (README, "Broker footprint").
 """
 
+import atexit
 import os
 import shutil
+import signal
 import subprocess
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery import current_app
 from django.conf import settings
+from django.db import connections
 from django.test.runner import DiscoverRunner
 
+from chaos.harness import orphans
 from reliability.publisher import publisher
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
-def rabbitmqctl(*args: str) -> None:
+def rabbitmqctl(*args: str) -> str:
     if shutil.which("rabbitmqctl") is None:
         raise RuntimeError("rabbitmqctl not found: install rabbitmq-server (apt-get install rabbitmq-server)")
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+    done = subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout
+
+
+def vhosts_stale_delete() -> list[str]:
+    """Delete the ``test-<pid>`` vhosts of test runs that no longer run (SIGKILLed mid-run)."""
+    deleted = []
+    for vhost in orphans(rabbitmqctl("list_vhosts", "name").split(), r"test-(\d+)"):
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
+        )
+        deleted.append(vhost)
+    return deleted
+
+
+def _sigterm_interrupts(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class PipelineTestRunner(DiscoverRunner):
@@ -34,7 +62,13 @@ class PipelineTestRunner(DiscoverRunner):
         os.environ.setdefault("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", "3")
         # A Redis database of the tests' own, so a test may flush it.
         os.environ.setdefault("RELIABILITY_REDIS_URL", TEST_REDIS_URL)
+        self._idle_in_transaction_timeout_lift()
+        vhosts_stale_delete()
         self.vhost = f"test-{os.getpid()}"
+        # Registered before the vhost exists: whatever fails from here on, it goes.
+        atexit.register(self._vhost_delete)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _sigterm_interrupts)
         rabbitmqctl("add_vhost", self.vhost)
         rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
         parts = urlsplit(settings.CELERY_BROKER_URL)
@@ -43,9 +77,39 @@ class PipelineTestRunner(DiscoverRunner):
         current_app.conf.broker_url = url
         publisher().close()
 
+    def _vhost_delete(self) -> None:
+        """Delete this run's vhost if it is still there (idempotent; never raises)."""
+        if self.vhost:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "delete_vhost", self.vhost],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            self.vhost = ""
+
+    @staticmethod
+    def _idle_in_transaction_timeout_lift() -> None:
+        """No idle-in-transaction deadline for this process's own sessions (its subprocesses keep it).
+
+        A ``TestCase`` runs each test inside one transaction, and a test may wait far longer
+        than the production deadline for a worker or the broker without a query; the server
+        would end its session mid-test. Workers, beat and commands the tests start read the
+        settings afresh, with the deadline the tests are about.
+        """
+        for alias in connections:
+            options = connections[alias].settings_dict["OPTIONS"]
+            # libpq's options: a later -c overrides an earlier one.
+            options["options"] = (
+                f"{options.get('options', '')} -c idle_in_transaction_session_timeout=0".strip()
+            )
+            connections[alias].close()
+
     def teardown_test_environment(self, **kwargs: Any) -> None:
         publisher().close()
         try:
-            rabbitmqctl("delete_vhost", self.vhost)
+            vhost, self.vhost = self.vhost, ""
+            if vhost:
+                rabbitmqctl("delete_vhost", vhost)
         finally:
             super().teardown_test_environment(**kwargs)

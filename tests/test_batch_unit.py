@@ -20,7 +20,15 @@ from beans.models import Account, LedgerEntry
 from beans.services import account_create, deduction_apply, deductions_apply
 from reliability.consumer import batch_consume
 from reliability.dead_letters import dead_letter_from_broker
-from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage, StreamWatermark
+from reliability.models import (
+    DeadLetter,
+    MessageLog,
+    OutboxMessage,
+    ParkedMessage,
+    PipelineCounter,
+    StreamGap,
+    StreamWatermark,
+)
 from reliability.services import BATCH, outbox_envelope, outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place
@@ -202,19 +210,69 @@ class BatchConsumeTests(TestCase):
 
 class ExpiredPeriodicTaskTests(TestCase):
     databases = "__all__"
+    death = {"x-death": [{"reason": "expired", "queue": "housekeeping", "count": 1}]}
 
-    def test_an_expired_housekeeping_task_is_kept_but_closed_and_a_message_is_not(self) -> None:
-        death = {"x-death": [{"reason": "expired", "queue": "housekeeping", "count": 1}]}
-        (housekeeping,) = dead_letter_from_broker(
-            json.dumps([[], {}, {}]), {"application_headers": {"task": "reliability.relay_outbox", **death}}
+    def test_an_expired_housekeeping_task_is_dropped_and_counted_not_kept(self) -> None:
+        # What the broker dead-letters when beat's relay_outbox waited past its ``expires``.
+        properties = {
+            "application_headers": {"task": "reliability.relay_outbox", "id": "beat-run-1", **self.death},
+            "correlation_id": "beat-run-1",
+        }
+        with self.assertLogs("reliability.dead_letters", level="WARNING") as logged:
+            self.assertEqual(dead_letter_from_broker(json.dumps([[], {}, {}]), properties), [])
+            self.assertEqual(dead_letter_from_broker(json.dumps([[], {}, {}]), properties), [])
+        self.assertIn("reliability.relay_outbox", logged.output[0])
+        self.assertIn("beat-run-1", logged.output[0])
+        self.assertFalse(DeadLetter.objects.exists(), "not a dead letter: nothing for a human to do")
+        self.assertEqual(PipelineCounter.objects.get(name="housekeeping_expired_dropped").value, 2)
+
+    def test_an_expired_message_that_is_not_housekeeping_is_still_a_dead_letter(self) -> None:
+        (other,) = dead_letter_from_broker(
+            json.dumps([[], {}, {}]), {"application_headers": {"task": "tests.not_periodic", **self.death}}
         )
-        self.assertEqual(housekeeping.status, DeadLetter.Status.DISCARDED)
-        self.assertIn("no effect", housekeeping.discard_reason)
+        self.assertEqual(other.status, DeadLetter.Status.OPEN)
         account = account_create(owner="a", balance=1000).pk
         trade, _ = trade_place(account_id=account, beans=10)
         row = OutboxMessage.objects.get(message_id=trade.deduction_message_id)
         envelope = json.loads(json.dumps(outbox_envelope(row)))
         (message,) = dead_letter_from_broker(
-            json.dumps([[envelope], {}, {}]), {"application_headers": {"task": "beans.deduct", **death}}
+            json.dumps([[envelope], {}, {}]), {"application_headers": {"task": "beans.deduct", **self.death}}
         )
         self.assertEqual(message.status, DeadLetter.Status.OPEN, "an expired message waits for a human")
+        self.assertEqual((message.stream, message.seq), (row.stream, row.seq))
+        self.assertFalse(PipelineCounter.objects.exists())
+
+
+class DeadLetterStreamPositionTests(TestCase):
+    """The drain records a stream position only for an authentic message addressed to its task."""
+
+    databases = "__all__"
+    death = {"x-death": [{"reason": "rejected", "queue": "trades", "count": 1}]}
+
+    def test_a_message_dead_lettered_under_another_task_name_records_no_position(self) -> None:
+        account = account_create(owner="a", balance=1000).pk
+        rows = []
+        for _ in range(3):
+            trade, _ = trade_place(account_id=account, beans=10)
+            rows.append(OutboxMessage.objects.get(message_id=trade.deduction_message_id))
+        for task in ("trades.record_outcome", "tests.no_such_task"):  # a wrong or an unknown task name
+            with self.subTest(task=task):
+                envelope = json.loads(json.dumps(outbox_envelope(rows[2])))
+                (letter,) = dead_letter_from_broker(
+                    json.dumps([[envelope], {}, {}]), {"application_headers": {"task": task, **self.death}}
+                )
+                self.assertEqual((letter.handler, letter.stream, letter.seq), (task, "", None))
+                self.assertEqual(letter.message_id, rows[2].message_id, "kept, to be found and discarded")
+        self.assertFalse(StreamWatermark.objects.using(BEANS).exists(), "no position, so no phantom gap")
+        self.assertFalse(StreamGap.objects.using(BEANS).exists())
+        tampered = json.loads(json.dumps(outbox_envelope(rows[2]))) | {"seq": 7}
+        (forged,) = dead_letter_from_broker(
+            json.dumps([[tampered], {}, {}]), {"application_headers": {"task": "beans.deduct", **self.death}}
+        )
+        self.assertEqual((forged.stream, forged.seq), ("", None), "a forged seq is not recorded either")
+        self.assertFalse(StreamWatermark.objects.using(BEANS).exists())
+        (own,) = dead_letter_from_broker(
+            json.dumps([[json.loads(json.dumps(outbox_envelope(rows[2])))], {}, {}]),
+            {"application_headers": {"task": "beans.deduct", **self.death}},
+        )
+        self.assertEqual((own.stream, own.seq), (rows[2].stream, 3), "its own task's position is recorded")

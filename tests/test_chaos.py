@@ -4,13 +4,15 @@
 trade, a double effect, a refused request that took effect, an unexplained dead letter,
 a hole in a stream and an account applied out of order are each reported under their
 invariant. ``ChaosSoakTests`` (tags ``chaos``, ``integration``) runs ``chaos/run.py`` with a
-fixed seed and a few thousand deductions in a subprocess, as CI's short tier.
+fixed seed and a few thousand deductions in a subprocess, as CI's short tier; its seed's
+schedule includes both silent partitions (worker and broker, worker and database).
 """
 
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +36,7 @@ from chaos.checker import (
     check,
 )
 from chaos.load import load_plan, producer_jobs
-from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, schedule_make
+from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, PARTITION_KINDS, TIERS, schedule_make
 
 REPO = Path(settings.BASE_DIR)
 POISON = "99999999-0000-4000-8000-000000000001"
@@ -254,10 +256,45 @@ class ChaosScheduleTests(SimpleTestCase):
                 self.assertEqual({fault.kind for fault in faults}, set(kinds))
                 self.assertEqual(faults[0].at_s, cadence.healthy_s)
                 for before, after in itertools.pairwise(faults):
-                    self.assertTrue(cadence.fault_min_s <= before.duration_s <= cadence.fault_max_s)
+                    low, high = (
+                        (cadence.partition_min_s, cadence.partition_max_s)
+                        if before.kind in PARTITION_KINDS
+                        else (cadence.fault_min_s, cadence.fault_max_s)
+                    )
+                    self.assertTrue(low <= before.duration_s <= high, before)
                     self.assertAlmostEqual(
                         after.at_s - before.at_s, before.duration_s + cadence.healthy_s, delta=0.11
                     )
+
+    def test_partitions_outlast_the_deadlines_the_run_sets(self) -> None:
+        from chaos.harness import PROCESS_ENV
+
+        heartbeat = float(PROCESS_ENV["RELIABILITY_BROKER_HEARTBEAT_S"])
+        longest = max(
+            3 * heartbeat,  # the broker drops a silent connection after two to three heartbeats
+            float(PROCESS_ENV["RELIABILITY_RELAY_CLAIM_S"]),
+            float(PROCESS_ENV["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S"]),
+            float(PROCESS_ENV["DATABASE_TCP_USER_TIMEOUT_MS"]) / 1000,
+        )
+        for tier, cadence in TIERS.items():
+            with self.subTest(tier=tier):
+                self.assertGreater(cadence.partition_min_s, longest)
+
+    def test_the_ci_tier_seed_partitions_a_worker_from_the_broker_and_the_database(self) -> None:
+        from chaos.run import parse_args, planned
+
+        args = parse_args(
+            ["--deductions", str(ChaosSoakTests.DEDUCTIONS), "--seed", str(ChaosSoakTests.SEED)]
+        )
+        *_, faults = planned(args)
+        self.assertEqual(
+            {fault.kind for fault in faults}, set(FAULT_KINDS), "every kind of fault, once at least"
+        )
+        broker = [fault for fault in faults if fault.kind == "partition_broker"]
+        self.assertTrue(
+            broker and broker[0].params["relay_lead"], "the relay's leader is cut off from the broker"
+        )
+        self.assertIn("partition_database", {fault.kind for fault in faults})
 
 
 @tag("chaos", "integration")
@@ -293,11 +330,39 @@ class ChaosSoakTests(SimpleTestCase):
     """The CI tier: a fixed seed, 10,000 deductions, real workers, real faults (about 4 minutes)."""
 
     DEDUCTIONS = int(os.environ.get("CHAOS_TEST_DEDUCTIONS", "10000"))  # the CI tier
-    SEED = 112  # duplicate publishes, the broker stopped, poison messages, the relay killed
+    # Every kind of fault: the relay's leader cut off from the broker, then (after a relay
+    # kill) from the database, the worker SIGKILLed, every poison, removals, the broker
+    # stopped twice, sessions killed, duplicates, Redis flushed and restarted.
+    SEED = 143
+
+    @staticmethod
+    def stop(run: "subprocess.Popen[str]") -> tuple[str, str]:
+        """SIGTERM first: the run heals, stops its workers and deletes its vhost in its finally."""
+        run.send_signal(signal.SIGTERM)
+        try:
+            return run.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            return run.communicate()
 
     def test_a_seeded_chaos_run_keeps_every_invariant(self) -> None:
+        instance = f"test{os.getpid()}"
+        # Whatever happens to the run, its vhost and database go (run.py deletes them itself
+        # unless it was killed before its finally).
+        self.addCleanup(
+            subprocess.run,
+            ["rabbitmqctl", "-q", "delete_vhost", f"chaos-{instance}"],
+            capture_output=True,
+            check=False,
+        )
+        self.addCleanup(
+            subprocess.run,
+            ["dropdb", "-h", "127.0.0.1", "--if-exists", "--force", f"beans_chaos_{instance}"],
+            capture_output=True,
+            check=False,
+        )
         with tempfile.TemporaryDirectory(prefix="chaos-test-") as workdir:
-            completed = subprocess.run(
+            run = subprocess.Popen(
                 [
                     sys.executable,
                     str(REPO / "chaos" / "run.py"),
@@ -306,20 +371,27 @@ class ChaosSoakTests(SimpleTestCase):
                     "--seed",
                     str(self.SEED),
                     "--instance",
-                    f"test{os.getpid()}",
+                    instance,
                     "--drop-database",
                 ],
                 cwd=workdir,
-                capture_output=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=1200,  # a bound on a hung run, not a performance assertion
-                check=False,
             )
-            output = completed.stdout[-6000:] + completed.stderr[-3000:]
+            try:
+                # A bound on a hung run, not a performance assertion.
+                stdout, stderr = run.communicate(timeout=1200)
+            except subprocess.TimeoutExpired:
+                stdout, stderr = self.stop(run)
+            except BaseException:  # the test run interrupted (SIGTERM, Ctrl-C): the soak stops too
+                self.stop(run)
+                raise
+            output = stdout[-6000:] + stderr[-3000:]
             report_path = Path(workdir) / "chaos-report.json"
             self.assertTrue(report_path.exists(), output)
             report = json.loads(report_path.read_text())
-        self.assertEqual(completed.returncode, 0, output)
+        self.assertEqual(run.returncode, 0, output)
         self.assertEqual(report["seed"], self.SEED)
         self.assertEqual(set(report["invariants"]), {f"I{n}" for n in range(1, 11)})
         self.assertTrue(all(report["invariants"].values()), report["violations"])
@@ -328,6 +400,16 @@ class ChaosSoakTests(SimpleTestCase):
         self.assertEqual(report["attempted"], self.DEDUCTIONS)
         self.assertGreater(report["ok"], 0)
         self.assertTrue(report["schedule"], "faults were injected")
+        # Every partition the schedule ran was held, and measured (README, "Chaos soak").
+        planned = {
+            fault["kind"].removeprefix("partition_")
+            for fault in report["schedule"]
+            if fault["kind"] in PARTITION_KINDS and fault["started_s"] is not None
+        }
+        sides = {record["side"] for record in report["partitions"] if record["lasted_s"]}
+        self.assertEqual(sides, planned, report["partitions"])
+        if self.DEDUCTIONS == 10_000:
+            self.assertEqual(sides, {"broker", "database"})
         shutil.rmtree(
             REPO / ".run" / "chaos" / f"test{os.getpid()}", ignore_errors=True
         )  # logs kept on failure

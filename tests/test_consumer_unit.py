@@ -90,8 +90,11 @@ class MessageConsumeTests(TestCase):
     def test_same_message_is_applied_once_per_handler(self) -> None:
         first, second = RecordingHandler(), RecordingHandler()
 
-        _consume(self.envelope, first, FakeTask("tests.first"))
-        _consume(self.envelope, second, FakeTask("tests.second"))
+        def addressed_to(task: str) -> dict[str, Any]:
+            return envelope_sign({**self.envelope, "task": task})
+
+        _consume(addressed_to("tests.first"), first, FakeTask("tests.first"))
+        _consume(addressed_to("tests.second"), second, FakeTask("tests.second"))
 
         self.assertEqual((len(first.calls), len(second.calls)), (1, 1))
         self.assertEqual(MessageLog.objects.filter(message_id=self.row.message_id).count(), 2)

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -23,6 +24,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 from django.test import TestCase, override_settings, tag
 from django.utils import timezone
 
+from chaos.harness import url_via
 from chaos.partition import SilentProxy
 from project.settings import database_from_url
 from reliability.exceptions import BrokerUnavailable, PublishTimeout
@@ -32,7 +34,6 @@ from reliability.services import outbox_claim, outbox_enqueue, outbox_relay_mess
 from reliability.worker import BoundedHeart, DeadLetteringConsumer
 
 from .pipeline import PipelineTestCase
-from .test_partition_integration import _via
 
 HANG_LIMIT_S = 60.0
 
@@ -58,16 +59,24 @@ def returns_within(test: Any, call: Callable[[], Any], *, limit: float = HANG_LI
 
 class DatabaseSessionDeadlineTests(TestCase):
     def test_every_session_has_keepalives_and_an_idle_in_transaction_timeout(self) -> None:
-        with connection.cursor() as cursor:
-            shown = {}
-            for name in ("idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout"):
-                cursor.execute(f"SHOW {name}")
-                shown[name] = cursor.fetchone()[0]
-        self.assertEqual(shown["idle_in_transaction_session_timeout"], "30s")
-        self.assertEqual(shown["tcp_keepalives_idle"], "5")
-        self.assertEqual(shown["tcp_user_timeout"], "15000")
         params = connection.get_connection_params()
         self.assertEqual((params["keepalives"], params["connect_timeout"]), (1, 5))
+        # A session as every process opens it from the settings (the test runner lifts the
+        # idle-in-transaction deadline for its own sessions only, see tests/runner.py).
+        params["options"] = params["options"].replace(" -c idle_in_transaction_session_timeout=0", "")
+        with psycopg.connect(**params) as session:
+            shown = {
+                name: session.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
+                for name in ("idle_in_transaction_session_timeout", "tcp_keepalives_idle", "tcp_user_timeout")
+            }
+        self.assertEqual(
+            shown,
+            {
+                "idle_in_transaction_session_timeout": "30s",
+                "tcp_keepalives_idle": "5",
+                "tcp_user_timeout": "15000",
+            },
+        )
 
 
 class BrokerConnectionDeadlineTests(TestCase):
@@ -103,7 +112,7 @@ class PublisherPartitionTests(PipelineTestCase):
             broker.hostname or "127.0.0.1", broker.port or 5672, name="broker-proxy"
         ).start()
         self.addCleanup(self.proxy.close)
-        self.publisher = ConfirmedPublisher(url=_via(current_app.conf.broker_url, self.proxy.port))
+        self.publisher = ConfirmedPublisher(url=url_via(current_app.conf.broker_url, self.proxy.port))
         self.addCleanup(self.publisher.close, abandon=True)
 
     def publish(self) -> None:

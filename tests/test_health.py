@@ -422,6 +422,19 @@ class MetricsTests(HealthTestCase):
         self.assertIn(b"# TYPE beans_messages_consumed_total counter", response.content)
         self.assertIn(b"# TYPE beans_stream_lag_messages gauge", response.content)
 
+    def test_pipeline_event_counters_are_shown_per_event(self) -> None:
+        self.assertNotIn(b"beans_pipeline_events_total{", self.client.get(self.url).content)
+        services.pipeline_counter_add(name="housekeeping_expired_dropped")
+        services.pipeline_counter_add(name="housekeeping_expired_dropped", by=2)
+
+        response = self.client.get(self.url)
+
+        samples = metric_samples(response.content)
+        self.assertEqual(
+            samples[("beans_pipeline_events_total", (("event", "housekeeping_expired_dropped"),))], 3
+        )
+        self.assertIn(b"# TYPE beans_pipeline_events_total counter", response.content)
+
     def test_each_scrape_reads_afresh(self) -> None:
         first = metric_samples(self.client.get(self.url).content)
         with transaction.atomic():

@@ -12,19 +12,20 @@ are printed; the README quotes them.
 import threading
 import time
 from datetime import timedelta
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from celery import current_app
 from django.db import connections
 from django.test import tag
 from django.utils import timezone
 
+from chaos.harness import url_via
 from chaos.partition import SilentProxy
 from trades.models import Trade
 from trades.services import trade_place
 
 from .pipeline import PipelineTestCase
-from .processes import test_database_url
+from .processes import CeleryProcess, test_database_url
 
 # Deadlines short enough for a test, in the same proportions as the defaults.
 PARTITION_ENV = {
@@ -41,13 +42,6 @@ PARTITION_ENV = {
     "DATABASE_CONNECT_TIMEOUT_S": "3",
 }
 PARTITION_S = 45.0
-
-
-def _via(url: str, port: int) -> str:
-    """``url`` with its host and port replaced by the proxy's (user, password, path kept)."""
-    parts = urlsplit(url)
-    auth = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"))
 
 
 class TradeLoad(threading.Thread):
@@ -118,12 +112,46 @@ class PartitionIntegrationTests(PipelineTestCase):
         print(f"\n[partition figures] {label}: {figures}")  # noqa: T201 - quoted in the README
         return figures
 
+    def carried_on_then_rejoined(
+        self,
+        proxy: SilentProxy,
+        partitioned_at: float,
+        *,
+        load: TradeLoad,
+        cut_off: CeleryProcess,
+        other: CeleryProcess,
+        accounts: list[int],
+        label: str,
+    ) -> None:
+        """The other worker settles everything while the partition lasts; healed, the cut-off one
+        carries the pipeline alone; every invariant holds."""
+        # Everything placed up to a few seconds ago settles while the partition lasts.
+        time.sleep(max(0.0, PARTITION_S - 15 - (time.monotonic() - partitioned_at)))
+        self.settled_while_partitioned(since=3, timeout=15)
+        proxy.heal()
+        healed_at = time.monotonic()
+        load.stop()
+        self.wait_drained(timeout=90)
+        self.delayed_report(partitioned_at, healed_at, label)
+
+        # The cut-off worker rejoined: alone, it relays and consumes new trades.
+        other.stop()
+        before = Trade.objects.count()
+        for n in range(20):
+            trade_place(account_id=accounts[n % len(accounts)], beans=1)
+        self.wait_drained(timeout=90)
+        self.assertTrue(cut_off.alive(), cut_off.log_tail())
+        self.assertEqual(load.errors, [])
+        self.assert_exactly_once(trades=before + 20)
+        self.assert_streams_contiguous()
+        self.assert_per_account_order()
+
     def test_relay_leader_cut_off_from_the_broker_hands_over_and_rejoins(self) -> None:
         broker = urlsplit(current_app.conf.broker_url)
         proxy = self.proxy(broker.hostname or "127.0.0.1", broker.port or 5672, name="broker-proxy")
         accounts = self.create_accounts(8, balance=10_000)
         cut_off = self.start_worker(
-            name="cutoff", env={"CELERY_BROKER_URL": _via(current_app.conf.broker_url, proxy.port)}
+            name="cutoff", env={"CELERY_BROKER_URL": url_via(current_app.conf.broker_url, proxy.port)}
         )
         self.wait_for(
             lambda: b"relay loop for default is active" in cut_off.log_path.read_bytes(),
@@ -145,26 +173,9 @@ class PartitionIntegrationTests(PipelineTestCase):
         )
         takeover_s = time.monotonic() - partitioned_at
         print(f"\n[partition figures] broker: relay lead taken over after {takeover_s:.1f}s")  # noqa: T201
-        # Everything placed up to a few seconds ago settles while the partition lasts.
-        time.sleep(max(0.0, PARTITION_S - 15 - (time.monotonic() - partitioned_at)))
-        self.settled_while_partitioned(since=3, timeout=15)
-        proxy.heal()
-        healed_at = time.monotonic()
-        load.stop()
-        self.wait_drained(timeout=90)
-        self.delayed_report(partitioned_at, healed_at, "broker")
-
-        # The cut-off worker rejoined: alone, it relays and consumes new trades.
-        other.stop()
-        before = Trade.objects.count()
-        for n in range(20):
-            trade_place(account_id=accounts[n % len(accounts)], beans=1)
-        self.wait_drained(timeout=90)
-        self.assertTrue(cut_off.alive(), cut_off.log_tail())
-        self.assertEqual(load.errors, [])
-        self.assert_exactly_once(trades=before + 20)
-        self.assert_streams_contiguous()
-        self.assert_per_account_order()
+        self.carried_on_then_rejoined(
+            proxy, partitioned_at, load=load, cut_off=cut_off, other=other, accounts=accounts, label="broker"
+        )
 
     def test_consumer_cut_off_from_the_database_while_holding_account_locks(self) -> None:
         database = urlsplit(test_database_url())
@@ -178,7 +189,7 @@ class PartitionIntegrationTests(PipelineTestCase):
         cut_off = self.start_worker(
             name="cutoff",
             env={
-                "DATABASE_URL": _via(test_database_url(), proxy.port),
+                "DATABASE_URL": url_via(test_database_url(), proxy.port),
                 "RELIABILITY_RELAY_LOOP": "false",
                 "RELIABILITY_FAULT_INJECTION": "true",
                 "RELIABILITY_FAULTS": "consume.after_handler=sleep12:1",
@@ -195,21 +206,12 @@ class PartitionIntegrationTests(PipelineTestCase):
         partitioned_at = time.monotonic()
         # The server ends the silent session (idle in transaction) and its locks go with it:
         # the other worker deducts from the same accounts while the partition lasts.
-        time.sleep(PARTITION_S - 15)
-        self.settled_while_partitioned(since=3, timeout=15)
-        proxy.heal()
-        healed_at = time.monotonic()
-        load.stop()
-        self.wait_drained(timeout=90)
-        self.delayed_report(partitioned_at, healed_at, "database")
-
-        other.stop()
-        before = Trade.objects.count()
-        for n in range(10):
-            trade_place(account_id=accounts[n % len(accounts)], beans=1)
-        self.wait_drained(timeout=90)
-        self.assertTrue(cut_off.alive(), cut_off.log_tail())
-        self.assertEqual(load.errors, [])
-        self.assert_exactly_once(trades=before + 10)
-        self.assert_streams_contiguous()
-        self.assert_per_account_order()
+        self.carried_on_then_rejoined(
+            proxy,
+            partitioned_at,
+            load=load,
+            cut_off=cut_off,
+            other=other,
+            accounts=accounts,
+            label="database",
+        )
