@@ -19,8 +19,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-DEDUCT_TASK = "beans.deduct"
-OUTCOME_TASK = "trades.record_outcome"
+from project.contracts import DEDUCT_TASK, OUTCOME_TASK
+
 NEMESIS_STREAM_PREFIX = "chaos."  # streams of the nemesis's own poison messages
 EXAMPLES = 20  # violations kept per invariant in the report (the count is always exact)
 
