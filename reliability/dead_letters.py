@@ -29,11 +29,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from kombu import Connection
 
 from .exceptions import ReliabilityError
 from .models import DeadLetter
-from .publisher import publisher
+from .publisher import broker_connection, publisher
 from .services import BATCH, dead_letter_record, pipeline_counter_add, storable_text
 from .signing import MESSAGE, Unauthentic, envelope_verify
 
@@ -167,9 +166,7 @@ def dead_letter_from_broker(body: bytes | str, properties: dict[str, Any]) -> li
 def dead_letters_drain(*, limit: int = 500) -> int:
     """Move up to ``limit`` messages from the broker's dead-letter queue into the table."""
     drained = 0
-    with Connection(
-        current_app.conf.broker_url, connect_timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S
-    ) as conn:
+    with broker_connection() as conn:  # a deadline on every wait, basic.get included
         channel = conn.channel()
         for _ in range(limit):
             message = channel.basic_get(settings.RELIABILITY_DEAD_LETTER_QUEUE, no_ack=False)
