@@ -450,9 +450,18 @@ class MisaddressedMessagesIntegrationTests(PipelineTestCase):
         )
         for alias in {"default", BEANS}:
             with self.subTest(database=alias):
+                # A gap on a handler's own stream is normal (two processes finish out of seq order)
+                # and heals when its message lands; a phantom gap is on another handler's stream,
+                # or never heals.
                 gaps = StreamGap.objects.using(alias)
-                self.assertEqual(list(gaps.values_list("handler", "stream", "seq", "status")), [], "no gap")
-                self.assertFalse(gaps.filter(status=StreamGap.Status.ESCALATED).exists(), "nothing escalated")
+                phantom = [
+                    (handler, stream, seq)
+                    for handler, stream, seq in gaps.values_list("handler", "stream", "seq")
+                    if (handler == OUTCOME) != stream.startswith("outcomes.")
+                ]
+                self.assertEqual(phantom, [], "no gap on another handler's stream")
+                unhealed = gaps.exclude(status=StreamGap.Status.HEALED)
+                self.assertEqual(list(unhealed.values_list("handler", "stream", "seq", "status")), [])
                 others = DeadLetter.objects.using(alias).exclude(reason=DeadLetter.Reason.UNAUTHENTIC)
                 self.assertEqual(list(others.values_list("handler", "reason", "detail")), [])
         positions = {
