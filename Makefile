@@ -55,10 +55,8 @@ TWO_DATABASE_TESTS := \
 browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
 	scripts/ensure-browser
 
-# The bean service's database for that pass: on the server of DATABASE_URL, named beans_side.
-export URL_WITH_DATABASE := import sys; from urllib.parse import quote, urlsplit, urlunsplit; \
-	print(urlunsplit(urlsplit(sys.argv[1])._replace(path="/" + quote(sys.argv[2], safe=""))))
-
+# The bean service's database for that pass: on the server of DATABASE_URL (or the default's),
+# named beans_side.
 # And with the deductions spread over four queue partitions.
 PARTITIONED_TESTS := \
 	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
@@ -68,7 +66,7 @@ test: venv services browser ## Run the test suite, then end-to-end tests with tw
 ifeq ($(strip $(TEST_ARGS)),)
 	$(MAKE) --no-print-directory audit
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput
-	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL="$$($(PY) -c "$$URL_WITH_DATABASE" "$${DATABASE_URL:-postgres://root@127.0.0.1:5432/beans}" beans_side)" \
+	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL="$$($(PY) -m project.environment database-url beans_side)" \
 		$(PY) manage.py test --noinput $(TWO_DATABASE_TESTS)
 	PYTHONUNBUFFERED=1 TRADES_QUEUE_PARTITIONS=4 $(PY) manage.py test --noinput $(PARTITIONED_TESTS)
 else

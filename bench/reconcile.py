@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,14 +19,15 @@ from unittest import mock
 REPO = Path(__file__).resolve().parent.parent
 DATABASE = "beans_bench_reconcile"
 sys.path.insert(0, str(REPO))
-os.environ["DATABASE_URL"] = f"postgres://root@127.0.0.1:5432/{DATABASE}"
+from project.environment import database_drop, database_recreate, database_url  # noqa: E402
+
+os.environ["DATABASE_URL"] = database_url(DATABASE)  # on the server of yours, if you set one
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ["RELIABILITY_RECONCILE_GRACE_S"] = "0"
 
 
 def fresh_database() -> None:
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "--if-exists", DATABASE], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", DATABASE], check=True)
+    database_recreate(os.environ["DATABASE_URL"])
 
 
 def main() -> None:
@@ -118,7 +118,7 @@ def main() -> None:
         )
     )
     connection.close()
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "--if-exists", DATABASE], check=False)
+    database_drop(os.environ["DATABASE_URL"])
 
 
 if __name__ == "__main__":

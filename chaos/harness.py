@@ -26,12 +26,10 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from chaos.partition import SilentProxy
+from project.environment import broker_url, database_recreate, database_url
 
 REPO = Path(__file__).resolve().parent.parent
 
-DB_HOST = "127.0.0.1"
-DB_PORT = "5432"
-AMQP_HOST = "127.0.0.1:5672"
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 # A Redis database of the chaos run's own: the bench uses 12, the tests 13 and 15, bench/ids.py 14.
@@ -97,11 +95,11 @@ class Names:
 
     @property
     def database_url(self) -> str:
-        return f"postgres://root@{DB_HOST}:{DB_PORT}/{self.db}"
+        return database_url(self.db)  # on the server of your DATABASE_URL, if you set one
 
     @property
     def broker_url(self) -> str:
-        return f"amqp://guest:guest@{AMQP_HOST}/{self.vhost}"
+        return broker_url(self.vhost)
 
 
 def _foreign(key: str) -> bool:
@@ -532,6 +530,5 @@ def db_progress() -> str:
 
 def database_create(names: Names, env: dict[str, str]) -> None:
     log(f"creating database {names.db} and running migrations")
-    run_cmd(["dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", names.db], env=env, timeout=60)
-    run_cmd(["createdb", "-h", DB_HOST, "-p", DB_PORT, names.db], env=env, timeout=60)
+    database_recreate(names.database_url)
     run_cmd([sys.executable, "manage.py", "migrate", "--noinput"], env=env, timeout=600)

@@ -69,8 +69,6 @@ if str(REPO) not in sys.path:
 # These need the repository on sys.path.
 from chaos import checker  # noqa: E402
 from chaos.harness import (  # noqa: E402
-    DB_HOST,
-    DB_PORT,
     PROCESS_ENV,
     Names,
     Pipeline,
@@ -84,7 +82,6 @@ from chaos.harness import (  # noqa: E402
     partition_drops_packets,
     queue_counts,
     rabbitmqctl,
-    run_cmd,
     say,
     scalar,
     sleep_until,
@@ -93,6 +90,7 @@ from chaos.harness import (  # noqa: E402
 from chaos.load import LoadPlan, _produce, _producer_init, load_plan, producer_jobs  # noqa: E402
 from chaos.nemesis import Nemesis  # noqa: E402
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, Fault, schedule_make  # noqa: E402
+from project.environment import database_drop  # noqa: E402
 
 ACCOUNTS = 32
 POOR_ACCOUNTS = 4  # run out of beans mid-run: their later trades are rejected for insufficient funds
@@ -810,12 +808,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 connections.close_all()
             try:
-                run_cmd(
-                    ["dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", names.db],
-                    env=env,
-                    timeout=60,
-                )
-            except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+                database_drop(names.database_url)
+            except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
                 log(f"could not drop database {names.db}: {exc}")
         if result.get("error") and faults:
             result["schedule"] = [fault.as_json() for fault in faults]

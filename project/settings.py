@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from project.environment import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL
 from reliability.retention_rules import retention_horizons_check
 from reliability.topology import quorum_queue
 
@@ -196,7 +197,9 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = env_str("DATABASE_URL", "postgres://root@127.0.0.1:5432/beans")
+# No user or password by default: libpq connects as this OS user, with the password that
+# scripts/ensure-services keeps in ~/.pgpass (project/environment.py says why).
+DATABASE_URL = env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
 DATABASES = {
     "default": database_from_url(
         DATABASE_URL,
@@ -255,7 +258,7 @@ LOGGING = {
 # Each setting links the line of the Celery docs that explains it:
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-retry-on-startup
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A channel the broker closes (a delivery that outlived consumer_timeout: PRECONDITION_FAILED)

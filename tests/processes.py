@@ -8,10 +8,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import connections
+
+from project.environment import url_with_path
 
 REPO = Path(settings.BASE_DIR)
 
@@ -31,8 +32,7 @@ def wait_until(
 def test_database_url(alias: str = "default") -> str:
     """The URL the settings were read from (user, password, host or socket, options kept), naming the test database."""
     source = settings.DATABASE_URL if alias == "default" else settings.BEANS_DATABASE_URL
-    parts = urlsplit(source)
-    return urlunsplit(parts._replace(path="/" + quote(connections[alias].settings_dict["NAME"], safe="")))
+    return url_with_path(source, connections[alias].settings_dict["NAME"])
 
 
 def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -14,6 +14,8 @@ import sys
 import psycopg
 from django.test import SimpleTestCase, tag
 
+from project.environment import database_drop, database_recreate, database_url
+
 from .processes import REPO
 
 SCRIPT = REPO / "scripts" / "postgres-roles"
@@ -36,14 +38,12 @@ class PostgresRolesTests(SimpleTestCase):
         self.database = f"roles_{suffix}"
         self.roles = {kind: f"roles_{suffix}_{kind}" for kind in ("owner", "app", "readonly")}
         self.passwords = {kind: secrets.token_urlsafe(18) for kind in self.roles}
-        subprocess.run(["createdb", "-h", HOST, "-p", PORT, self.database], check=True, timeout=60)
+        database_recreate(self.url(None))
         self.addCleanup(self.drop)
         self.manage("migrate", "--noinput", "-v0", role=None)
 
     def drop(self) -> None:
-        subprocess.run(
-            ["dropdb", "-h", HOST, "-p", PORT, "--if-exists", "--force", self.database], timeout=60
-        )
+        database_drop(self.url(None))
         for role in self.roles.values():
             subprocess.run(
                 [
@@ -65,7 +65,7 @@ class PostgresRolesTests(SimpleTestCase):
 
     def url(self, kind: str | None) -> str:
         if kind is None:
-            return f"postgres://root@{HOST}:{PORT}/{self.database}"
+            return database_url(self.database)  # the superuser the suite runs as
         return f"postgres://{self.roles[kind]}:{self.passwords[kind]}@{HOST}:{PORT}/{self.database}"
 
     def manage(self, *args: str, role: str | None) -> str:
