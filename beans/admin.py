@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from reliability.admin import ReadOnlyModelAdmin
+from reliability import ReadOnlyModelAdmin
 
 from . import services
 from .exceptions import BeansError

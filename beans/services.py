@@ -8,8 +8,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
-from reliability.consumer import Message
-from reliability.services import outbox_enqueue_many
+from reliability import Message, outbox_enqueue_many
 
 from .exceptions import AccountNotFound, InvalidAmount, InvalidDeduction
 from .models import Account, LedgerEntry

@@ -3,7 +3,7 @@
 from django.conf import settings
 
 from project.contracts import DEDUCT_TASK
-from reliability.consumer import Message, exactly_once_task
+from reliability import Message, exactly_once_task
 
 from . import services
 

@@ -131,7 +131,7 @@ class Snapshot:
     streams: list[dict[str, Any]]  # reliability.selectors.stream_positions()
     gaps_escalated: int
     queues: dict[str, int | None]  # messages left in each queue (None: could not be read)
-    code_violations: list[str] = field(default_factory=list)  # trades.selectors.pipeline_violations()
+    code_violations: list[str] = field(default_factory=list)  # project.invariants.pipeline_violations()
     periodic_tasks: set[str] = field(default_factory=set)  # beat's tasks: disposable, the next period repeats
 
 
@@ -488,8 +488,8 @@ def snapshot_collect(*, initial_balances: dict[int, int], queues: dict[str, int 
     from django.conf import settings
     from django.db import connection
 
+    from project.invariants import pipeline_violations
     from reliability.selectors import stream_positions
-    from trades.selectors import pipeline_violations
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
         with connection.cursor() as cursor:

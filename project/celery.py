@@ -4,7 +4,7 @@ import os
 
 from celery import Celery
 
-from reliability.worker import worker_steps_install
+from reliability import worker_steps_install
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 

@@ -16,8 +16,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from project.environment import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL
+from reliability import quorum_queue
 from reliability.retention_rules import retention_horizons_check
-from reliability.topology import quorum_queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -167,6 +167,7 @@ INSTALLED_APPS = [
     "reliability",
     "beans",
     "trades",
+    "project",  # pipeline-wide commands: verify, pipeline_status, repartition
 ]
 
 MIDDLEWARE = [

@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import path
 
 from beans.views import account_detail
-from reliability.views import metrics, pipeline_health_page
+from reliability import metrics, pipeline_health_page
 from trades.views import account_trades, trade_create, trade_detail, trades_create_batch
 
 # The admin index links the pipeline health page (reliability/templates/admin/reliability_index.html).

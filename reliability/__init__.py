@@ -1,0 +1,105 @@
+"""Exactly-once effects for Django + Celery: a transactional outbox with a confirmed relay,
+deduplicating consumers (late acks and a message-log row committed with the effect), gap-free
+streams with a reconciler, and dead letters.
+
+This package is the public API: import from ``reliability``, not from its modules, which may
+move. Names are loaded lazily, on first use, so importing ``reliability`` (in a settings module,
+say) touches neither Django nor Celery before they are set up.
+
+    from reliability import Message, exactly_once_task, outbox_enqueue
+
+    @exactly_once_task(name="invoices.issue", queue="invoices")
+    def invoice_issue(message: Message) -> str:
+        ...  # runs once per message, in the transaction that logs the message as applied
+        return "issued"
+
+    with transaction.atomic():
+        order = Order.objects.create(...)
+        outbox_enqueue(
+            task_name="invoices.issue", queue="invoices", stream=f"orders.{order.pk % 8}",
+            payload={"order_id": order.pk},
+        )
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# name -> the module (relative to this package) that defines it
+_EXPORTS = {
+    # producing: write the message in your transaction; the relay publishes it, confirmed
+    "outbox_enqueue": "services",
+    "outbox_enqueue_many": "services",
+    "message_id_new": "ids",
+    # consuming: a task that applies each message once
+    "exactly_once_task": "consumer",
+    "Message": "consumer",
+    # exceptions
+    "ReliabilityError": "exceptions",
+    "PoisonMessage": "exceptions",
+    "OutboxUsageError": "exceptions",
+    "InvalidEnvelope": "exceptions",
+    "PublishError": "exceptions",
+    "BrokerUnavailable": "exceptions",
+    "PublishNacked": "exceptions",
+    "PublishReturned": "exceptions",
+    "PublishTimeout": "exceptions",
+    "ClockMovedBackwards": "ids",
+    "WorkerIdUnavailable": "ids",
+    # status, degrade mode and reconciliation
+    "pipeline_health": "health",
+    "stream_health": "health",
+    "PipelineMode": "models",
+    "pipeline_mode_current": "degrade",
+    "non_critical": "degrade",
+    "reconcile_all": "reconciler",
+    # wiring: queue declarations, the Celery worker step, the admin base class, the views
+    "quorum_queue": "topology",
+    "worker_steps_install": "worker",
+    "ReadOnlyModelAdmin": "admin",
+    "metrics": "views",
+    "pipeline_health_page": "views",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reliability' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
+    from .admin import ReadOnlyModelAdmin
+    from .consumer import Message, exactly_once_task
+    from .degrade import non_critical, pipeline_mode_current
+    from .exceptions import (
+        BrokerUnavailable,
+        InvalidEnvelope,
+        OutboxUsageError,
+        PoisonMessage,
+        PublishError,
+        PublishNacked,
+        PublishReturned,
+        PublishTimeout,
+        ReliabilityError,
+    )
+    from .health import pipeline_health, stream_health
+    from .ids import ClockMovedBackwards, WorkerIdUnavailable, message_id_new
+    from .models import PipelineMode
+    from .reconciler import reconcile_all
+    from .services import outbox_enqueue, outbox_enqueue_many
+    from .topology import quorum_queue
+    from .views import metrics, pipeline_health_page
+    from .worker import worker_steps_install

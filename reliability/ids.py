@@ -104,14 +104,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import redis
 import uuid_utils.compat
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connections
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
+
+try:  # the "redis" extra: only the snowflake and redis generators need it
+    import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - exercised in an install without the extra
+    redis = None  # type: ignore[assignment]
 
 from .exceptions import ReliabilityError
 
@@ -196,6 +200,11 @@ def time_ms() -> int:
 
 
 def _redis_client(url: str) -> redis.Redis:
+    if redis is None:
+        raise ImproperlyConfigured(
+            "this RELIABILITY_ID_GENERATOR needs Redis: pip install 'django-exactly-once[redis]'"
+            " (or use the default, uuid7, which needs no service)"
+        )
     # Short timeouts and few retries: a caller waits in next_id or the renewer must
     # notice a dead Redis well within the lease TTL.
     return redis.Redis.from_url(

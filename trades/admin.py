@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from reliability.admin import ReadOnlyModelAdmin
+from reliability import ReadOnlyModelAdmin
 
 from .models import Trade
 

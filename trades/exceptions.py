@@ -1,4 +1,4 @@
-from reliability.exceptions import PoisonMessage
+from reliability import PoisonMessage
 
 
 class TradeError(Exception):

@@ -11,9 +11,7 @@ from django.utils import timezone
 
 from beans.selectors import account_exists, accounts_missing
 from project.contracts import DEDUCT_TASK
-from reliability.consumer import Message
-from reliability.ids import message_id_new
-from reliability.services import outbox_enqueue, outbox_enqueue_many
+from reliability import Message, message_id_new, outbox_enqueue, outbox_enqueue_many
 
 from .exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from .models import Trade

@@ -1,7 +1,7 @@
 """The trade service's consumer of outcomes: a thin exactly-once task."""
 
 from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
-from reliability.consumer import Message, exactly_once_task
+from reliability import Message, exactly_once_task
 
 from . import services
 

@@ -9,9 +9,13 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from reliability.degrade import non_critical, pipeline_mode_current
-from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
-from reliability.models import PipelineMode
+from reliability import (
+    ClockMovedBackwards,
+    PipelineMode,
+    WorkerIdUnavailable,
+    non_critical,
+    pipeline_mode_current,
+)
 
 from . import selectors, services
 from .exceptions import AccountNotFound, IdempotencyConflict, TradeInvalid

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from trades.selectors import pipeline_violations
+from project.invariants import pipeline_violations
 
 
 class Command(BaseCommand):

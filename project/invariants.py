@@ -1,0 +1,66 @@
+"""The pipeline's invariants, checked against both services' databases (``manage.py verify``,
+the tests and the chaos checker). Project-level: it reads the trade service, the bean service and
+the reliability tables together, which neither app may do.
+"""
+
+from django.conf import settings
+
+from beans.selectors import deductions_by_message_id, ledger_totals_by_account
+from reliability.models import MessageLog, OutboxMessage
+from trades.models import Trade
+
+from .contracts import DEDUCT_TASK
+
+
+def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
+    """Check invariants I1, I2, I3, I5 and I9 (shared/reliability.md); return the violations.
+
+    Meant to run after the pipeline drained: a pending trade counts as a
+    violation (lost or stuck) unless ``in_flight_ok``.
+    """
+    violations: list[str] = []
+    deductions = deductions_by_message_id()
+    trades = list(Trade.objects.values_list("id", "status", "beans", "deduction_message_id"))
+    trade_messages = {str(trade_message_id) for _, _, _, trade_message_id in trades}
+
+    for trade_id, status, beans, trade_message_id in trades:
+        applied = deductions.get(str(trade_message_id), 0)
+        if beans <= 0:
+            violations.append(f"I9: trade {trade_id} has {beans} beans")
+        if status == Trade.Status.DEDUCTED and applied != 1:
+            violations.append(f"I1/I2: trade {trade_id} is deducted but has {applied} ledger deductions")
+        elif status == Trade.Status.REJECTED and applied != 0:
+            violations.append(f"I9: trade {trade_id} was rejected but has {applied} ledger deductions")
+        elif status == Trade.Status.PENDING and not in_flight_ok:
+            violations.append(f"I1: trade {trade_id} is still pending ({applied} ledger deductions)")
+    for orphan in deductions.keys() - trade_messages:
+        violations.append(f"I3: ledger deduction from message {orphan} matches no trade")
+
+    outbox = set(OutboxMessage.objects.filter(task_name=DEDUCT_TASK).values_list("message_id", flat=True))
+    outbox_ids = {str(message_id) for message_id in outbox}
+    for message_id in trade_messages - outbox_ids:
+        violations.append(f"I5: trade with deduction message {message_id} has no outbox message")
+    for message_id in outbox_ids - trade_messages:
+        violations.append(f"I5: outbox message {message_id} has no trade")
+
+    applied_log = {
+        str(message_id)
+        for message_id in MessageLog.objects.using(settings.BEANS_DATABASE)
+        .filter(handler=DEDUCT_TASK, outcome="deducted")
+        .values_list("message_id", flat=True)
+    }
+    for message_id in applied_log - deductions.keys():
+        violations.append(f"I5: message log says {message_id} was deducted but the ledger has no entry")
+    for message_id in deductions.keys() - applied_log:
+        violations.append(f"I5: ledger deduction from {message_id} has no message-log row")
+
+    for account_id, row in ledger_totals_by_account().items():
+        if row["balance"] < 0:
+            violations.append(f"I9: account {account_id} balance is negative ({row['balance']})")
+        expected = row["credited"] - row["deducted"]
+        if row["balance"] != expected:
+            violations.append(
+                f"I2: account {account_id} balance {row['balance']} != credited {row['credited']} "
+                f"- deducted {row['deducted']} = {expected}"
+            )
+    return violations
