@@ -13,9 +13,9 @@ The task is one conditional ``UPDATE`` per message, in autocommit.
 import os
 
 from celery import Celery
-from django.conf import settings
 from django.db import connections
 
+from reliability.conf import settings
 from reliability.topology import quorum_queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")

@@ -464,7 +464,8 @@ def sleep_until(moment: float) -> None:
 
 def queue_names() -> list[str]:
     from celery import current_app
-    from django.conf import settings
+
+    from reliability.conf import settings
 
     return [queue.name for queue in current_app.conf.task_queues] + [settings.RELIABILITY_DEAD_LETTER_QUEUE]
 

@@ -162,7 +162,7 @@ class Nemesis:
             "RELIABILITY_FAULTS": f"{point}=kill:1",
             "RELIABILITY_FAULT_DIR": str(fault_dir),
         }
-        from django.conf import settings
+        from reliability.conf import settings
 
         # Not the housekeeping queue: the beat relay sweep would pass the fault point in a pool child.
         queues = [*settings.BEANS_QUEUES, "trades"]
@@ -394,8 +394,8 @@ class Nemesis:
 
     def fault_poison(self, fault: Fault, until: float) -> None:
         from celery import current_app
-        from django.conf import settings
 
+        from reliability.conf import settings
         from reliability.signing import KEY_ID, SIGNATURE, envelope_sign
 
         sleep_until(time.monotonic() + fault.params["offset"] * fault.duration_s * 0.5)
@@ -603,7 +603,7 @@ class Nemesis:
     @staticmethod
     def _consumers() -> int | None:
         """Consumers the broker counts on the beans queue (every base worker consumes it)."""
-        from django.conf import settings
+        from reliability.conf import settings
 
         return queue_counts(consumers=True).get(settings.BEANS_QUEUES[0])
 

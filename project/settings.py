@@ -7,7 +7,6 @@ Every value has a default that works on a developer machine (services on
 """
 
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,8 +15,9 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from project.environment import DEFAULT_BROKER_URL, DEFAULT_DATABASE_URL
-from reliability import quorum_queue
-from reliability.retention_rules import retention_horizons_check
+from reliability import beat_schedule, quorum_queue
+from reliability.conf import DEFAULTS as RELIABILITY_DEFAULTS
+from reliability.conf import environment_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -266,18 +266,25 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # restarts the consumer instead of ending the worker; the delivery is requeued by the broker.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-channel-error-retry
 CELERY_BROKER_CHANNEL_ERROR_RETRY = True
-# Deadlines on every broker connection (README, "Partitions and timeouts"). AMQP heartbeats
-# let both ends notice a silent peer: the broker closes a worker's connection after two
-# missed heartbeats and hands its unacknowledged messages to other consumers.
-RELIABILITY_BROKER_HEARTBEAT_S = env_float("RELIABILITY_BROKER_HEARTBEAT_S", 10.0)
-RELIABILITY_CONNECT_TIMEOUT_S = env_float("RELIABILITY_CONNECT_TIMEOUT_S", 2.0)
-# Longest a blocking socket read or write may wait (SO_RCVTIMEO / SO_SNDTIMEO): a reply the
-# broker never sends (Declare-Ok, Close-Ok, a confirm Celery waits on) ends in an error.
-RELIABILITY_BROKER_IO_TIMEOUT_S = env_float("RELIABILITY_BROKER_IO_TIMEOUT_S", 10.0)
+# The reliability library's settings: any RELIABILITY_* set in the environment, parsed as its
+# default's type. Every one has its default and meaning in reliability/conf.py; the rules that
+# tie them together are system checks (reliability/checks.py), which a worker runs before it
+# consumes. Below, only what this project decides differently, and what Celery must agree with.
+globals().update(environment_settings(os.environ))
+
+
+def reliability_setting(name: str) -> Any:
+    return globals().get(name, RELIABILITY_DEFAULTS[name])
+
+
+# Celery's own connections get the library's broker deadlines (README, "Partitions and
+# timeouts"): AMQP heartbeats let both ends notice a silent peer (the broker closes a worker's
+# connection after two missed ones and hands its unacknowledged messages to other consumers),
+# and no blocking socket read or write waits longer than the I/O timeout.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-heartbeat
-CELERY_BROKER_HEARTBEAT = RELIABILITY_BROKER_HEARTBEAT_S
+CELERY_BROKER_HEARTBEAT = reliability_setting("RELIABILITY_BROKER_HEARTBEAT_S")
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-connection-timeout
-CELERY_BROKER_CONNECTION_TIMEOUT = RELIABILITY_CONNECT_TIMEOUT_S
+CELERY_BROKER_CONNECTION_TIMEOUT = reliability_setting("RELIABILITY_CONNECT_TIMEOUT_S")
 # Every publish Celery itself makes (beat, events) waits for the broker's confirm, and no
 # blocking socket operation on any of its connections waits longer than the I/O timeout.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-transport-options
@@ -286,9 +293,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Celery negotiates heartbeats on the consumer's connection only (broker_heartbeat); this
     # asks for them on its publishing connections too (beat, events), so the broker drops
     # those of a process that went silent. They publish every second or two while healthy.
-    "heartbeat": RELIABILITY_BROKER_HEARTBEAT_S,
-    "read_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
-    "write_timeout": RELIABILITY_BROKER_IO_TIMEOUT_S,
+    "heartbeat": CELERY_BROKER_HEARTBEAT,
+    "read_timeout": reliability_setting("RELIABILITY_BROKER_IO_TIMEOUT_S"),
+    "write_timeout": reliability_setting("RELIABILITY_BROKER_IO_TIMEOUT_S"),
 }
 
 # JSON only, never pickle.
@@ -322,9 +329,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER",
 CELERY_WORKER_DETECT_QUORUM_QUEUES = True
 # Countdowns and ETAs on quorum queues need Celery's native delayed delivery: 28 more quorum
 # queues and exchanges per vhost. Nothing here uses a countdown, so the worker does not
-# declare them (reliability.worker); a countdown then fails loudly (no such exchange).
-# Turn it on for a project that does use countdowns.
-RELIABILITY_NATIVE_DELAYED_DELIVERY = env_bool("RELIABILITY_NATIVE_DELAYED_DELIVERY", False)
+# declare them (reliability.worker, RELIABILITY_NATIVE_DELAYED_DELIVERY off); a countdown then
+# fails loudly (no such exchange).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-native-delayed-delivery-queue-type
 CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
 # A task routed to a queue nobody declared is a bug, not a reason to invent a queue.
@@ -346,13 +352,8 @@ CELERY_WORKER_CONSUMER = "reliability.worker:DeadLetteringConsumer"
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 
-RELIABILITY_DEAD_LETTER_EXCHANGE = "dead-letters"
-RELIABILITY_DEAD_LETTER_QUEUE = "dead-letters"
 # How many times the broker delivers a message before dead-lettering it (quorum queues).
 RELIABILITY_DELIVERY_LIMIT = env_int("RELIABILITY_DELIVERY_LIMIT", 20)
-# Replicas of every quorum queue on a cluster (a majority must store a message before
-# the broker confirms it); a single node holds one.
-RELIABILITY_QUORUM_REPLICAS = env_int("RELIABILITY_QUORUM_REPLICAS", 3)
 # Longest a queue may grow; beyond it the broker refuses publishes (reject-publish) and the
 # outbox holds the rest: back-pressure, not loss. 0 = unbounded. A queue argument: changing
 # it means re-declaring the queues (see README, "Scaling and back-pressure").
@@ -374,9 +375,9 @@ BEANS_QUEUES = (
 CELERY_TASK_QUEUES = [
     quorum_queue(
         name,
-        dead_letter_exchange=RELIABILITY_DEAD_LETTER_EXCHANGE,
+        dead_letter_exchange=reliability_setting("RELIABILITY_DEAD_LETTER_EXCHANGE"),
         delivery_limit=RELIABILITY_DELIVERY_LIMIT,
-        replicas=RELIABILITY_QUORUM_REPLICAS,
+        replicas=reliability_setting("RELIABILITY_QUORUM_REPLICAS"),
         max_length=RELIABILITY_QUEUE_MAX_LENGTH or None,
     )
     for name in (*BEANS_QUEUES, "trades", "housekeeping")
@@ -386,172 +387,32 @@ CELERY_TASK_DEFAULT_QUEUE = "housekeeping"
 CELERY_TASK_DEFAULT_EXCHANGE = "housekeeping"
 CELERY_TASK_DEFAULT_ROUTING_KEY = "housekeeping"
 
-# Periodic tasks, declared in one place.
+# Periodic tasks: the library's, every interval from the environment.
 # https://docs.celeryq.dev/en/stable/userguide/periodic-tasks.html
-CELERY_BEAT_SCHEDULE = {
-    # Safety net behind the after-commit fast path: publish whatever is still pending.
-    "relay-outbox": {
-        "task": "reliability.relay_outbox",
-        "schedule": timedelta(seconds=env_float("RELIABILITY_RELAY_INTERVAL_S", 1.0)),
-        "options": {"expires": 10},
-    },
-    # Finds gaps and lost tails from the consumers' watermarks and re-publishes them.
-    "reconcile": {
-        "task": "reliability.reconcile",
-        "schedule": timedelta(seconds=env_float("RELIABILITY_RECONCILE_INTERVAL_S", 10.0)),
-        "options": {"expires": 60},
-    },
-    # Tells each stream's consumer the producer's high-water mark (lost-tail detection).
-    "stream-heartbeat": {
-        "task": "reliability.stream_heartbeat",
-        "schedule": timedelta(seconds=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0)),
-        "options": {"expires": 30},
-    },
-    # Records what the broker dead-lettered (with reason, headers, body) in the DeadLetter table.
-    "drain-dead-letters": {
-        "task": "reliability.drain_dead_letters",
-        "schedule": timedelta(seconds=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0)),
-        "options": {"expires": 30},
-    },
-    # Enters or leaves degrade mode from the current lag (non-critical work is shed).
-    "evaluate-pipeline-mode": {
-        "task": "reliability.evaluate_pipeline_mode",
-        "schedule": timedelta(seconds=env_float("RELIABILITY_DEGRADE_INTERVAL_S", 5.0)),
-        "options": {"expires": 30},
-    },
-    # Deletes outbox, message-log and gap rows past retention, in bounded batches.
-    "retention": {
-        "task": "reliability.purge_old_rows",
-        "schedule": timedelta(minutes=10),
-        "options": {"expires": 600},
-    },
-}
+CELERY_BEAT_SCHEDULE = beat_schedule(
+    relay_s=env_float("RELIABILITY_RELAY_INTERVAL_S", 1.0),
+    reconcile_s=env_float("RELIABILITY_RECONCILE_INTERVAL_S", 10.0),
+    heartbeat_s=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0),
+    dead_letters_s=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0),
+    degrade_s=env_float("RELIABILITY_DEGRADE_INTERVAL_S", 5.0),
+)
 
-# --- Reliability (outbox, relay, consumer middleware) ----------------------
+# --- Reliability: what this project decides beyond the library's defaults -----
 
-# Publish right after commit (the sweep is the safety net), unless a relay loop runs.
-# Off: the relay loop and the sweep do it all.
-RELIABILITY_RELAY_FAST_PATH = env_bool("RELIABILITY_RELAY_FAST_PATH", True)
-# Every worker runs a relay loop (one per database is active): woken by the commit,
-# it lingers this long, then packs what is pending into envelopes of many messages.
-RELIABILITY_RELAY_LOOP = env_bool("RELIABILITY_RELAY_LOOP", True)
-RELIABILITY_RELAY_LINGER_MS = env_float("RELIABILITY_RELAY_LINGER_MS", 5.0)
-# Rows published per relay pass (bounded, locked, ordered by id).
-RELIABILITY_RELAY_BATCH_SIZE = env_int("RELIABILITY_RELAY_BATCH_SIZE", 500)
-# Messages per envelope (one task message, one consumer transaction), and envelopes
-# in flight at once before the relay waits for their confirms.
-RELIABILITY_ENVELOPE_MAX_MESSAGES = env_int("RELIABILITY_ENVELOPE_MAX_MESSAGES", 100)
-RELIABILITY_RELAY_WINDOW = env_int("RELIABILITY_RELAY_WINDOW", 32)
-# Declare the broker topology on every new publisher connection. Off for a process whose
-# broker user may only publish (scripts/rabbitmq-users, producer role): the admin declares it
-# once (manage.py broker_setup); a publish to a queue that is missing is returned, and waits.
-RELIABILITY_DECLARE_TOPOLOGY = env_bool("RELIABILITY_DECLARE_TOPOLOGY", True)
-
-# Message signing (reliability/signing.py): "key_id:secret,key_id:secret" - every key is
-# accepted on consumption; RELIABILITY_SIGNING_KEY_ID (default: the first) signs. Rotate by
-# adding a key everywhere, switching the active id, and dropping the old key later.
-_DEVELOPMENT_SIGNING_KEYS = "dev:development-signing-key-never-use-in-production"
-RELIABILITY_SIGNING_KEYS = {
-    key_id.strip(): secret.encode()
-    for key_id, _, secret in (
-        item.partition(":") for item in env_list("RELIABILITY_SIGNING_KEYS", _DEVELOPMENT_SIGNING_KEYS)
-    )
-}
-RELIABILITY_SIGNING_KEY_ID = env_str("RELIABILITY_SIGNING_KEY_ID", next(iter(RELIABILITY_SIGNING_KEYS), ""))
-if any(not key_id or len(secret) < 32 for key_id, secret in RELIABILITY_SIGNING_KEYS.items()):
-    raise ImproperlyConfigured(
-        "RELIABILITY_SIGNING_KEYS: each entry is key_id:secret with a secret of 32+ bytes"
-    )
-if RELIABILITY_SIGNING_KEY_ID not in RELIABILITY_SIGNING_KEYS:
-    raise ImproperlyConfigured(
-        f"RELIABILITY_SIGNING_KEY_ID {RELIABILITY_SIGNING_KEY_ID!r} is not in RELIABILITY_SIGNING_KEYS"
-    )
-# An envelope names the task it is signed for (README, "Message authenticity"). Envelopes
-# signed before that (no "task") are accepted while this is on: the upgrade's transition,
-# while older producers' messages may still be in flight. Turn it off once they drained.
-RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES = env_bool("RELIABILITY_ACCEPT_UNADDRESSED_ENVELOPES", True)
-if IS_PRODUCTION and ("RELIABILITY_SIGNING_KEYS" not in os.environ or "dev" in RELIABILITY_SIGNING_KEYS):
+# Message signing (reliability/signing.py): RELIABILITY_SIGNING_KEYS="key_id:secret,..." - every
+# key is accepted on consumption; RELIABILITY_SIGNING_KEY_ID (default: the first) signs. Rotate
+# by adding a key everywhere, switching the active id, and dropping the old key later. A
+# development key unless set; production refuses it.
+if "RELIABILITY_SIGNING_KEYS" not in globals():
+    RELIABILITY_SIGNING_KEYS = {"dev": b"development-signing-key-never-use-in-production"}
+if IS_PRODUCTION and "dev" in reliability_setting("RELIABILITY_SIGNING_KEYS"):
     raise ImproperlyConfigured(
         "DJANGO_ENV=production needs RELIABILITY_SIGNING_KEYS of its own (not the dev key)"
     )
-# The sweep leaves a fresh row this long to the after-commit fast path.
-RELIABILITY_RELAY_GRACE_S = env_float("RELIABILITY_RELAY_GRACE_S", 2.0)
-# Longest wait for a publisher confirm before the publish counts as failed.
-RELIABILITY_CONFIRM_TIMEOUT_S = env_float("RELIABILITY_CONFIRM_TIMEOUT_S", 5.0)
-# A relay claims the rows it is about to publish for this long (committed, no lock held
-# while it waits on the broker); a claim that expires is taken over by any relay or the
-# sweep. A relay stops publishing its claim when less than a confirm timeout of it is left.
-RELIABILITY_RELAY_CLAIM_S = env_float("RELIABILITY_RELAY_CLAIM_S", 20.0)
-# The active relay loop hands its leadership to another worker after failing to publish
-# for this long while rows wait, and stands back for as long again.
-RELIABILITY_RELAY_LEADER_FAIL_S = env_float("RELIABILITY_RELAY_LEADER_FAIL_S", 10.0)
-if RELIABILITY_RELAY_CLAIM_S < 2 * (RELIABILITY_CONNECT_TIMEOUT_S + RELIABILITY_CONFIRM_TIMEOUT_S):
-    raise ImproperlyConfigured(
-        "RELIABILITY_RELAY_CLAIM_S must be at least twice RELIABILITY_CONNECT_TIMEOUT_S + "
-        "RELIABILITY_CONFIRM_TIMEOUT_S: a claim must outlast the publish window it covers"
-    )
-# Backoff after a failed publish: min(base * 2**attempts, max), in seconds.
-RELIABILITY_RELAY_BACKOFF_BASE_S = env_float("RELIABILITY_RELAY_BACKOFF_BASE_S", 0.5)
-RELIABILITY_RELAY_BACKOFF_MAX_S = env_float("RELIABILITY_RELAY_BACKOFF_MAX_S", 30.0)
-# A failed delivery is requeued after min(0.1 s x 2^deliveries, this); the queue's
-# delivery limit (RELIABILITY_DELIVERY_LIMIT) bounds the loop and dead-letters the rest.
-RELIABILITY_REQUEUE_PAUSE_MAX_S = env_float("RELIABILITY_REQUEUE_PAUSE_MAX_S", 5.0)
-
-# Reconciler: re-publish what the consumer never saw, once it is older than the grace.
-RELIABILITY_RECONCILE_GRACE_S = env_float("RELIABILITY_RECONCILE_GRACE_S", 30.0)
-RELIABILITY_RECONCILE_MAX_ATTEMPTS = env_int("RELIABILITY_RECONCILE_MAX_ATTEMPTS", 5)
-RELIABILITY_RECONCILE_BATCH_SIZE = env_int("RELIABILITY_RECONCILE_BATCH_SIZE", 500)
-RELIABILITY_RECONCILE_INTERVAL_S = env_float("RELIABILITY_RECONCILE_INTERVAL_S", 10.0)
-RELIABILITY_HEARTBEAT_INTERVAL_S = env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0)
-
-# Retention. The dedupe window (how long message-log rows are kept) must outlast
-# every way a message can come back; settings that break this are refused below.
-RELIABILITY_DEDUPE_WINDOW_S = env_float("RELIABILITY_DEDUPE_WINDOW_S", 14 * 86400)
-RELIABILITY_OUTBOX_RETENTION_S = env_float("RELIABILITY_OUTBOX_RETENTION_S", 14 * 86400)
-# Longest a message may wait in a queue; older ones are dead-lettered, not applied.
-RELIABILITY_MAX_MESSAGE_AGE_S = env_float("RELIABILITY_MAX_MESSAGE_AGE_S", 3 * 86400)
-RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S = env_float("RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S", 7 * 86400)
-_retention_problems = retention_horizons_check(
-    dedupe_window_s=RELIABILITY_DEDUPE_WINDOW_S,
-    outbox_retention_s=RELIABILITY_OUTBOX_RETENTION_S,
-    max_message_age_s=RELIABILITY_MAX_MESSAGE_AGE_S,
-    reconcile_grace_s=RELIABILITY_RECONCILE_GRACE_S,
-    reconcile_max_attempts=RELIABILITY_RECONCILE_MAX_ATTEMPTS,
-    dead_letter_replay_window_s=RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S,
-)
-if _retention_problems:
-    raise ImproperlyConfigured("unsafe retention settings: " + "; ".join(_retention_problems))
-
-# --- Message ids (reliability/ids.py) ----------------------------------------
-# Which generator assigns message ids: uuid7 (default: needs no service), snowflake, redis or
-# database. README, "Message ids", says why.
-RELIABILITY_ID_GENERATOR = env_str("RELIABILITY_ID_GENERATOR", "uuid7")
-if RELIABILITY_ID_GENERATOR not in {"snowflake", "uuid7", "redis", "database"}:
-    raise ImproperlyConfigured("RELIABILITY_ID_GENERATOR must be snowflake, uuid7, redis or database")
-# Redis for snowflake worker-id leases and the "redis" counter; when unreachable, ids stop
-# rather than risk a duplicate. No delivery guarantee depends on Redis.
-RELIABILITY_REDIS_URL = env_str("RELIABILITY_REDIS_URL", "redis://127.0.0.1:6379/0")
-# A fixed snowflake worker id (0..1023), unique per *process*; unset: leased from Redis.
-RELIABILITY_SNOWFLAKE_WORKER_ID = (
-    env_int("RELIABILITY_SNOWFLAKE_WORKER_ID", 0)
-    if os.environ.get("RELIABILITY_SNOWFLAKE_WORKER_ID")
-    else None
-)
-# Lease TTL of a Redis-leased worker id (renewed every TTL/3); ids stop after this long without Redis.
-RELIABILITY_SNOWFLAKE_LEASE_TTL_S = env_float("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", 30.0)
-# A clock step back of up to this many ms is waited out; more raises ClockMovedBackwards.
-RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS = env_int("RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS", 50)
-
-# Degrade mode: enter when the oldest unpublished message is this old, or this many
-# messages are produced but not applied; leave below half of both.
-RELIABILITY_DEGRADE_OUTBOX_AGE_S = env_float("RELIABILITY_DEGRADE_OUTBOX_AGE_S", 30.0)
-RELIABILITY_DEGRADE_LAG_MESSAGES = env_int("RELIABILITY_DEGRADE_LAG_MESSAGES", 10_000)
-RELIABILITY_DEGRADE_RETRY_AFTER_S = env_int("RELIABILITY_DEGRADE_RETRY_AFTER_S", 30)
-
-# Fault points for the failure tests (see reliability/faults.py). Refused in production.
-RELIABILITY_FAULT_INJECTION = env_bool("RELIABILITY_FAULT_INJECTION", False)
-if RELIABILITY_FAULT_INJECTION and IS_PRODUCTION:
+if IS_PRODUCTION and reliability_setting("RELIABILITY_FAULT_INJECTION"):
     raise ImproperlyConfigured("RELIABILITY_FAULT_INJECTION cannot be enabled in production")
+# Fault markers (reliability/faults.py) with the project's other run-time files.
+RELIABILITY_FAULT_DIR = env_str("RELIABILITY_FAULT_DIR", str(BASE_DIR / ".run" / "faults"))
 
 # --- Domain -----------------------------------------------------------------
 
@@ -569,10 +430,6 @@ if IS_PRODUCTION:
     SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
-
-# Which fault points fire (see reliability/faults.py); only read when injection is on.
-RELIABILITY_FAULTS = env_str("RELIABILITY_FAULTS", "")
-RELIABILITY_FAULT_DIR = env_str("RELIABILITY_FAULT_DIR", str(BASE_DIR / ".run" / "faults"))
 
 TEST_RUNNER = "tests.runner.PipelineTestRunner"
 

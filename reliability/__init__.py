@@ -58,6 +58,7 @@ _EXPORTS = {
     "reconcile_all": "reconciler",
     # wiring: queue declarations, the Celery worker step, the admin base class, the views
     "quorum_queue": "topology",
+    "beat_schedule": "schedule",
     "worker_steps_install": "worker",
     "ReadOnlyModelAdmin": "admin",
     "metrics": "views",
@@ -99,6 +100,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from .ids import ClockMovedBackwards, WorkerIdUnavailable, message_id_new
     from .models import PipelineMode
     from .reconciler import reconcile_all
+    from .schedule import beat_schedule
     from .services import outbox_enqueue, outbox_enqueue_many
     from .topology import quorum_queue
     from .views import metrics, pipeline_health_page

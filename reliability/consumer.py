@@ -17,9 +17,13 @@ Failures: an envelope that is not well formed can never succeed, so it is
 recorded as a dead letter and acknowledged. A transient database error
 (connection lost, deadlock, serialization failure) rolls back and the message is
 requeued after a short pause; the quorum queue's delivery limit bounds the loop
-and dead-letters what still fails. Any other exception from the handler is a
-bug or a poison message: it is recorded as a dead letter and acknowledged, so
-the messages behind it keep flowing, and can be replayed once fixed.
+and dead-letters what still fails. A message the handler declares poison
+(``PoisonMessage``, or a value the database refuses: ``DataError``) fails the same
+way on every delivery: it is recorded as a dead letter at once and acknowledged,
+so the messages behind it keep flowing, and can be replayed once fixed. Any other
+exception may be a hiccup or a bug: it is requeued the same way as a transient
+error, after a pause that grows with the deliveries, until the delivery limit
+dead-letters it (the drain records it with the broker's reason).
 """
 
 import logging
@@ -32,11 +36,11 @@ from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from django.conf import settings
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from . import services
+from .conf import settings
 from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable

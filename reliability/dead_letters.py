@@ -25,11 +25,11 @@ from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from .conf import settings
 from .exceptions import ReliabilityError
 from .models import DeadLetter
 from .publisher import broker_connection, publisher

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from .conf import settings
 from .models import PipelineMode
 from .selectors import outbox_pending_stats, stream_positions
 

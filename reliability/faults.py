@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from django.conf import settings
+from .conf import settings
 
 logger = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
+from .conf import settings
 from .models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
 from .selectors import gaps_escalated_count, message_log_stats, queue_depths, stream_positions
 

@@ -105,10 +105,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import uuid_utils.compat
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connections
+
+from .conf import settings
 
 try:  # the "redis" extra: only the snowflake and redis generators need it
     import redis
@@ -694,17 +695,17 @@ class _Config:
 
 @functools.cache
 def _config() -> _Config:
-    generator = getattr(settings, "RELIABILITY_ID_GENERATOR", "uuid7")
+    generator = settings.RELIABILITY_ID_GENERATOR
     if generator not in GENERATORS:
         raise ImproperlyConfigured(
             f"RELIABILITY_ID_GENERATOR must be one of {', '.join(GENERATORS)}; got {generator!r}"
         )
     return _Config(
         generator=generator,
-        worker_id=getattr(settings, "RELIABILITY_SNOWFLAKE_WORKER_ID", None),
-        redis_url=getattr(settings, "RELIABILITY_REDIS_URL", REDIS_URL_DEFAULT),
-        lease_ttl_s=float(getattr(settings, "RELIABILITY_SNOWFLAKE_LEASE_TTL_S", 30.0)),
-        max_backward_ms=int(getattr(settings, "RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS", 50)),
+        worker_id=settings.RELIABILITY_SNOWFLAKE_WORKER_ID,
+        redis_url=settings.RELIABILITY_REDIS_URL,
+        lease_ttl_s=float(settings.RELIABILITY_SNOWFLAKE_LEASE_TTL_S),
+        max_backward_ms=int(settings.RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS),
     )
 
 

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from kombu import Connection, Producer
 
+from .conf import settings
 from .exceptions import BrokerUnavailable, PublishError, PublishNacked, PublishReturned, PublishTimeout
 from .topology import dead_letter_queue, topology_declare
 

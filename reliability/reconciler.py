@@ -16,11 +16,11 @@ import logging
 from collections import defaultdict
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from .conf import settings
 from .exceptions import PublishError
 from .models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
 from .selectors import queue_depths

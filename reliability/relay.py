@@ -27,10 +27,10 @@ import threading
 import time
 from typing import Any
 
-from django.conf import settings
 from django.db import connections
 
 from . import services
+from .conf import settings
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ the consumer refuses (dead-letters) a message older than the dedupe window.
 import logging
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
+from .conf import settings
 from .models import MessageLog, OutboxMessage, ReconcileRun, StreamGap
 from .retention_rules import retention_horizons_check
 

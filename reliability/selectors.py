@@ -4,10 +4,10 @@ import logging
 from typing import Any
 
 from celery import current_app
-from django.conf import settings
 from django.db.models import Min, Sum
 from django.utils import timezone
 
+from .conf import settings
 from .models import (
     DeadLetter,
     MessageLog,

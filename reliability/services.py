@@ -12,11 +12,11 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from .conf import settings
 from .exceptions import OutboxUsageError, PublishError
 from .faults import fault_point
 from .ids import message_id_new

@@ -35,8 +35,7 @@ import hmac
 import json
 from typing import Any
 
-from django.conf import settings
-
+from .conf import settings
 from .exceptions import ReliabilityError
 
 SIGNATURE = "sig"
@@ -63,8 +62,9 @@ def _canonical(envelope: dict[str, Any]) -> bytes:
     return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _digest(key: bytes, envelope: dict[str, Any]) -> str:
-    return hmac.new(key, _canonical(envelope), hashlib.sha256).hexdigest()
+def _digest(key: bytes | str, envelope: dict[str, Any]) -> str:
+    secret = key.encode() if isinstance(key, str) else key
+    return hmac.new(secret, _canonical(envelope), hashlib.sha256).hexdigest()
 
 
 def envelope_sign(envelope: dict[str, Any]) -> dict[str, Any]:

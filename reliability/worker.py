@@ -3,7 +3,7 @@
 import logging
 from typing import Any
 
-from celery import bootsteps
+from celery import bootsteps, signals
 from celery.worker import heartbeat
 from celery.worker.consumer import Consumer
 from celery.worker.consumer.heart import Heart
@@ -66,7 +66,7 @@ class DeadLetteringConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         @property
         def default_steps(self) -> list[Any]:
-            from django.conf import settings
+            from .conf import settings
 
             steps: list[Any] = []
             for step in Consumer.Blueprint.default_steps:
@@ -101,13 +101,12 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         self.loops: list[Any] = []
 
     def include_if(self, parent: Any) -> bool:
-        from django.conf import settings
+        from .conf import settings
 
         return bool(settings.RELIABILITY_RELAY_LOOP)
 
     def start(self, parent: Any) -> None:
-        from django.conf import settings
-
+        from .conf import settings
         from .reconciler import reliability_databases
         from .relay import RelayLoop
 
@@ -125,5 +124,23 @@ class OutboxRelayStep(bootsteps.StartStopStep):
 
 
 def worker_steps_install(app: Any) -> None:
-    """Add the reliability app's worker steps to a Celery app (``project/celery.py`` does)."""
+    """Add the reliability app's worker steps to a Celery app (``project/celery.py`` does), and
+    refuse to start a worker whose configuration fails the reliability system checks."""
     app.steps["worker"].add(OutboxRelayStep)
+    signals.worker_init.connect(_configuration_refuse_unsafe, weak=False)
+
+
+def _configuration_refuse_unsafe(**kwargs: Any) -> None:
+    """A worker applies and relays messages: with an unsafe configuration it must not start.
+
+    Celery's Django fixup has set Django up by now (it connects to ``worker_init`` first).
+    SystemExit, because Celery logs and swallows any Exception a signal receiver raises.
+    """
+    from .checks import reliability_errors
+
+    errors = reliability_errors()
+    if errors:
+        raise SystemExit(
+            "reliability: this configuration is unsafe, the worker will not start:\n"
+            + "\n".join(f"  {error}" for error in errors)
+        )

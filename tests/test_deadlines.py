@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import psycopg
 from celery import current_app
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
 from django.db.backends.postgresql.base import DatabaseWrapper
@@ -27,6 +26,7 @@ from django.utils import timezone
 from chaos.harness import url_via
 from chaos.partition import SilentProxy
 from project.settings import database_from_url
+from reliability.conf import settings
 from reliability.exceptions import BrokerUnavailable, PublishTimeout
 from reliability.models import OutboxMessage
 from reliability.publisher import ConfirmedPublisher, broker_connection

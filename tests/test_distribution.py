@@ -3,6 +3,7 @@ alone, which installs into a clean virtualenv (its dependencies from their range
 public API imports, lazily, and works once Django is set up with nothing but the app installed.
 """
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,11 @@ class WheelTests(SimpleTestCase):
     def test_the_wheel_holds_reliability_only_and_its_public_api_works_in_a_clean_venv(self) -> None:
         with tempfile.TemporaryDirectory(prefix="wheel-") as workdir:
             work = Path(workdir)
+            # From a copy: setuptools writes build/ and *.egg-info/ next to the sources.
+            source = work / "source"
+            shutil.copytree(
+                REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".run", "build", "*.egg-info")
+            )
             build = subprocess.run(
                 [
                     sys.executable,
@@ -68,7 +74,7 @@ class WheelTests(SimpleTestCase):
                     "-q",
                     "-w",
                     str(work / "dist"),
-                    str(REPO),
+                    str(source),
                 ],
                 cwd=work,
                 capture_output=True,

@@ -14,11 +14,11 @@ from typing import Any
 from unittest import mock
 
 from celery import current_app
-from django.conf import settings
 from django.test import TestCase, override_settings, tag
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create, deduction_apply, deductions_apply
+from reliability.conf import settings
 from reliability.consumer import HEARTBEAT, batch_consume, message_consume
 from reliability.heartbeat import stream_heartbeat_send
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamGap, StreamWatermark

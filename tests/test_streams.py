@@ -258,7 +258,7 @@ class RetentionTests(TestCase):
         self.assertIn("RELIABILITY_MAX_MESSAGE_AGE_S", problems[0])
 
     def test_safe_defaults_pass(self) -> None:
-        from django.conf import settings
+        from reliability.conf import settings
 
         self.assertEqual(
             retention_horizons_check(

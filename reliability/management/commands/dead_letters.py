@@ -1,11 +1,12 @@
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from reliability import dead_letters
 from reliability.exceptions import ReliabilityError
 from reliability.models import DeadLetter
+
+from ...conf import settings
 
 
 class Command(BaseCommand):

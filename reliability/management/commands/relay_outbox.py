@@ -1,10 +1,11 @@
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from reliability import services
 from reliability.relay import RelayLoop
+
+from ...conf import settings
 
 
 class Command(BaseCommand):
