@@ -4,7 +4,7 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 
 from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
@@ -15,13 +15,14 @@ from .models import Account, LedgerEntry
 
 logger = logging.getLogger(__name__)
 
-# The trade service's contract: the task that consumes our outcomes, and its queue.
 BALANCE_MAX = 2**63 - 1  # PostgreSQL bigint
 
 
-class DeductionOutcome:
-    DEDUCTED = "deducted"
-    REJECTED = "rejected"
+class DeductionOutcome(models.TextChoices):
+    """What a deduction message did: the message-log outcome, and the outcome sent back."""
+
+    DEDUCTED = "deducted", "Deducted"
+    REJECTED = "rejected", "Rejected: insufficient funds"
 
 
 def _positive_int(value: Any, *, what: str) -> int:
@@ -120,7 +121,8 @@ def deductions_apply(messages: list[Message]) -> list[str]:
     balances = {account_id: account.balance for account_id, account in accounts.items()}
     now = timezone.now()
     entries: list[tuple[int, int, int, Any, int]] = []  # (account, beans, balance_after, message, trade)
-    outcomes, outcome_messages = [], []
+    outcomes: list[str] = []
+    outcome_messages = []
     for message, (trade_id, account_id, beans) in zip(messages, fields, strict=True):
         if balances[account_id] >= beans:
             balances[account_id] -= beans

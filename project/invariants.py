@@ -6,6 +6,7 @@ the reliability tables together, which neither app may do.
 from django.conf import settings
 
 from beans.selectors import deductions_by_message_id, ledger_totals_by_account
+from beans.services import DeductionOutcome
 from reliability.models import MessageLog, OutboxMessage
 from trades.models import Trade
 
@@ -46,7 +47,7 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
     applied_log = {
         str(message_id)
         for message_id in MessageLog.objects.using(settings.BEANS_DATABASE)
-        .filter(handler=DEDUCT_TASK, outcome="deducted")
+        .filter(handler=DEDUCT_TASK, outcome=DeductionOutcome.DEDUCTED)
         .values_list("message_id", flat=True)
     }
     for message_id in applied_log - deductions.keys():

@@ -53,6 +53,7 @@ _EXPORTS = {
     "pipeline_health": "health",
     "stream_health": "health",
     "PipelineMode": "models",
+    "Outcome": "models",
     "pipeline_mode_current": "degrade",
     "non_critical": "degrade",
     "reconcile_all": "reconciler",
@@ -98,7 +99,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     )
     from .health import pipeline_health, stream_health
     from .ids import ClockMovedBackwards, WorkerIdUnavailable, message_id_new
-    from .models import PipelineMode
+    from .models import Outcome, PipelineMode
     from .reconciler import reconcile_all
     from .schedule import beat_schedule
     from .services import outbox_enqueue, outbox_enqueue_many

@@ -44,7 +44,7 @@ from .conf import settings
 from .exceptions import InvalidEnvelope, PoisonMessage
 from .faults import fault_point
 from .ids import ClockMovedBackwards, WorkerIdUnavailable
-from .models import DeadLetter, ParkedMessage
+from .models import DeadLetter, Outcome, ParkedMessage
 from .signing import KIND, MESSAGE, Unauthentic, envelope_verify
 from .streams import (
     RunFit,
@@ -138,7 +138,7 @@ def heartbeat_apply(*, handler_name: str, envelope: dict[str, Any], using: str) 
         raise InvalidEnvelope("heartbeat needs a stream name and a non-negative integer high")
     with transaction.atomic(using=using):
         stream_high_record(handler=handler_name, stream=stream, producer_high=high, using=using)
-    return "heartbeat"
+    return Outcome.HEARTBEAT
 
 
 def message_age_s(message: Message) -> float | None:
@@ -197,7 +197,7 @@ def _requeue(task: Task, exc: Exception, *, what: str) -> NoReturn:
 
 def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
     fault_point("consume.before_handler", message_id=message.message_id)
-    outcome = handler(message) or "applied"
+    outcome = handler(message) or Outcome.APPLIED
     fault_point("consume.after_handler", message_id=message.message_id)  # its locks are held here
     services.message_log_record_outcome(
         handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
@@ -215,7 +215,7 @@ def message_park(*, handler_name: str, message: Message, envelope: Any, using: s
         envelope=envelope,
     )
     services.message_log_record_outcome(
-        handler=handler_name, message_id=message.message_id, outcome="parked", using=using
+        handler=handler_name, message_id=message.message_id, outcome=Outcome.PARKED, using=using
     )
     logger.info(
         "message %s (%s#%d) parked until its predecessor arrives",
@@ -223,7 +223,7 @@ def message_park(*, handler_name: str, message: Message, envelope: Any, using: s
         message.stream,
         message.seq,
     )
-    return "parked"
+    return Outcome.PARKED
 
 
 def parked_apply(
@@ -295,7 +295,7 @@ def _dead_letter(
                 upto=watermark,
                 using=using,
             )
-    return "dead-lettered"
+    return Outcome.DEAD_LETTERED
 
 
 def message_consume(
@@ -336,7 +336,7 @@ def message_consume(
             envelope=envelope,
             using=using,
         )
-        return "dead-lettered"
+        return Outcome.DEAD_LETTERED
     age = message_age_s(message)
     if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
         # Its message-log row may be gone (retention): applying it could apply it twice.
@@ -392,7 +392,7 @@ def message_consume(
                             using=using,
                         )
             else:
-                outcome = "duplicate"
+                outcome = Outcome.DUPLICATE
                 services.message_log_count_redelivery(
                     handler=handler_name, message_id=message.message_id, using=using
                 )
@@ -414,7 +414,7 @@ def message_consume(
             handler=handler,
             ordered=ordered,
         )
-    if outcome == "duplicate":
+    if outcome == Outcome.DUPLICATE:
         logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
     fault_point("consume.after_commit", message_id=message.message_id)
     return outcome
@@ -453,7 +453,7 @@ def batch_consume(
             envelope=envelope,
             using=using,
         )
-        return "dead-lettered"
+        return Outcome.DEAD_LETTERED
     try:
         outcomes = _batch_apply_retrying(task.name, items, handler, batch_handler, using=using)
     except _TakeOneByOne as reason:
@@ -532,7 +532,7 @@ def _batch_apply(
         if batch_handler is not None:
             outcomes = batch_handler(messages)
         else:
-            outcomes = [handler(message) or "applied" for message in messages]
+            outcomes = [handler(message) or Outcome.APPLIED for message in messages]
         fault_point("consume.after_handler", message_id=messages[0].message_id)
         if len(outcomes) != len(messages):
             raise RuntimeError(

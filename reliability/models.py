@@ -118,6 +118,16 @@ class StreamCounter(models.Model):
         return f"{self.stream}#{self.last_seq}"
 
 
+class Outcome(models.TextChoices):
+    """What the consumer did with a delivery, beside the handlers' own outcomes ("deducted")."""
+
+    APPLIED = "applied", "Applied (the handler named no outcome of its own)"
+    DUPLICATE = "duplicate", "A redelivery of a message already applied: skipped"
+    DEAD_LETTERED = "dead-lettered", "Recorded as a dead letter and acknowledged"
+    PARKED = "parked", "Ahead of its stream's next seq: parked until its predecessor is applied"
+    HEARTBEAT = "heartbeat", "A stream heartbeat: the producer's high-water mark recorded"
+
+
 class MessageLog(models.Model):
     """One row per message a handler applied (the inbox)."""
 
