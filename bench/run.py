@@ -34,7 +34,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -45,6 +44,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -52,16 +52,16 @@ if str(REPO) not in sys.path:
 
 from bench import cpu  # noqa: E402 - needs the repository on sys.path
 from chaos.harness import Child  # noqa: E402 - one subprocess wrapper for the bench and the chaos run
+from project.broker_admin import BrokerAdminError, broker_admin  # noqa: E402
+from project.environment import broker_url, broker_user, database_recreate, database_url  # noqa: E402
 
 RUN_DIR = REPO / ".run" / "bench"
 RESULTS = REPO / "bench" / "results" / "latest.json"
 DB_NAME = "beans_bench"
-DB_HOST = "127.0.0.1"
-DB_PORT = "5432"
 VHOST = "bench"
-AMQP_HOST = "127.0.0.1:5672"
-DATABASE_URL = f"postgres://root@{DB_HOST}:{DB_PORT}/{DB_NAME}"
-BROKER_URL = f"amqp://guest:guest@{AMQP_HOST}/{VHOST}"
+# On the servers of your DATABASE_URL and CELERY_BROKER_URL if you set them, else the defaults.
+DATABASE_URL = database_url(DB_NAME)
+BROKER_URL = broker_url(VHOST)
 REDIS_URL = "redis://127.0.0.1:6379/12"
 ACCOUNTS = 64
 OPENING_BALANCE = 10**15
@@ -109,11 +109,6 @@ def run(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.Comp
     )
 
 
-def rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    return run(ctl, "-q", *args, timeout=90, check=check)
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -151,7 +146,13 @@ def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interv
 def broker() -> Any:
     from bench.rawamqp import Broker
 
-    return Broker(host=AMQP_HOST, userid="guest", password="guest", virtual_host=VHOST)  # noqa: S106
+    node = urlsplit(BROKER_URL)
+    return Broker(
+        host=f"{node.hostname}:{node.port or 5672}",
+        userid=unquote(node.username or "guest"),
+        password=unquote(node.password or "guest"),
+        virtual_host=VHOST,
+    )
 
 
 def consumer_counts(names: list[str]) -> dict[str, int]:
@@ -218,8 +219,7 @@ def wait_consumers(queues: list[str], workers: int, children: list[Child], *, ti
 
 def database_create() -> None:
     log(f"creating database {DB_NAME} and running migrations")
-    run("dropdb", "-h", DB_HOST, "-p", DB_PORT, "--if-exists", "--force", DB_NAME)
-    run("createdb", "-h", DB_HOST, "-p", DB_PORT, DB_NAME)
+    database_recreate(DATABASE_URL)
     result = run(sys.executable, "manage.py", "migrate", "--noinput", timeout=300, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
@@ -494,7 +494,7 @@ def measure_exactly_once(
     args: argparse.Namespace, children: Children, tag: str, *, total: int, placement_batch: int = 1
 ) -> ExactlyOnce:
     """The pipeline end to end, ``total`` trades, ``placement_batch`` per placement call (1: ``trade_place``)."""
-    from django.conf import settings
+    from reliability.conf import settings
 
     def placing(total: int) -> list[tuple[list[int], int, int]]:
         return [(own, n, placement_batch) for own, n in jobs(accounts, total, args.producers)]
@@ -751,9 +751,8 @@ def measure_baseline(args: argparse.Namespace, children: Children, tag: str) -> 
 
 
 def measure_raw(args: argparse.Namespace) -> dict[str, float]:
-    from django.conf import settings
-
     from bench.rawamqp import queue_declare, round_trip
+    from reliability.conf import settings
 
     queues_reset()
     queue_declare(
@@ -814,7 +813,7 @@ def cpu_cost_ratio(repeats: list[Repeat]) -> Any:
 
 def settings_snapshot() -> dict[str, Any]:
     """The project settings that shape the figures (all at their defaults: the bench clears overrides)."""
-    from django.conf import settings
+    from reliability.conf import settings
 
     names = [
         "CELERY_WORKER_PREFETCH_MULTIPLIER",
@@ -1107,11 +1106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def vhost_create() -> None:
-    if VHOST in rabbitmqctl("list_vhosts", "name").stdout.split():
+    admin = broker_admin()  # the management API, or rabbitmqctl where it is not enabled
+    if VHOST in admin.vhosts():
         log(f"deleting vhost {VHOST!r} left over by an earlier run")
-        rabbitmqctl("delete_vhost", VHOST)
-    rabbitmqctl("add_vhost", VHOST)
-    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+        admin.vhost_delete(VHOST)
+    admin.vhost_add(VHOST)
+    admin.permissions_set(VHOST, broker_user(), ".*", ".*", ".*")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1233,8 +1233,8 @@ def main(argv: list[str] | None = None) -> int:
         children.stop_all()
         if vhost_made:
             try:
-                rabbitmqctl("delete_vhost", VHOST)
-            except (subprocess.SubprocessError, OSError) as exc:
+                broker_admin().vhost_delete(VHOST)
+            except BrokerAdminError as exc:
                 log(f"could not delete vhost {VHOST!r}: {exc}")
         log(f"done in {time.monotonic() - started:.0f}s; worker logs in {RUN_DIR.relative_to(REPO)}/")
 

@@ -47,6 +47,11 @@ def broker_url(vhost: str | None = None) -> str:
     return url if vhost is None else url_with_path(url, vhost)
 
 
+def broker_user() -> str:
+    """The broker user of the URL in force: the one a private vhost grants its permissions to."""
+    return unquote(urlsplit(broker_url()).username or "guest")
+
+
 def libpq_url(url: str) -> str:
     """``url`` as libpq reads it: the ``postgresql`` scheme, which every libpq version accepts."""
     parts = urlsplit(url)

@@ -1,6 +1,7 @@
 """Measure what one vhost with one worker and beat costs RabbitMQ (README, "Broker footprint").
 
-Usage, from the repository root (needs root or the rabbitmq user for ``rabbitmqctl``)::
+Usage, from the repository root (needs root or the rabbitmq user: the counts come from
+``rabbitmqctl``; the vhost is made and deleted through ``project.broker_admin``)::
 
     .venv/bin/python scripts/broker-footprint.py [--concurrency 2] [--trades 200]
                                                  [--native-delayed-delivery] [--json]
@@ -35,8 +36,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chaos.harness import orphans  # noqa: E402
+from project.broker_admin import broker_admin  # noqa: E402
+from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url  # noqa: E402
 
-DB_HOST = "127.0.0.1"
 AMQP_PORT = 5672
 REDIS_URL = "redis://127.0.0.1:6379/10"  # chaos 11, bench 12, tests 13 and 15, bench/ids.py 14
 PREFIX_VHOST = "footprint-"
@@ -70,14 +72,12 @@ def ctl_json(*args: str) -> Any:
 def stale_reap() -> list[str]:
     """Delete the vhosts and databases of earlier runs whose process is gone."""
     notes = []
-    for vhost in orphans(
-        ctl("list_vhosts", "name", "--no-table-headers").split(), re.escape(PREFIX_VHOST) + r"(\d+)"
-    ):
-        ctl("delete_vhost", vhost)
+    for vhost in orphans(broker_admin().vhosts(), re.escape(PREFIX_VHOST) + r"(\d+)"):
+        broker_admin().vhost_delete(vhost)
         notes.append(f"deleted vhost {vhost} left by an earlier run")
-    databases = run(["psql", "-h", DB_HOST, "-d", "postgres", "-Atc", "SELECT datname FROM pg_database"])
+    databases = run(["psql", "-X", "-d", database_url("postgres"), "-Atc", "SELECT datname FROM pg_database"])
     for name in orphans(databases.split(), re.escape(PREFIX_DB) + r"(\d+)"):
-        run(["dropdb", "-h", DB_HOST, "--if-exists", "--force", name])
+        database_drop(database_url(name))
         notes.append(f"dropped database {name} left by an earlier run")
     return notes
 
@@ -94,7 +94,7 @@ def node_fds() -> dict[str, int]:
 
 
 def other_vhosts(mine: str) -> list[str]:
-    return sorted(v for v in ctl("list_vhosts", "name", "--no-table-headers").split() if v not in {"/", mine})
+    return sorted(v for v in broker_admin().vhosts() if v not in {"/", mine})
 
 
 def clean_env() -> dict[str, str]:
@@ -214,8 +214,8 @@ def main() -> int:
     vhost, database = f"{PREFIX_VHOST}{os.getpid()}", f"{PREFIX_DB}{os.getpid()}"
     env = {
         **clean_env(),
-        "DATABASE_URL": f"postgres://root@{DB_HOST}:5432/{database}",
-        "CELERY_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{AMQP_PORT}/{vhost}",
+        "DATABASE_URL": database_url(database),
+        "CELERY_BROKER_URL": broker_url(vhost),
         "RELIABILITY_REDIS_URL": REDIS_URL,
         "RELIABILITY_NATIVE_DELAYED_DELIVERY": "true" if args.native_delayed_delivery else "false",
         "DJANGO_SETTINGS_MODULE": "project.settings",
@@ -238,10 +238,10 @@ def main() -> int:
             say(note)
         figures["node_before"] = node_fds()
         vhost_made = True
-        ctl("add_vhost", vhost)
-        ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        broker_admin().vhost_add(vhost)
+        broker_admin().permissions_set(vhost, broker_user(), ".*", ".*", ".*")
         database_made = True
-        run(["createdb", "-h", DB_HOST, database])
+        database_recreate(env["DATABASE_URL"])
         run([python, "manage.py", "migrate", "--noinput", "-v0"], env=env, timeout=600)
         run([python, "manage.py", "broker_setup"], env=env)
         run([python, "manage.py", "create_accounts", "--count", "4", "--balance", "1000000"], env=env)
@@ -295,7 +295,7 @@ def main() -> int:
         stop(worker)
         time.sleep(2)
         figures["node_stopped"] = node_fds()
-        ctl("delete_vhost", vhost)
+        broker_admin().vhost_delete(vhost)
         vhost_made = False
         time.sleep(2)
         figures["node_vhost_deleted"] = node_fds()
@@ -310,10 +310,10 @@ def main() -> int:
         stop(worker)
         if vhost_made:
             with suppress(Exception):
-                ctl("delete_vhost", vhost)
+                broker_admin().vhost_delete(vhost)
         if database_made:
             with suppress(Exception):
-                run(["dropdb", "-h", DB_HOST, "--if-exists", "--force", database])
+                database_drop(env["DATABASE_URL"])
     report(figures)
     if args.json:
         say(json.dumps(figures, indent=2))

@@ -6,17 +6,17 @@ from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 from celery import current_app
-from django.conf import settings
 from django.test import TransactionTestCase
 from kombu import Connection
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
+from project.invariants import pipeline_violations
+from reliability.conf import settings
 from reliability.models import OutboxMessage, ParkedMessage
 from reliability.publisher import publisher
 from reliability.selectors import stream_positions
 from trades.models import Trade
-from trades.selectors import pipeline_violations
 
 from .processes import CeleryProcess, run_manage_command, wait_until
 
@@ -26,14 +26,18 @@ def broker_queues() -> list[str]:
 
 
 def rabbitmqctl(*args: str) -> None:
+    """Node control (``stop_app``, ``start_app``, ``await_startup``): root or the rabbitmq user only.
+
+    Administration (policies, vhosts, listings) goes through ``project.broker_admin`` instead.
+    """
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
 def queue_message_counts() -> dict[str, int]:
     """Return the ready messages of every project queue, straight from the queues.
 
-    A passive declare asks the queue itself; ``rabbitmqctl list_queues`` reports
-    quorum-queue counts from periodic metrics and lags by seconds.
+    A passive declare asks the queue itself; a queue listing (``broker_admin().queues()``)
+    reports quorum-queue counts from periodic metrics and lags by seconds.
     """
     counts = {}
     with Connection(current_app.conf.broker_url) as conn:

@@ -8,15 +8,14 @@ the run failed before teardown (an import error, a database that could not be ma
 and on SIGTERM (turned into ``KeyboardInterrupt``, so the teardown runs). A vhost left by
 a run that was SIGKILLed is recognised by its dead pid and deleted when the next run
 starts. A vhost costs the broker queues and file descriptors (README, "Broker footprint").
+Vhosts and permissions go through the broker's management API (``project.broker_admin``).
 """
 
 import atexit
+import contextlib
 import os
-import shutil
 import signal
-import subprocess
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 from celery import current_app
 from django.conf import settings
@@ -24,27 +23,20 @@ from django.db import connections
 from django.test.runner import DiscoverRunner
 
 from chaos.harness import orphans
+from project.broker_admin import BrokerAdminError, broker_admin
+from project.environment import broker_user, url_with_path
 from reliability.publisher import publisher
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
-def rabbitmqctl(*args: str) -> str:
-    if shutil.which("rabbitmqctl") is None:
-        raise RuntimeError("rabbitmqctl not found: install rabbitmq-server (apt-get install rabbitmq-server)")
-    done = subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout
-
-
 def vhosts_stale_delete() -> list[str]:
     """Delete the ``test-<pid>`` vhosts of test runs that no longer run (SIGKILLed mid-run)."""
     deleted = []
-    for vhost in orphans(rabbitmqctl("list_vhosts", "name").split(), r"test-(\d+)"):
-        subprocess.run(
-            ["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
-        )
+    admin = broker_admin()
+    for vhost in orphans(admin.vhosts(), r"test-(\d+)"):
+        with contextlib.suppress(BrokerAdminError):
+            admin.vhost_delete(vhost)
         deleted.append(vhost)
     return deleted
 
@@ -69,10 +61,9 @@ class PipelineTestRunner(DiscoverRunner):
         atexit.register(self._vhost_delete)
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _sigterm_interrupts)
-        rabbitmqctl("add_vhost", self.vhost)
-        rabbitmqctl("set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*")
-        parts = urlsplit(settings.CELERY_BROKER_URL)
-        url = urlunsplit(parts._replace(path="/" + quote(self.vhost, safe="")))
+        broker_admin().vhost_add(self.vhost)
+        broker_admin().permissions_set(self.vhost, broker_user(), ".*", ".*", ".*")
+        url = url_with_path(settings.CELERY_BROKER_URL, self.vhost)
         os.environ["CELERY_BROKER_URL"] = url
         current_app.conf.broker_url = url
         publisher().close()
@@ -80,12 +71,8 @@ class PipelineTestRunner(DiscoverRunner):
     def _vhost_delete(self) -> None:
         """Delete this run's vhost if it is still there (idempotent; never raises)."""
         if self.vhost:
-            subprocess.run(
-                ["rabbitmqctl", "-q", "delete_vhost", self.vhost],
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
+            with contextlib.suppress(BrokerAdminError):
+                broker_admin().vhost_delete(self.vhost)
             self.vhost = ""
 
     @staticmethod
@@ -110,6 +97,6 @@ class PipelineTestRunner(DiscoverRunner):
         try:
             vhost, self.vhost = self.vhost, ""
             if vhost:
-                rabbitmqctl("delete_vhost", vhost)
+                broker_admin().vhost_delete(vhost)
         finally:
             super().teardown_test_environment(**kwargs)

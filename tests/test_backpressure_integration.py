@@ -1,6 +1,5 @@
 """Back-pressure without loss: a bounded queue refuses, the outbox holds, everything drains once."""
 
-import json
 import os
 import sys
 import time
@@ -8,12 +7,13 @@ import time
 from django.db.models import Max
 from django.test import override_settings, tag
 
+from project.broker_admin import broker_admin
 from reliability import degrade
 from reliability.models import OutboxMessage
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
+from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
 from .test_relay_integration import queue_policy
 
 # CI places 1,000; `BACKPRESSURE_TRADES=10000 make test TEST_ARGS=tests.test_backpressure_integration`
@@ -33,9 +33,8 @@ class BackPressureIntegrationTests(PipelineTestCase):
 
     @override_settings(RELIABILITY_DEGRADE_OUTBOX_AGE_S=5, RELIABILITY_RELAY_BACKOFF_MAX_S=3)
     def test_bounded_queue_refuses_the_outbox_holds_and_everything_drains_once(self) -> None:
-        policy = json.dumps({"max-length": QUEUE_BOUND})
-        rabbitmqctl("set_policy", "-p", broker_vhost(), "--apply-to", "queues", "bound", "^beans$", policy)
-        self.addCleanup(rabbitmqctl, "clear_policy", "-p", broker_vhost(), "bound")
+        broker_admin().policy_set(broker_vhost(), "bound", "^beans$", {"max-length": QUEUE_BOUND})
+        self.addCleanup(broker_admin().policy_clear, broker_vhost(), "bound")
         self.wait_for(lambda: queue_policy("beans") == "bound", timeout=30, what="the bound to apply")
         accounts = self.create_accounts(20, balance=10 * TRADES)
 

@@ -7,7 +7,6 @@ child killed inside the batch transaction and after its commit, and the relay
 loop killed between the confirms of a window and marking its rows sent.
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -20,12 +19,13 @@ from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings, tag
 
+from project.broker_admin import broker_admin
 from reliability.models import MessageLog, OutboxMessage
 from reliability.services import outbox_enqueue, outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
 from . import test_relay_integration as relay_tests  # the module, so its tests are not collected twice
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
+from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
 from .processes import REPO, subprocess_env, wait_until
 from .test_relay_integration import queue_policy
 
@@ -163,9 +163,8 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
         (account,) = self.create_accounts(1, balance=100_000)
         # A quorum queue checks its bound as messages arrive: with a window in flight it can
         # overshoot by a few, then refuses (basic.nack) what does not fit.
-        policy = json.dumps({"max-length": 2})
-        rabbitmqctl("set_policy", "-p", broker_vhost(), "--apply-to", "queues", "full", "^beans$", policy)
-        self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "clear_policy", "-p", broker_vhost(), "full"])
+        broker_admin().policy_set(broker_vhost(), "full", "^beans$", {"max-length": 2})
+        self.addCleanup(broker_admin().policy_clear, broker_vhost(), "full")
         wait_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
         for _ in range(200):
             trade_place(account_id=account, beans=10)
@@ -180,7 +179,7 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
         untouched = rows.filter(status=OutboxMessage.Status.PENDING, attempts=0)
         self.assertFalse(untouched.exclude(last_error="").exists(), "rows after the refusal were not tried")
         self.assertEqual(sent + refused.count() + untouched.count(), 200)
-        subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", broker_vhost(), "full"], check=True)
+        broker_admin().policy_clear(broker_vhost(), "full")
         self.start_worker()
         self.start_beat()
         self.wait_drained(timeout=180)

@@ -4,6 +4,7 @@ checks that refuse an unsafe configuration (in ``manage.py check`` and in a star
 import os
 import subprocess
 import sys
+from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import run_checks
@@ -25,8 +26,8 @@ def reliability_check_ids() -> list[str]:
 class DefaultsTests(SimpleTestCase):
     def test_a_setting_the_project_does_not_set_has_the_librarys_default(self) -> None:
         with override_settings():
-            del django_settings.RELIABILITY_RELAY_WINDOW
-            del django_settings.RELIABILITY_FAULT_DIR
+            delattr(django_settings, "RELIABILITY_RELAY_WINDOW")
+            delattr(django_settings, "RELIABILITY_FAULT_DIR")
             self.assertFalse(hasattr(django_settings, "RELIABILITY_RELAY_WINDOW"))
             self.assertEqual(
                 reliability_settings.RELIABILITY_RELAY_WINDOW, DEFAULTS["RELIABILITY_RELAY_WINDOW"]
@@ -40,12 +41,12 @@ class DefaultsTests(SimpleTestCase):
 
     def test_the_signing_key_id_defaults_to_the_first_key(self) -> None:
         with override_settings(RELIABILITY_SIGNING_KEYS={"a": KEY, "b": KEY}):
-            del django_settings.RELIABILITY_SIGNING_KEY_ID
+            delattr(django_settings, "RELIABILITY_SIGNING_KEY_ID")
             self.assertEqual(reliability_settings.RELIABILITY_SIGNING_KEY_ID, "a")
 
     def test_a_mutable_default_is_a_copy(self) -> None:
         with override_settings():
-            del django_settings.RELIABILITY_DATABASES
+            delattr(django_settings, "RELIABILITY_DATABASES")
             reliability_settings.RELIABILITY_DATABASES.append("elsewhere")
             self.assertEqual(reliability_settings.RELIABILITY_DATABASES, ["default"])
 
@@ -92,7 +93,7 @@ class SystemCheckTests(SimpleTestCase):
         self.assertEqual(reliability_check_ids(), [])
 
     def test_each_unsafe_setting_is_an_error_naming_it(self) -> None:
-        cases = {
+        cases: dict[str, dict[str, Any]] = {
             "reliability.E001": {"RELIABILITY_SIGNING_KEYS": {}},
             "reliability.E002": {
                 "RELIABILITY_SIGNING_KEYS": {"k": "short"},

@@ -1,33 +1,26 @@
 """The production stage against a real RabbitMQ: confirms, returns, nacks, backoff."""
 
-import json
 import socket
-import subprocess
 import uuid
 
 from celery import current_app
 from django.test import tag
 from kombu import Connection
 
+from project.broker_admin import broker_admin
 from reliability.models import OutboxMessage
 from reliability.publisher import publisher
 from reliability.services import outbox_relay_batch, outbox_relay_messages
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts, rabbitmqctl
+from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
 from .processes import wait_until
 
 
 def queue_policy(name: str) -> str:
-    listing = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", broker_vhost(), "--no-table-headers", "name", "policy"],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
-    policies = dict(line.split("\t", 1) for line in listing.splitlines() if "\t" in line)
-    return policies.get(name, "").strip()
+    """The policy the broker applies to queue ``name`` of this run's vhost ("" for none)."""
+    policies = {queue["name"]: queue["policy"] for queue in broker_admin().queues(broker_vhost())}
+    return policies.get(name, "")
 
 
 def pending_message(trade_message_id: uuid.UUID) -> OutboxMessage:
@@ -65,9 +58,8 @@ class RelayIntegrationTests(PipelineTestCase):
 
     def test_nacked_publish_stays_pending_until_consumers_drain_the_queue(self) -> None:
         # A full queue with overflow=reject-publish answers basic.nack.
-        policy = json.dumps({"max-length": 1})
-        rabbitmqctl("set_policy", "-p", broker_vhost(), "--apply-to", "queues", "full", "^beans$", policy)
-        self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "clear_policy", "-p", broker_vhost(), "full"])
+        broker_admin().policy_set(broker_vhost(), "full", "^beans$", {"max-length": 1})
+        self.addCleanup(broker_admin().policy_clear, broker_vhost(), "full")
         wait_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
         placed = []
         for _ in range(5):  # fill the queue until the broker refuses one
@@ -116,29 +108,10 @@ class RelayIntegrationTests(PipelineTestCase):
 
     def _unbind_beans(self) -> None:
         """Remove every binding from exchange beans to queue beans (workers add their own)."""
-        listing = subprocess.run(
-            [
-                "rabbitmqctl",
-                "-q",
-                "list_bindings",
-                "-p",
-                broker_vhost(),
-                "--no-table-headers",
-                "source_name",
-                "destination_name",
-                "routing_key",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
         keys = {"beans"}
-        for line in listing.splitlines():
-            source, _, rest = line.partition("\t")
-            destination, _, routing_key = rest.partition("\t")
-            if source == "beans" and destination == "beans":
-                keys.add(routing_key)
+        for binding in broker_admin().bindings(broker_vhost()):
+            if binding.source == "beans" and binding.destination == "beans":
+                keys.add(binding.routing_key)
         with Connection(current_app.conf.broker_url) as conn:
             for routing_key in keys:
                 conn.default_channel.queue_unbind("beans", "beans", routing_key)

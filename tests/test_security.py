@@ -30,6 +30,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads, prepare_accept_content
 
 from beans.models import LedgerEntry
+from project.broker_admin import broker_admin
 from reliability.dead_letters import dead_letter_from_broker
 from reliability.models import DeadLetter, OutboxMessage
 from reliability.services import outbox_envelope
@@ -289,12 +290,6 @@ class AdminPathTests(SimpleTestCase):
                 self.assertIn("DJANGO_ADMIN_URL", result.stderr)
 
 
-def _rabbitmqctl(*args: str) -> str:
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=120
-    ).stdout
-
-
 @tag("integration")
 class LeastPrivilegeIntegrationTests(PipelineTestCase):
     """``scripts/rabbitmq-users`` against the real broker, in a vhost and with users of its own."""
@@ -306,8 +301,8 @@ class LeastPrivilegeIntegrationTests(PipelineTestCase):
         self.users = {role: f"{prefix}-{role}" for role in ("producer", "consumer", "admin")}
         self.passwords = {role: secrets.token_urlsafe(24) for role in self.users}
         for user in self.users.values():
-            self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "delete_user", user], check=False)
-        self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "delete_vhost", self.vhost], check=False)
+            self.addCleanup(broker_admin().user_delete, user)
+        self.addCleanup(broker_admin().vhost_delete, self.vhost)
         for _ in range(2):  # idempotent: the second run finds everything in place
             result = subprocess.run(
                 [str(REPO / "scripts" / "rabbitmq-users")],
@@ -349,8 +344,8 @@ class LeastPrivilegeIntegrationTests(PipelineTestCase):
 
     def test_each_role_gets_exactly_the_intended_permissions(self) -> None:
         listed = {
-            line.split("\t")[0]: tuple(line.split("\t")[1:])
-            for line in _rabbitmqctl("list_permissions", "-p", self.vhost, "--no-table-headers").splitlines()
+            permission.user: (permission.configure, permission.write, permission.read)
+            for permission in broker_admin().permissions(self.vhost)
         }
         ours = (
             r"^(beans(\.[0-9]+)?|trades|housekeeping|dead-letters"
@@ -365,12 +360,10 @@ class LeastPrivilegeIntegrationTests(PipelineTestCase):
             },
             "and guest has no access to the vhost",
         )
-        tags = dict(
-            line.split("\t") for line in _rabbitmqctl("list_users", "--no-table-headers").splitlines()
-        )
+        tags = {user.name: user.tags for user in broker_admin().users()}
         self.assertEqual(
             [tags[self.users[role]] for role in ("producer", "consumer", "admin")],
-            ["[]", "[]", "[management]"],
+            [(), (), ("management",)],
             "no user is a broker administrator",
         )
 
