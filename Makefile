@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate demo test test-fast check audit cluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate demo test test-fast library-test check audit cluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -69,6 +69,7 @@ ifeq ($(strip $(TEST_ARGS)),)
 	PYTHONUNBUFFERED=1 BEANS_DATABASE_URL="$$($(PY) -m project.environment database-url beans_side)" \
 		$(PY) manage.py test --noinput $(TWO_DATABASE_TESTS)
 	PYTHONUNBUFFERED=1 TRADES_QUEUE_PARTITIONS=4 $(PY) manage.py test --noinput $(PARTITIONED_TESTS)
+	$(MAKE) --no-print-directory library-test
 else
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(TEST_ARGS)
 endif
@@ -78,6 +79,27 @@ FAST_EXCLUDED_TAGS := cluster chaos browser broker_restart partition
 
 test-fast: venv services ## The suite without the cluster, chaos, browser, partition and broker-restart tests (a few minutes)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
+
+# The library as another project gets it: a wheel built from a copy of the sources (setuptools
+# writes build/ and *.egg-info/ next to them), installed with examples/orders/requirements.txt
+# into a venv made afresh, and the example's exactly-once tests run with that venv's Python from
+# examples/orders, so that only the installed wheel provides `reliability`.
+LIBRARY_VENV := .run/library-venv
+
+library-test: venv services ## Build the wheel, install it in a fresh venv with examples/orders, run the example's exactly-once tests (1-2 min)
+	rm -rf $(LIBRARY_VENV)
+	@set -e; work="$$(mktemp -d)"; trap 'rm -rf "$$work"' EXIT; \
+	mkdir "$$work/source"; \
+	tar -C . --exclude=./.git --exclude=./.venv --exclude=./.run --exclude='./.*cache' --exclude=./.hypothesis \
+	    --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ -cf - . \
+	    | tar -C "$$work/source" -xf -; \
+	echo "building the wheel"; \
+	$(PY) -m pip wheel --no-deps -q -w "$$work/dist" "$$work/source"; \
+	$(PY) -m venv $(LIBRARY_VENV); \
+	echo "installing $$(basename "$$work"/dist/*.whl) and examples/orders/requirements.txt into $(LIBRARY_VENV)"; \
+	$(LIBRARY_VENV)/bin/python -m pip install -q "$$work"/dist/*.whl -r examples/orders/requirements.txt
+	cd examples/orders && env -u PYTHONPATH PYTHONUNBUFFERED=1 $(abspath $(LIBRARY_VENV))/bin/python \
+	    manage.py test --noinput --settings=orders_project.test_settings
 
 check: venv ## What CI checks before the tests: lint, format, types, import contracts, missing migrations
 	$(VENV)/bin/ruff check .

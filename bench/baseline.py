@@ -16,7 +16,7 @@ from celery import Celery
 from django.db import connections
 
 from reliability.conf import settings
-from reliability.topology import quorum_queue
+from reliability.produce.topology import quorum_queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 

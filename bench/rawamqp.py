@@ -17,7 +17,7 @@ from typing import Any
 
 import amqp
 
-from reliability.topology import quorum_queue
+from reliability.produce.topology import quorum_queue
 
 QUEUE = "bench-raw"
 

@@ -44,7 +44,7 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from reliability import reconciler
+    from reliability.ops import reconciler
 
     call_command("migrate", verbosity=0)
 
@@ -97,7 +97,7 @@ def main() -> None:
         return statistics.median(samples)
 
     results = {}
-    with mock.patch("reliability.services.publisher"):
+    with mock.patch("reliability.produce.relay.publisher"):
         for history in (1000, args.history):
             seed(history, args.gaps)
             results[history] = pass_ms()

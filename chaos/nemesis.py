@@ -241,7 +241,7 @@ class Nemesis:
         """The PostgreSQL session holding the relay loop's advisory lock, and its process's name."""
         from django.db import connection
 
-        from reliability.services import RELAY_LOCK
+        from reliability.produce.relay import RELAY_LOCK
 
         with connection.cursor() as cursor:
             cursor.execute(
@@ -314,8 +314,8 @@ class Nemesis:
         """Sent messages, signed as the relay signed them, published again straight to their queue."""
         from celery import current_app
 
+        from reliability.envelope import outbox_envelope
         from reliability.models import OutboxMessage
-        from reliability.services import outbox_envelope
 
         picks = fault.params["picks"]
         outcomes = round(len(picks) * fault.params["outcomes_share"])
@@ -396,7 +396,7 @@ class Nemesis:
         from celery import current_app
 
         from reliability.conf import settings
-        from reliability.signing import KEY_ID, SIGNATURE, envelope_sign
+        from reliability.envelope import KEY_ID, SIGNATURE, envelope_sign
 
         sleep_until(time.monotonic() + fault.params["offset"] * fault.duration_s * 0.5)
         queue = settings.BEANS_QUEUES[0]

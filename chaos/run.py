@@ -415,7 +415,7 @@ def drain(bound: float, *, with_beat: bool = True) -> bool:
 def heal_drain_reconcile(
     args: argparse.Namespace, pipeline: Pipeline, nemesis: Nemesis, outcome: Outcome
 ) -> None:
-    from reliability.reconciler import reconcile_all
+    from reliability.ops.reconciler import reconcile_all
 
     live = outcome.liveness
     bound = max(180.0, args.deductions / 100)
@@ -680,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         django.setup()
         from celery import current_app
 
-        from reliability.publisher import publisher
+        from reliability.produce.publisher import publisher
 
         if args.cluster:
             from tests.cluster import RabbitCluster

@@ -31,12 +31,12 @@ __version__ = "0.1.0"
 # name -> the module (relative to this package) that defines it
 _EXPORTS = {
     # producing: write the message in your transaction; the relay publishes it, confirmed
-    "outbox_enqueue": "services",
-    "outbox_enqueue_many": "services",
+    "outbox_enqueue": "produce.outbox",
+    "outbox_enqueue_many": "produce.outbox",
     "message_id_new": "ids",
     # consuming: a task that applies each message once
-    "exactly_once_task": "consumer",
-    "Message": "consumer",
+    "exactly_once_task": "consume.task",
+    "Message": "envelope",
     # exceptions
     "ReliabilityError": "exceptions",
     "PoisonMessage": "exceptions",
@@ -50,15 +50,15 @@ _EXPORTS = {
     "ClockMovedBackwards": "ids",
     "WorkerIdUnavailable": "ids",
     # status, degrade mode and reconciliation
-    "pipeline_health": "health",
-    "stream_health": "health",
+    "pipeline_health": "ops.health",
+    "stream_health": "ops.health",
     "PipelineMode": "models",
     "Outcome": "models",
-    "pipeline_mode_current": "degrade",
-    "non_critical": "degrade",
-    "reconcile_all": "reconciler",
+    "pipeline_mode_current": "ops.degrade",
+    "non_critical": "ops.degrade",
+    "reconcile_all": "ops.reconciler",
     # wiring: queue declarations, the Celery worker step, the admin base class, the views
-    "quorum_queue": "topology",
+    "quorum_queue": "produce.topology",
     "beat_schedule": "schedule",
     "worker_steps_install": "worker",
     "ReadOnlyModelAdmin": "admin",
@@ -83,10 +83,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads these
-    from .admin import ReadOnlyModelAdmin
-    from .consumer import Message, exactly_once_task
-    from .degrade import non_critical, pipeline_mode_current
-    from .exceptions import (
+    from reliability.admin import ReadOnlyModelAdmin
+    from reliability.consume.task import exactly_once_task
+    from reliability.envelope import Message
+    from reliability.exceptions import (
         BrokerUnavailable,
         InvalidEnvelope,
         OutboxUsageError,
@@ -97,12 +97,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         PublishTimeout,
         ReliabilityError,
     )
-    from .health import pipeline_health, stream_health
-    from .ids import ClockMovedBackwards, WorkerIdUnavailable, message_id_new
-    from .models import Outcome, PipelineMode
-    from .reconciler import reconcile_all
-    from .schedule import beat_schedule
-    from .services import outbox_enqueue, outbox_enqueue_many
-    from .topology import quorum_queue
-    from .views import metrics, pipeline_health_page
-    from .worker import worker_steps_install
+    from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable, message_id_new
+    from reliability.models import Outcome, PipelineMode
+    from reliability.ops.degrade import non_critical, pipeline_mode_current
+    from reliability.ops.health import pipeline_health, stream_health
+    from reliability.ops.reconciler import reconcile_all
+    from reliability.produce.outbox import outbox_enqueue, outbox_enqueue_many
+    from reliability.produce.topology import quorum_queue
+    from reliability.schedule import beat_schedule
+    from reliability.views import metrics, pipeline_health_page
+    from reliability.worker import worker_steps_install

@@ -12,9 +12,8 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import dead_letters, services
-from .exceptions import ReliabilityError
-from .models import (
+from reliability.exceptions import ReliabilityError
+from reliability.models import (
     DeadLetter,
     MessageLog,
     OutboxMessage,
@@ -23,6 +22,8 @@ from .models import (
     StreamGap,
     StreamWatermark,
 )
+from reliability.ops import dead_letters
+from reliability.produce import relay
 
 
 class DiscardActionForm(ActionForm):
@@ -70,7 +71,7 @@ class OutboxMessageAdmin(ReadOnlyModelAdmin):
         if not ids:
             self.message_user(request, "None of the selected messages is pending.", messages.WARNING)
             return
-        sent = services.outbox_relay_messages(ids=ids, due_only=False)
+        sent = relay.outbox_relay_messages(ids=ids, due_only=False)
         level = messages.SUCCESS if sent == len(ids) else messages.WARNING
         self.message_user(
             request, f"{sent} of {len(ids)} pending messages published and confirmed by the broker.", level

@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import settings
-from .retention_rules import retention_horizons_check
+from reliability.conf import settings
+from reliability.ops.retention import retention_horizons_check
 
 TAG = "reliability"
 SIGNING_SECRET_MIN_BYTES = 32
@@ -85,7 +85,7 @@ def relay_claim_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
 
 @register(TAG)
 def id_generator_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from .ids import GENERATORS
+    from reliability.ids import GENERATORS
 
     generator = settings.RELIABILITY_ID_GENERATOR
     if generator not in GENERATORS:

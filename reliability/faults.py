@@ -16,7 +16,7 @@ import signal
 import time
 from pathlib import Path
 
-from .conf import settings
+from reliability.conf import settings
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Design overview
 ---------------
 * **Outbox.** A producer writes its business rows and an ``OutboxMessage`` in one
-  database transaction (``reliability.services.outbox_enqueue``). A message exists
+  database transaction (``reliability.outbox_enqueue``). A message exists
   iff the write that caused it committed. Publishing happens only after commit:
   an after-commit fast path, and the relay sweep as the safety net. A row becomes
   ``sent`` only after the broker confirmed the publish (publisher confirms,

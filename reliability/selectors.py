@@ -7,8 +7,8 @@ from celery import current_app
 from django.db.models import Min, Sum
 from django.utils import timezone
 
-from .conf import settings
-from .models import (
+from reliability.conf import settings
+from reliability.models import (
     DeadLetter,
     MessageLog,
     OutboxMessage,
@@ -17,7 +17,7 @@ from .models import (
     StreamGap,
     StreamWatermark,
 )
-from .publisher import broker_connection
+from reliability.produce.publisher import broker_connection
 
 logger = logging.getLogger(__name__)
 

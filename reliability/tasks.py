@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from . import dead_letters, degrade, heartbeat, reconciler, retention, services
+from reliability.ops import dead_letters, degrade, reconciler, retention
+from reliability.produce import heartbeat, relay
 
 
 # The frequent housekeeping tasks keep no result (one row a second would pile up);
@@ -10,7 +11,7 @@ from . import dead_letters, degrade, heartbeat, reconciler, retention, services
 @shared_task(name="reliability.relay_outbox", ignore_result=True, acks_late=False)
 def relay_outbox() -> dict[str, int]:
     """Publish due pending outbox rows (the safety net behind the fast path)."""
-    return {alias: services.outbox_relay_batch(using=alias) for alias in reconciler.reliability_databases()}
+    return {alias: relay.outbox_relay_batch(using=alias) for alias in reconciler.reliability_databases()}
 
 
 @shared_task(name="reliability.reconcile", ignore_result=False, acks_late=False)

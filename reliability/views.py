@@ -1,6 +1,6 @@
 """The pipeline's health, for people (an admin page) and for Prometheus (``/metrics``).
 
-Both only read (``reliability.health``) and shape the answer. ``/metrics`` is
+Both only read (``reliability.ops.health``) and shape the answer. ``/metrics`` is
 protected as a deployer expects: with ``settings.METRICS_TOKEN`` set it wants
 ``Authorization: Bearer <token>`` (401 otherwise); without one it answers only
 loopback clients (403 otherwise), so an exporter is never public by accident.
@@ -21,9 +21,9 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .conf import settings
-from .health import pipeline_health, pipeline_mode_state, stream_health
-from .selectors import (
+from reliability.conf import settings
+from reliability.ops.health import pipeline_health, pipeline_mode_state, stream_health
+from reliability.selectors import (
     dead_letter_open_count,
     message_log_stats,
     outbox_pending_stats,

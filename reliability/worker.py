@@ -66,7 +66,7 @@ class DeadLetteringConsumer(Consumer):
     class Blueprint(Consumer.Blueprint):
         @property
         def default_steps(self) -> list[Any]:
-            from .conf import settings
+            from reliability.conf import settings
 
             steps: list[Any] = []
             for step in Consumer.Blueprint.default_steps:
@@ -86,7 +86,7 @@ class DeadLetteringConsumer(Consumer):
 
 
 class OutboxRelayStep(bootsteps.StartStopStep):
-    """Run the outbox relay loop (``reliability.relay``) in the worker's main process.
+    """Run the outbox relay loop (``reliability.produce.relay``) in the worker's main process.
 
     Every worker starts one loop per database; one of them is active at a time.
     ``RELIABILITY_RELAY_LOOP=false`` leaves publishing to the after-commit fast path
@@ -101,14 +101,14 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         self.loops: list[Any] = []
 
     def include_if(self, parent: Any) -> bool:
-        from .conf import settings
+        from reliability.conf import settings
 
         return bool(settings.RELIABILITY_RELAY_LOOP)
 
     def start(self, parent: Any) -> None:
-        from .conf import settings
-        from .reconciler import reliability_databases
-        from .relay import RelayLoop
+        from reliability.conf import settings
+        from reliability.ops.reconciler import reliability_databases
+        from reliability.produce.relay import RelayLoop
 
         linger = settings.RELIABILITY_RELAY_LINGER_MS / 1000
         self.loops = [RelayLoop(using=alias, linger_s=linger) for alias in reliability_databases()]
@@ -123,10 +123,24 @@ class OutboxRelayStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
+CELERY_DEFAULT_CONSUMER = "celery.worker.consumer:Consumer"
+DEAD_LETTERING_CONSUMER = "reliability.worker:DeadLetteringConsumer"
+
+
 def worker_steps_install(app: Any) -> None:
-    """Add the reliability app's worker steps to a Celery app (``project/celery.py`` does), and
-    refuse to start a worker whose configuration fails the reliability system checks."""
+    """Wire the library into a Celery app (``project/celery.py`` does, after ``config_from_object``).
+
+    Adds the relay loop's worker step; makes ``DeadLetteringConsumer`` the worker's consumer
+    unless the configuration names one of its own (``worker_consumer``); and refuses to start a
+    worker whose configuration fails the reliability system checks.
+    """
     app.steps["worker"].add(OutboxRelayStep)
+
+    def consumer_install(sender: Any, **kwargs: Any) -> None:
+        if sender.conf.worker_consumer == CELERY_DEFAULT_CONSUMER:
+            sender.conf.worker_consumer = DEAD_LETTERING_CONSUMER
+
+    app.on_after_configure.connect(consumer_install, weak=False)
     signals.worker_init.connect(_configuration_refuse_unsafe, weak=False)
 
 
@@ -136,7 +150,7 @@ def _configuration_refuse_unsafe(**kwargs: Any) -> None:
     Celery's Django fixup has set Django up by now (it connects to ``worker_init`` first).
     SystemExit, because Celery logs and swallows any Exception a signal receiver raises.
     """
-    from .checks import reliability_errors
+    from reliability.checks import reliability_errors
 
     errors = reliability_errors()
     if errors:

@@ -14,7 +14,7 @@ from beans.services import account_create
 from project.invariants import pipeline_violations
 from reliability.conf import settings
 from reliability.models import OutboxMessage, ParkedMessage
-from reliability.publisher import publisher
+from reliability.produce.publisher import publisher
 from reliability.selectors import stream_positions
 from trades.models import Trade
 

@@ -25,7 +25,7 @@ from django.test.runner import DiscoverRunner
 from chaos.harness import orphans
 from project.broker_admin import BrokerAdminError, broker_admin
 from project.environment import broker_user, url_with_path
-from reliability.publisher import publisher
+from reliability.produce.publisher import publisher
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
 

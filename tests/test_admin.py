@@ -11,6 +11,9 @@ from django.urls import reverse
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
+from reliability.consume.dead_letter import dead_letter_record
+from reliability.consume.message_log import message_log_insert
+from reliability.consume.streams import stream_position_record
 from reliability.models import (
     DeadLetter,
     MessageLog,
@@ -20,8 +23,6 @@ from reliability.models import (
     StreamGap,
     StreamWatermark,
 )
-from reliability.services import dead_letter_record, message_log_insert
-from reliability.streams import stream_position_record
 from trades.models import Trade
 from trades.services import trade_place
 
@@ -206,7 +207,7 @@ class OutboxAdminTests(AdminTestCase):
         return [str(message) for message in response.context["messages"]]
 
     def test_publish_now_marks_rows_sent_after_the_broker_confirmed(self) -> None:
-        with mock.patch("reliability.services.publisher") as publisher:
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
             feedback = self._publish([self.outbox.pk])
 
         self.assertEqual(feedback, ["1 of 1 pending messages published and confirmed by the broker."])
@@ -217,7 +218,7 @@ class OutboxAdminTests(AdminTestCase):
         self.assertIsNotNone(self.outbox.sent_at)
 
     def test_publish_now_skips_rows_already_sent(self) -> None:
-        with mock.patch("reliability.services.publisher") as publisher:
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
             self._publish([self.outbox.pk])
             feedback = self._publish([self.outbox.pk])
         self.assertEqual(feedback, ["None of the selected messages is pending."])
@@ -228,7 +229,7 @@ class OutboxAdminTests(AdminTestCase):
         viewer.user_permissions.add(Permission.objects.get(codename="view_outboxmessage"))
         self.client.force_login(viewer)
 
-        with mock.patch("reliability.services.publisher") as publisher:
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
             self._publish([self.outbox.pk])
 
         publisher.return_value.publish.assert_not_called()

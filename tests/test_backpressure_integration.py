@@ -8,8 +8,8 @@ from django.db.models import Max
 from django.test import override_settings, tag
 
 from project.broker_admin import broker_admin
-from reliability import degrade
 from reliability.models import OutboxMessage
+from reliability.ops import degrade
 from trades.models import Trade
 from trades.services import trade_place
 

@@ -21,7 +21,8 @@ from django.test import override_settings, tag
 
 from project.broker_admin import broker_admin
 from reliability.models import MessageLog, OutboxMessage
-from reliability.services import outbox_enqueue, outbox_relay_messages, relay_loop_running
+from reliability.produce.outbox import outbox_enqueue
+from reliability.produce.relay import outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
 from . import test_relay_integration as relay_tests  # the module, so its tests are not collected twice

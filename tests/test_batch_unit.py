@@ -18,8 +18,8 @@ from django.test import TestCase
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create, deduction_apply, deductions_apply
-from reliability.consumer import batch_consume
-from reliability.dead_letters import dead_letter_from_broker
+from reliability.consume.task import batch_consume
+from reliability.envelope import BATCH, outbox_envelope
 from reliability.models import (
     DeadLetter,
     MessageLog,
@@ -29,7 +29,8 @@ from reliability.models import (
     StreamGap,
     StreamWatermark,
 )
-from reliability.services import BATCH, outbox_envelope, outbox_envelopes_pack, stream_highs
+from reliability.ops.dead_letters import dead_letter_from_broker
+from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place
 
@@ -161,11 +162,11 @@ class BatchConsumeTests(TestCase):
         account = account_create(owner="a", balance=1000).pk
         rows = self.place([account], 15)
         first, second, third = packed(rows[:5]), packed(rows[5:10]), packed(rows[10:])
-        with mock.patch("reliability.consumer.time.sleep") as sleep:
+        with mock.patch("reliability.consume.task.time.sleep") as sleep:
             consume(second)  # nothing seen past the watermark: seqs 1-5 may be committing now
         self.assertEqual(len(sleep.call_args_list), 6, "waited, a little longer each time")
         self.assertEqual(ParkedMessage.objects.using(BEANS).count(), 5, "then parked, one by one")
-        with mock.patch("reliability.consumer.time.sleep") as sleep:
+        with mock.patch("reliability.consume.task.time.sleep") as sleep:
             consume(third)  # the stream has a known gap now: waiting would not close it
         sleep.assert_not_called()
         consume(first)
@@ -218,7 +219,7 @@ class ExpiredPeriodicTaskTests(TestCase):
             "application_headers": {"task": "reliability.relay_outbox", "id": "beat-run-1", **self.death},
             "correlation_id": "beat-run-1",
         }
-        with self.assertLogs("reliability.dead_letters", level="WARNING") as logged:
+        with self.assertLogs("reliability.ops.dead_letters", level="WARNING") as logged:
             self.assertEqual(dead_letter_from_broker(json.dumps([[], {}, {}]), properties), [])
             self.assertEqual(dead_letter_from_broker(json.dumps([[], {}, {}]), properties), [])
         self.assertIn("reliability.relay_outbox", logged.output[0])

@@ -23,7 +23,7 @@ from django.test import tag
 
 from beans.models import LedgerEntry
 from reliability.models import MessageLog, OutboxMessage, ReconcileRun, StreamWatermark
-from reliability.publisher import publisher
+from reliability.produce.publisher import publisher
 from trades.models import Trade
 from trades.services import trade_place
 

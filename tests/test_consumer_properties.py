@@ -31,10 +31,9 @@ from hypothesis.extra.django import TestCase
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create, deduction_apply, deductions_apply
-from reliability.consumer import batch_consume, message_consume
+from reliability.consume.task import batch_consume, message_consume
+from reliability.envelope import BATCH, ENVELOPE_VERSION, envelope_sign
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
-from reliability.services import BATCH, ENVELOPE_VERSION
-from reliability.signing import envelope_sign
 
 from .strategies import examples
 from .strategies import json_values as json_values_of

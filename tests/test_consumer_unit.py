@@ -14,11 +14,11 @@ from celery.exceptions import Reject
 from django.db import OperationalError, transaction
 from django.test import TestCase
 
-from reliability.consumer import Message, exactly_once_task, message_consume
+from reliability.consume.task import exactly_once_task, message_consume
+from reliability.envelope import Message, envelope_sign, outbox_envelope
 from reliability.exceptions import PoisonMessage
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage
-from reliability.services import outbox_enqueue, outbox_envelope
-from reliability.signing import envelope_sign
+from reliability.produce.outbox import outbox_enqueue
 
 HANDLER_NAME = "tests.handler"
 
@@ -162,7 +162,7 @@ class MessageConsumeTests(TestCase):
         handler = RecordingHandler(error=ValueError("bug"))
 
         with (
-            mock.patch("reliability.consumer.time.sleep") as sleep,
+            mock.patch("reliability.consume.task.time.sleep") as sleep,
             self.assertLogs("reliability", level="ERROR"),
             self.assertRaises(Reject) as raised,
         ):
@@ -177,7 +177,7 @@ class MessageConsumeTests(TestCase):
         handler = RecordingHandler(error=OperationalError("connection lost"))
 
         with (
-            mock.patch("reliability.consumer.time.sleep") as sleep,
+            mock.patch("reliability.consume.task.time.sleep") as sleep,
             self.assertLogs("reliability", level="WARNING"),
             self.assertRaises(Reject) as raised,
         ):
@@ -248,7 +248,7 @@ class TransientErrorOutsideTheEffectTests(TestCase):
 
     def assert_requeued(self, envelope: Any) -> None:
         with (
-            mock.patch("reliability.consumer.time.sleep"),
+            mock.patch("reliability.consume.task.time.sleep"),
             self.assertLogs("reliability", level="WARNING"),
             self.assertRaises(Reject) as raised,
         ):
@@ -258,20 +258,24 @@ class TransientErrorOutsideTheEffectTests(TestCase):
     def test_a_heartbeat_meeting_a_lost_connection_is_requeued(self) -> None:
         heartbeat = envelope_sign({"v": 1, "kind": "heartbeat", "stream": "deductions.3", "high": 4})
         with mock.patch(
-            "reliability.consumer.stream_high_record", side_effect=OperationalError("terminating connection")
+            "reliability.consume.task.stream_high_record",
+            side_effect=OperationalError("terminating connection"),
         ):
             self.assert_requeued(heartbeat)
 
     def test_a_dead_letter_that_cannot_be_recorded_yet_is_requeued(self) -> None:
         with mock.patch(
-            "reliability.services.dead_letter_record", side_effect=OperationalError("server closed")
+            "reliability.consume.dead_letter.dead_letter_record",
+            side_effect=OperationalError("server closed"),
         ):
             self.assert_requeued({"v": 1, "message_id": "not a uuid"})
         self.assertFalse(DeadLetter.objects.exists())
 
     def test_a_lasting_failure_outside_the_effect_still_fails_the_task(self) -> None:
         with (
-            mock.patch("reliability.services.dead_letter_record", side_effect=RuntimeError("a bug")),
+            mock.patch(
+                "reliability.consume.dead_letter.dead_letter_record", side_effect=RuntimeError("a bug")
+            ),
             self.assertRaises(RuntimeError),
         ):
             transient_task({"v": 1, "message_id": "not a uuid"})

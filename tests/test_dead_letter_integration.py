@@ -12,8 +12,8 @@ from kombu import Connection
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_credit
-from reliability.dead_letters import dead_letter_replay
 from reliability.models import DeadLetter, MessageLog
+from reliability.ops.dead_letters import dead_letter_replay
 from trades.models import Trade
 from trades.services import trade_place
 

@@ -29,8 +29,9 @@ from project.settings import database_from_url
 from reliability.conf import settings
 from reliability.exceptions import BrokerUnavailable, PublishTimeout
 from reliability.models import OutboxMessage
-from reliability.publisher import ConfirmedPublisher, broker_connection
-from reliability.services import outbox_claim, outbox_enqueue, outbox_relay_messages
+from reliability.produce.outbox import outbox_enqueue
+from reliability.produce.publisher import ConfirmedPublisher, broker_connection
+from reliability.produce.relay import outbox_claim, outbox_relay_messages
 from reliability.worker import BoundedHeart, DeadLetteringConsumer
 
 from .pipeline import PipelineTestCase

@@ -7,10 +7,10 @@ from django.test import TestCase, override_settings
 from django.utils import timezone
 
 from beans.services import account_create
-from reliability import degrade
+from reliability.consume.streams import stream_position_record
 from reliability.models import OutboxMessage, PipelineMode
-from reliability.services import outbox_enqueue
-from reliability.streams import stream_position_record
+from reliability.ops import degrade
+from reliability.produce.outbox import outbox_enqueue
 from reliability.tasks import purge_old_rows
 
 
@@ -31,12 +31,12 @@ class DegradeModeTests(TestCase):
     def test_an_old_unpublished_message_enters_degrade_mode_and_publishing_it_leaves(self) -> None:
         enqueue(1)
         OutboxMessage.objects.update(created_at=timezone.now() - timedelta(seconds=60))
-        with self.assertLogs("reliability.degrade", level="WARNING"):
+        with self.assertLogs("reliability.ops.degrade", level="WARNING"):
             mode = degrade.pipeline_mode_evaluate()
         self.assertTrue(mode.degraded)
         self.assertIn("oldest unpublished message", mode.reason)
         OutboxMessage.objects.update(status=OutboxMessage.Status.SENT, sent_at=timezone.now())
-        with self.assertLogs("reliability.degrade", level="INFO"):
+        with self.assertLogs("reliability.ops.degrade", level="INFO"):
             self.assertFalse(degrade.pipeline_mode_evaluate().degraded)
 
     def test_consumer_lag_uses_hysteresis(self) -> None:

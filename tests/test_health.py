@@ -24,19 +24,17 @@ from kombu import Connection
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from reliability import services
-from reliability.dead_letters import dead_letter_discard
-from reliability.degrade import pipeline_mode_evaluate
-from reliability.health import message_log_throughput, pipeline_health
+from reliability.consume import message_log
+from reliability.consume.dead_letter import dead_letter_record
+from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
+from reliability.consume.streams import stream_position_record
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamCounter, StreamWatermark
-from reliability.publisher import publisher
-from reliability.services import (
-    dead_letter_record,
-    message_log_count_redelivery,
-    message_log_insert,
-    outbox_enqueue,
-)
-from reliability.streams import stream_position_record
+from reliability.ops import counters
+from reliability.ops.dead_letters import dead_letter_discard
+from reliability.ops.degrade import pipeline_mode_evaluate
+from reliability.ops.health import message_log_throughput, pipeline_health
+from reliability.produce.outbox import outbox_enqueue
+from reliability.produce.publisher import publisher
 
 ALPHA, BETA = "tests.health.alpha", "tests.health.beta"
 ALPHA_HANDLER, BETA_HANDLER = "tests.health.apply_alpha", "tests.health.apply_beta"
@@ -152,7 +150,7 @@ def pipeline_rows_write(test: unittest.TestCase, *, now: datetime) -> dict[str, 
         message_id = message.message_id if message else uuid.uuid4()
         with (
             transaction.atomic(using=consumer),
-            mock.patch.object(services.timezone, "now", return_value=applied_at),
+            mock.patch.object(message_log.timezone, "now", return_value=applied_at),
         ):
             test.assertTrue(
                 message_log_insert(
@@ -334,7 +332,7 @@ class HealthPageTests(HealthTestCase):
         self.assertEqual(page.figures["mode"], "normal")
         self.assertEqual(samples[("beans_pipeline_degraded", ())], 0)
 
-        with self.assertLogs("reliability.degrade", level="WARNING"):
+        with self.assertLogs("reliability.ops.degrade", level="WARNING"):
             mode = pipeline_mode_evaluate()  # lag 3 reaches the threshold
         self.assertTrue(mode.degraded)
 
@@ -424,8 +422,8 @@ class MetricsTests(HealthTestCase):
 
     def test_pipeline_event_counters_are_shown_per_event(self) -> None:
         self.assertNotIn(b"beans_pipeline_events_total{", self.client.get(self.url).content)
-        services.pipeline_counter_add(name="housekeeping_expired_dropped")
-        services.pipeline_counter_add(name="housekeeping_expired_dropped", by=2)
+        counters.pipeline_counter_add(name="housekeeping_expired_dropped")
+        counters.pipeline_counter_add(name="housekeeping_expired_dropped", by=2)
 
         response = self.client.get(self.url)
 

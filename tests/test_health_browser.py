@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
-from reliability.publisher import publisher
+from reliability.produce.publisher import publisher
 
 from .test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
 

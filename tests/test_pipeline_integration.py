@@ -8,8 +8,8 @@ from celery import current_app
 from django.test import tag
 
 from beans.models import LedgerEntry
+from reliability.envelope import outbox_envelope
 from reliability.models import MessageLog, OutboxMessage
-from reliability.services import outbox_envelope
 from trades.models import Trade
 from trades.services import trade_place, trades_place_many
 

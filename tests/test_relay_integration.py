@@ -9,8 +9,8 @@ from kombu import Connection
 
 from project.broker_admin import broker_admin
 from reliability.models import OutboxMessage
-from reliability.publisher import publisher
-from reliability.services import outbox_relay_batch, outbox_relay_messages
+from reliability.produce.publisher import publisher
+from reliability.produce.relay import outbox_relay_batch, outbox_relay_messages
 from trades.services import trade_place
 
 from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts

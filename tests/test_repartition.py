@@ -8,7 +8,7 @@ from django.test import TransactionTestCase, override_settings
 
 from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
-from reliability.services import outbox_enqueue
+from reliability.produce.outbox import outbox_enqueue
 
 from .pipeline import queues_purge
 

@@ -31,9 +31,9 @@ from kombu.serialization import loads, prepare_accept_content
 
 from beans.models import LedgerEntry
 from project.broker_admin import broker_admin
-from reliability.dead_letters import dead_letter_from_broker
+from reliability.envelope import outbox_envelope
 from reliability.models import DeadLetter, OutboxMessage
-from reliability.services import outbox_envelope
+from reliability.ops.dead_letters import dead_letter_from_broker
 from trades.models import Trade
 from trades.services import trade_place
 

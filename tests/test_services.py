@@ -17,11 +17,12 @@ from django.test import TestCase, TransactionTestCase, override_settings
 from beans import exceptions as beans_exceptions
 from beans.models import Account, LedgerEntry
 from beans.services import account_create, account_credit, deduction_apply
-from reliability.consumer import Message, envelope_parse
+from reliability.consume.dead_letter import dead_letter_record
+from reliability.envelope import Message, envelope_parse, outbox_envelope
 from reliability.exceptions import OutboxUsageError
 from reliability.ids import message_id_new
 from reliability.models import DeadLetter, OutboxMessage, StreamCounter
-from reliability.services import dead_letter_record, outbox_enqueue, outbox_envelope
+from reliability.produce.outbox import outbox_enqueue
 from trades.exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from trades.models import Trade
 from trades.services import deduction_stream, trade_place, trade_record_outcome, trades_place_many
@@ -55,7 +56,9 @@ class TradePlaceTests(TestCase):
 
     def test_trade_is_rolled_back_when_the_outbox_insert_fails(self) -> None:
         with (
-            mock.patch("reliability.services.stream_seq_allocate", side_effect=RuntimeError("outbox down")),
+            mock.patch(
+                "reliability.produce.outbox.stream_seq_allocate", side_effect=RuntimeError("outbox down")
+            ),
             self.assertRaisesMessage(RuntimeError, "outbox down"),
         ):
             trade_place(account_id=self.account.pk, beans=30)

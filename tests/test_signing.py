@@ -1,6 +1,6 @@
 """Message authenticity (I3): nothing unsigned, forged, tampered or misaddressed is ever applied.
 
-Unit tests of ``reliability.signing`` and of the consumer middleware with the
+Unit tests of ``reliability.envelope`` (the signature) and of the consumer middleware with the
 bean service's real handlers against the real database, then end to end with a
 real worker: forged deductions published straight to the queue next to real
 trades, and authentic messages re-published to another task's queue.
@@ -19,19 +19,22 @@ from django.test import TestCase, override_settings, tag
 from beans.models import Account, LedgerEntry
 from beans.services import account_create, deduction_apply, deductions_apply
 from reliability.conf import settings
-from reliability.consumer import HEARTBEAT, batch_consume, message_consume
-from reliability.heartbeat import stream_heartbeat_send
-from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamGap, StreamWatermark
-from reliability.publisher import publisher
-from reliability.services import BATCH, outbox_envelope, outbox_envelopes_pack, stream_highs
-from reliability.signing import (
+from reliability.consume.task import batch_consume, message_consume
+from reliability.envelope import (
+    BATCH,
+    HEARTBEAT,
     KEY_ID,
     MESSAGE,
     SIGNATURE,
     Unauthentic,
     envelope_sign,
     envelope_verify,
+    outbox_envelope,
 )
+from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamGap, StreamWatermark
+from reliability.produce.heartbeat import stream_heartbeat_send
+from reliability.produce.publisher import publisher
+from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
 
@@ -259,7 +262,7 @@ class MisaddressedConsumeTests(TestCase):
         self.assertEqual(Account.objects.get(pk=self.account).balance, 900)
 
     def test_a_heartbeat_delivered_to_another_task_is_unauthentic_and_leaves_no_position(self) -> None:
-        with mock.patch("reliability.heartbeat.publisher") as publisher_of:
+        with mock.patch("reliability.produce.heartbeat.publisher") as publisher_of:
             self.assertEqual(stream_heartbeat_send(using="default"), 1)
         sent = publisher_of.return_value.publish.call_args.kwargs
         heartbeat = roundtrip(sent["envelope"])
@@ -406,7 +409,7 @@ class MisaddressedMessagesIntegrationTests(PipelineTestCase):
         for n in range(20):
             trade_place(account_id=accounts[n % 2], beans=10)
         row = OutboxMessage.objects.filter(task_name=DEDUCT).latest("seq")  # a late seq: many phantom gaps
-        with mock.patch("reliability.heartbeat.publisher") as captured:
+        with mock.patch("reliability.produce.heartbeat.publisher") as captured:
             stream_heartbeat_send(using="default")
         heartbeats = [call.kwargs for call in captured.return_value.publish.call_args_list]
         self.assertTrue(heartbeats)
@@ -425,7 +428,7 @@ class MisaddressedMessagesIntegrationTests(PipelineTestCase):
             what="each misaddressed message to be dead-lettered as unauthentic",
         )
         # And the other way: an outcome stream's heartbeat, authentic, to the deduction task.
-        with mock.patch("reliability.heartbeat.publisher") as captured:
+        with mock.patch("reliability.produce.heartbeat.publisher") as captured:
             stream_heartbeat_send(using=BEANS)
         outcome_heartbeats = [
             call.kwargs

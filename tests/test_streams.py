@@ -10,7 +10,7 @@ from django.db import OperationalError, connection, transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
 
-from reliability import reconciler
+from reliability.consume.streams import stream_high_record, stream_position_record
 from reliability.exceptions import OutboxUsageError
 from reliability.models import (
     MessageLog,
@@ -20,10 +20,9 @@ from reliability.models import (
     StreamGap,
     StreamWatermark,
 )
-from reliability.retention import retention_purge
-from reliability.retention_rules import retention_horizons_check
-from reliability.services import outbox_enqueue
-from reliability.streams import stream_high_record, stream_position_record
+from reliability.ops import reconciler
+from reliability.ops.retention import retention_horizons_check, retention_purge
+from reliability.produce.outbox import outbox_enqueue
 
 HANDLER = "tests.handler"
 
@@ -87,7 +86,7 @@ class StreamPositionTests(TestCase):
 @override_settings(RELIABILITY_RECONCILE_GRACE_S=0, RELIABILITY_RECONCILE_MAX_ATTEMPTS=2)
 class ReconcilerBookkeepingTests(TestCase):
     def setUp(self) -> None:
-        self.publish = mock.patch("reliability.services.publisher").start()
+        self.publish = mock.patch("reliability.produce.relay.publisher").start()
         self.addCleanup(mock.patch.stopall)
 
     def _produce(self, count: int, stream: str = "s") -> list[OutboxMessage]:
@@ -144,7 +143,7 @@ class ReconcilerBookkeepingTests(TestCase):
         def reconcile(depth: int) -> StreamGap:
             self._age_everything()
             StreamGap.objects.update(last_republished_at=timezone.now() - timedelta(seconds=5))
-            with mock.patch("reliability.reconciler.queue_depths", return_value={"beans": depth}):
+            with mock.patch("reliability.ops.reconciler.queue_depths", return_value={"beans": depth}):
                 reconciler.reconcile_all()
             return StreamGap.objects.get(seq=2)
 

@@ -86,9 +86,8 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 240)
 # When the broker connection drops, the unacked messages come back anyway: stop working on them.
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-cancel-long-running-tasks-on-connection-loss
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
-# Undecodable messages are rejected to the dead-letter exchange, not acknowledged away.
-# https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-consumer
-CELERY_WORKER_CONSUMER = "reliability.worker:DeadLetteringConsumer"
+# Undecodable messages are rejected to the dead-letter exchange, not acknowledged away: the
+# worker's consumer is reliability's DeadLetteringConsumer (worker_steps_install sets it).
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#worker-send-task-events
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("CELERY_WORKER_SEND_TASK_EVENTS", False)
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from reliability.health import stream_health
+from reliability.ops.health import stream_health
 from reliability.selectors import (
     dead_letter_open_count,
     gaps_escalated_count,

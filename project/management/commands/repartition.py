@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
+from reliability.produce.outbox import stream_queue_move
 from reliability.selectors import queue_depths, stream_positions
-from reliability.services import stream_queue_move
 from trades.services import deduction_queue
 
 

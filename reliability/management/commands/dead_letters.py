@@ -2,11 +2,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reliability import dead_letters
+from reliability.conf import settings
 from reliability.exceptions import ReliabilityError
 from reliability.models import DeadLetter
-
-from ...conf import settings
+from reliability.ops import dead_letters
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from reliability import reconciler
+from reliability.ops import reconciler
 
 
 class Command(BaseCommand):

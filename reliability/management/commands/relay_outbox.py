@@ -2,10 +2,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from reliability import services
-from reliability.relay import RelayLoop
-
-from ...conf import settings
+from reliability.conf import settings
+from reliability.produce.relay import RelayLoop, outbox_relay_batch
 
 
 class Command(BaseCommand):
@@ -20,7 +18,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, loop: bool, database: str, **options: Any) -> None:
         if not loop:
-            sent = services.outbox_relay_batch(using=database)
+            sent = outbox_relay_batch(using=database)
             self.stdout.write(f"relayed {sent} messages")
             return
         relay = RelayLoop(using=database, linger_s=settings.RELIABILITY_RELAY_LINGER_MS / 1000)

@@ -1,4 +1,12 @@
-"""Message authenticity: every envelope carries an HMAC-SHA256 signature and the id of its key.
+"""The wire format: the envelope a task receives (version 1), how it is built from an outbox row,
+parsed into a ``Message``, signed and verified.
+
+An envelope is a JSON object: ``v``, ``task`` and ``kind`` (its address), ``message_id``, ``stream``,
+``seq``, ``high`` (the stream's high-water mark when published), ``produced_at``, ``payload``, and
+the signature ``kid`` and ``sig``. A batch envelope (``kind: batch``) carries several such
+envelopes, each signed on its own; a heartbeat (``kind: heartbeat``) carries a stream's high.
+
+Message authenticity: every envelope carries an HMAC-SHA256 signature and the id of its key.
 
 The producer signs each message's envelope (``outbox_envelope``, heartbeats) with
 the active key, ``RELIABILITY_SIGNING_KEY_ID``; the consumer verifies it against
@@ -33,10 +41,13 @@ producers, and drop the old key once nothing signed with it can still arrive
 import hashlib
 import hmac
 import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from .conf import settings
-from .exceptions import ReliabilityError
+from reliability.conf import settings
+from reliability.exceptions import InvalidEnvelope, ReliabilityError
+from reliability.models import OutboxMessage
 
 SIGNATURE = "sig"
 KEY_ID = "kid"
@@ -46,6 +57,8 @@ KIND = "kind"
 # The kind of a data message (an outbox row); also what an unaddressed envelope without a
 # kind is, since data messages carried none before the address existed.
 MESSAGE = "message"
+# The kind of a stream heartbeat: the producer's high-water mark, no payload to apply.
+HEARTBEAT = "heartbeat"
 
 
 class Unauthentic(ReliabilityError):
@@ -110,3 +123,75 @@ def _signature_verify(envelope: dict[str, Any]) -> None:
         _digest(key, envelope).encode(), signature.encode("utf-8", "backslashreplace")
     ):
         raise Unauthentic(f"signature does not match (forged or tampered), key id {key_id!r}")
+
+
+ENVELOPE_VERSION = 1
+
+# The kind of an envelope that carries several messages (each a version-1 envelope).
+BATCH = "batch"
+
+
+def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None) -> dict[str, Any]:
+    """Return the JSON envelope a consumer receives for ``message``.
+
+    ``high`` is the stream's high-water mark when published, so the consumer can
+    see that later seqs exist (a lost tail) even if none of them arrives. Signed
+    (below) together with its address, the task and kind it is
+    meant for: the consumer applies nothing it cannot verify, and nothing signed for
+    another task.
+    """
+    return envelope_sign(
+        {
+            "v": ENVELOPE_VERSION,
+            TASK: message.task_name,
+            KIND: MESSAGE,
+            "message_id": str(message.message_id),
+            "stream": message.stream,
+            "seq": message.seq,
+            "high": max(producer_high or 0, message.seq),
+            "produced_at": message.created_at.isoformat(),
+            "payload": message.payload,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Message:
+    """One consumed message, as a handler sees it."""
+
+    message_id: uuid.UUID
+    stream: str
+    seq: int
+    produced_at: str
+    payload: dict[str, Any]
+    producer_high: int | None = None
+
+
+def envelope_parse(envelope: Any) -> Message:
+    """Validate an envelope; raise ``InvalidEnvelope`` saying what is wrong."""
+    if not isinstance(envelope, dict):
+        raise InvalidEnvelope(f"envelope must be a JSON object, got {type(envelope).__name__}")
+    if envelope.get("v") != ENVELOPE_VERSION:
+        raise InvalidEnvelope(f"unsupported envelope version {envelope.get('v')!r}")
+    try:
+        message_id = uuid.UUID(str(envelope["message_id"]))
+    except (KeyError, ValueError) as exc:
+        raise InvalidEnvelope("envelope has no valid message_id") from exc
+    stream, seq, payload = envelope.get("stream"), envelope.get("seq"), envelope.get("payload")
+    if not isinstance(stream, str) or not stream:
+        raise InvalidEnvelope("envelope has no stream")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+        raise InvalidEnvelope("envelope seq must be a positive integer")
+    if not isinstance(payload, dict):
+        raise InvalidEnvelope("envelope payload must be a JSON object")
+    high = envelope.get("high")
+    if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high < seq):
+        raise InvalidEnvelope("envelope high must be an integer >= seq")
+    return Message(
+        message_id=message_id,
+        stream=stream,
+        seq=seq,
+        produced_at=str(envelope.get("produced_at", "")),
+        payload=payload,
+        producer_high=high,
+    )

@@ -33,9 +33,15 @@ from typing import Any
 from celery import current_app
 from kombu import Connection, Producer
 
-from .conf import settings
-from .exceptions import BrokerUnavailable, PublishError, PublishNacked, PublishReturned, PublishTimeout
-from .topology import dead_letter_queue, topology_declare
+from reliability.conf import settings
+from reliability.exceptions import (
+    BrokerUnavailable,
+    PublishError,
+    PublishNacked,
+    PublishReturned,
+    PublishTimeout,
+)
+from reliability.produce.topology import dead_letter_queue, topology_declare
 
 logger = logging.getLogger(__name__)
 
@@ -292,3 +298,8 @@ os.register_at_fork(after_in_child=_publisher._after_fork)
 def publisher() -> ConfirmedPublisher:
     """Return this process's publisher."""
     return _publisher
+
+
+def broker_topology_declare() -> list[str]:
+    """Declare every exchange, quorum queue and the dead-letter queue; return the queue names."""
+    return publisher().topology_declare()

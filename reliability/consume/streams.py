@@ -21,7 +21,7 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-from .models import StreamGap, StreamWatermark
+from reliability.models import StreamGap, StreamWatermark
 
 _WM = StreamWatermark._meta.db_table
 _GAP = StreamGap._meta.db_table
@@ -46,7 +46,7 @@ def stream_position_record(
     """Record that ``handler`` has ``seq`` of ``stream`` (inside the effect's transaction).
 
     Return the new watermark: every seq up to it is now applied, dead-lettered or
-    parked in order behind this one (see ``reliability.consumer``, ordered handlers).
+    parked in order behind this one (see ``reliability.consume.task``, ordered handlers).
     """
     now = timezone.now()
     with connections[using].cursor() as cursor:

@@ -17,9 +17,9 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
-from .conf import settings
-from .models import PipelineMode
-from .selectors import outbox_pending_stats, stream_positions
+from reliability.conf import settings
+from reliability.models import PipelineMode
+from reliability.selectors import outbox_pending_stats, stream_positions
 
 logger = logging.getLogger(__name__)
 

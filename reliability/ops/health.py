@@ -12,9 +12,9 @@ from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from .conf import settings
-from .models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
-from .selectors import gaps_escalated_count, message_log_stats, queue_depths, stream_positions
+from reliability.conf import settings
+from reliability.models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
+from reliability.selectors import gaps_escalated_count, message_log_stats, queue_depths, stream_positions
 
 THROUGHPUT_WINDOW_MINUTES = 15
 

@@ -3,12 +3,10 @@
 import logging
 import uuid
 
-from .consumer import HEARTBEAT
-from .exceptions import PublishError
-from .models import StreamCounter
-from .publisher import publisher
-from .services import ENVELOPE_VERSION
-from .signing import KIND, TASK, envelope_sign
+from reliability.envelope import ENVELOPE_VERSION, HEARTBEAT, KIND, TASK, envelope_sign
+from reliability.exceptions import PublishError
+from reliability.models import StreamCounter
+from reliability.produce.publisher import publisher
 
 logger = logging.getLogger(__name__)
 

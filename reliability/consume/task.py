@@ -30,7 +30,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -39,20 +38,29 @@ from celery.exceptions import Reject
 from django.db import DatabaseError, DataError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from . import services
-from .conf import settings
-from .exceptions import InvalidEnvelope, PoisonMessage
-from .faults import fault_point
-from .ids import ClockMovedBackwards, WorkerIdUnavailable
-from .models import DeadLetter, Outcome, ParkedMessage
-from .signing import KIND, MESSAGE, Unauthentic, envelope_verify
-from .streams import (
+from reliability.conf import settings
+from reliability.consume import dead_letter, message_log
+from reliability.consume.streams import (
     RunFit,
     stream_high_record,
     stream_position_record,
     stream_runs_record,
     stream_watermark_lock,
 )
+from reliability.envelope import (
+    BATCH,
+    HEARTBEAT,
+    KIND,
+    MESSAGE,
+    Message,
+    Unauthentic,
+    envelope_parse,
+    envelope_verify,
+)
+from reliability.exceptions import InvalidEnvelope, PoisonMessage
+from reliability.faults import fault_point
+from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
+from reliability.models import DeadLetter, Outcome, ParkedMessage
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +68,6 @@ logger = logging.getLogger(__name__)
 _TRANSIENT_ERRORS = (OperationalError, InterfaceError, ClockMovedBackwards, WorkerIdUnavailable)
 # SQLSTATE classes worth retrying: serialization failure, deadlock.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
-HEARTBEAT = "heartbeat"
-
-
-@dataclass(frozen=True)
-class Message:
-    """One consumed message, as a handler sees it."""
-
-    message_id: uuid.UUID
-    stream: str
-    seq: int
-    produced_at: str
-    payload: dict[str, Any]
-    producer_high: int | None = None
 
 
 Handler = Callable[[Message], str | None]
@@ -93,36 +88,6 @@ class _Overtaken(_TakeOneByOne):
 # committing this very moment (a batch of 100 takes 50-100 ms): retries that add up to a
 # few of those spare both batches the slow path, where each message is parked alone.
 _OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
-
-
-def envelope_parse(envelope: Any) -> Message:
-    """Validate an envelope; raise ``InvalidEnvelope`` saying what is wrong."""
-    if not isinstance(envelope, dict):
-        raise InvalidEnvelope(f"envelope must be a JSON object, got {type(envelope).__name__}")
-    if envelope.get("v") != services.ENVELOPE_VERSION:
-        raise InvalidEnvelope(f"unsupported envelope version {envelope.get('v')!r}")
-    try:
-        message_id = uuid.UUID(str(envelope["message_id"]))
-    except (KeyError, ValueError) as exc:
-        raise InvalidEnvelope("envelope has no valid message_id") from exc
-    stream, seq, payload = envelope.get("stream"), envelope.get("seq"), envelope.get("payload")
-    if not isinstance(stream, str) or not stream:
-        raise InvalidEnvelope("envelope has no stream")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
-        raise InvalidEnvelope("envelope seq must be a positive integer")
-    if not isinstance(payload, dict):
-        raise InvalidEnvelope("envelope payload must be a JSON object")
-    high = envelope.get("high")
-    if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high < seq):
-        raise InvalidEnvelope("envelope high must be an integer >= seq")
-    return Message(
-        message_id=message_id,
-        stream=stream,
-        seq=seq,
-        produced_at=str(envelope.get("produced_at", "")),
-        payload=payload,
-        producer_high=high,
-    )
 
 
 def heartbeat_apply(*, handler_name: str, envelope: dict[str, Any], using: str) -> str:
@@ -199,7 +164,7 @@ def _apply(handler_name: str, handler: Handler, message: Message, *, using: str)
     fault_point("consume.before_handler", message_id=message.message_id)
     outcome = handler(message) or Outcome.APPLIED
     fault_point("consume.after_handler", message_id=message.message_id)  # its locks are held here
-    services.message_log_record_outcome(
+    message_log.message_log_record_outcome(
         handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
     )
     return outcome
@@ -214,7 +179,7 @@ def message_park(*, handler_name: str, message: Message, envelope: Any, using: s
         message_id=message.message_id,
         envelope=envelope,
     )
-    services.message_log_record_outcome(
+    message_log.message_log_record_outcome(
         handler=handler_name, message_id=message.message_id, outcome=Outcome.PARKED, using=using
     )
     logger.info(
@@ -244,7 +209,7 @@ def parked_apply(
             with transaction.atomic(using=using):
                 _apply(handler_name, handler, message, using=using)
         except PoisonMessage as exc:
-            services.dead_letter_record(
+            dead_letter.dead_letter_record(
                 handler=handler_name,
                 reason=DeadLetter.Reason.HANDLER_FAILED,
                 detail=f"{type(exc).__name__}: {exc}",
@@ -273,7 +238,7 @@ def _dead_letter(
     Its seq counts as accounted for; on an ordered stream the messages parked
     behind it are applied now.
     """
-    services.dead_letter_record(
+    dead_letter.dead_letter_record(
         handler=task.name,
         reason=reason,
         detail=detail,
@@ -329,7 +294,7 @@ def message_consume(
         # authentic message addressed to another task is refused the same way: its stream
         # and seq belong to that task, and recorded here they would be gaps that never heal.
         unauthentic = isinstance(exc, Unauthentic)
-        services.dead_letter_record(
+        dead_letter.dead_letter_record(
             handler=handler_name,
             reason=DeadLetter.Reason.UNAUTHENTIC if unauthentic else DeadLetter.Reason.INVALID_ENVELOPE,
             detail=str(exc),
@@ -352,7 +317,7 @@ def message_consume(
         )
     try:
         with transaction.atomic(using=using):
-            first = services.message_log_insert(
+            first = message_log.message_log_insert(
                 handler=handler_name,
                 message_id=message.message_id,
                 stream=message.stream,
@@ -393,7 +358,7 @@ def message_consume(
                         )
             else:
                 outcome = Outcome.DUPLICATE
-                services.message_log_count_redelivery(
+                message_log.message_log_count_redelivery(
                     handler=handler_name, message_id=message.message_id, using=using
                 )
     except Exception as exc:  # noqa: BLE001 - each failure is requeued or dead-lettered below
@@ -446,7 +411,7 @@ def batch_consume(
     items = envelope.get("messages")
     limit = settings.RELIABILITY_ENVELOPE_MAX_MESSAGES
     if not isinstance(items, list) or not items or len(items) > max(limit, 1000):
-        services.dead_letter_record(
+        dead_letter.dead_letter_record(
             handler=task.name,
             reason=DeadLetter.Reason.INVALID_ENVELOPE,
             detail=f"batch envelope needs a list of 1 to {max(limit, 1000)} messages",
@@ -517,7 +482,11 @@ def _batch_apply(
         runs.setdefault(message.stream, []).append(message)
     with transaction.atomic(using=using):
         fault_point("consume.before_handler", message_id=messages[0].message_id)
-        inserted = services.message_log_insert_many(handler=handler_name, messages=messages, using=using)
+        inserted = message_log.message_log_insert_many(
+            handler=handler_name,
+            entries=[(message.message_id, message.stream, message.seq) for message in messages],
+            using=using,
+        )
         if inserted < len(messages):
             raise _TakeOneByOne(f"{len(messages) - inserted} message(s) seen before")
         positions = {
@@ -539,7 +508,7 @@ def _batch_apply(
                 f"batch handler of {handler_name} returned {len(outcomes)} outcomes for {len(messages)}"
             )
         applied = [(message.message_id, outcome) for message, outcome in zip(messages, outcomes, strict=True)]
-        services.message_log_record_outcomes(handler=handler_name, outcomes=applied, using=using)
+        message_log.message_log_record_outcomes(handler=handler_name, outcomes=applied, using=using)
     return applied
 
 
@@ -575,7 +544,7 @@ def exactly_once_task(
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
             try:
-                if isinstance(envelope, dict) and envelope.get("kind") == services.BATCH:
+                if isinstance(envelope, dict) and envelope.get("kind") == BATCH:
                     return batch_consume(
                         task=task,
                         envelope=envelope,

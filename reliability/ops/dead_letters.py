@@ -29,12 +29,13 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from .conf import settings
-from .exceptions import ReliabilityError
-from .models import DeadLetter
-from .publisher import broker_connection, publisher
-from .services import BATCH, dead_letter_record, pipeline_counter_add, storable_text
-from .signing import MESSAGE, Unauthentic, envelope_verify
+from reliability.conf import settings
+from reliability.consume.dead_letter import dead_letter_record, storable_text
+from reliability.envelope import BATCH, MESSAGE, Unauthentic, envelope_verify
+from reliability.exceptions import ReliabilityError
+from reliability.models import DeadLetter
+from reliability.ops.counters import pipeline_counter_add
+from reliability.produce.publisher import broker_connection, publisher
 
 logger = logging.getLogger(__name__)
 

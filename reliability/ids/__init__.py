@@ -109,7 +109,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connections
 
-from .conf import settings
+from reliability.conf import settings
 
 try:  # the "redis" extra: only the snowflake and redis generators need it
     import redis
@@ -118,7 +118,7 @@ try:  # the "redis" extra: only the snowflake and redis generators need it
 except ImportError:  # pragma: no cover - exercised in an install without the extra
     redis = None  # type: ignore[assignment]
 
-from .exceptions import ReliabilityError
+from reliability.exceptions import ReliabilityError
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from django.db import transaction
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
-from .conf import settings
-from .models import MessageLog, OutboxMessage, ReconcileRun, StreamGap
-from .retention_rules import retention_horizons_check
+from reliability.conf import settings
+from reliability.models import MessageLog, OutboxMessage, ReconcileRun, StreamGap
 
 __all__ = ["retention_horizons_check", "retention_purge"]
 
@@ -59,3 +58,36 @@ def retention_purge(
     if any(counts.values()):
         logger.info("retention on %s deleted %s", using, counts)
     return counts
+
+
+def retention_horizons_check(
+    *,
+    dedupe_window_s: float,
+    outbox_retention_s: float,
+    max_message_age_s: float,
+    reconcile_grace_s: float,
+    reconcile_max_attempts: int,
+    dead_letter_replay_window_s: float,
+) -> list[str]:
+    """Return what is wrong with the retention settings (empty when they are safe)."""
+    problems = []
+    reconcile_horizon_s = reconcile_grace_s * (reconcile_max_attempts + 1)
+    horizons = {
+        "RELIABILITY_MAX_MESSAGE_AGE_S": max_message_age_s,
+        "the reconciler's horizon (RELIABILITY_RECONCILE_GRACE_S x (RELIABILITY_RECONCILE_MAX_ATTEMPTS + 1))": (
+            reconcile_horizon_s
+        ),
+        "RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S": dead_letter_replay_window_s,
+    }
+    for name, horizon in horizons.items():
+        if dedupe_window_s <= horizon:
+            problems.append(
+                f"RELIABILITY_DEDUPE_WINDOW_S ({dedupe_window_s:g}s) must exceed {name} ({horizon:g}s): "
+                "raise RELIABILITY_DEDUPE_WINDOW_S or lower the other"
+            )
+    if outbox_retention_s <= reconcile_horizon_s:
+        problems.append(
+            f"RELIABILITY_OUTBOX_RETENTION_S ({outbox_retention_s:g}s) must exceed the reconciler's horizon "
+            f"({reconcile_horizon_s:g}s), or a lost message can no longer be re-published"
+        )
+    return problems

@@ -20,12 +20,12 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .conf import settings
-from .exceptions import PublishError
-from .models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
-from .selectors import queue_depths
-from .services import outbox_message_publish, outbox_relay_batch, stream_highs
-from .streams import stream_tail_materialize
+from reliability.conf import settings
+from reliability.consume.streams import stream_tail_materialize
+from reliability.exceptions import PublishError
+from reliability.models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
+from reliability.produce.relay import outbox_message_publish, outbox_relay_batch, stream_highs
+from reliability.selectors import queue_depths
 
 logger = logging.getLogger(__name__)
 

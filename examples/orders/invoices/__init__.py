@@ -1,0 +1,1 @@
+"""Invoices: the consumer side, an invoice per order message, applied exactly once."""

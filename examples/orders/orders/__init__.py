@@ -1,0 +1,1 @@
+"""Orders: placing one writes the order and the message that invoices it, in one transaction."""

@@ -1,0 +1,202 @@
+"""The producer side's writes: a message enters the outbox in the caller's transaction.
+
+Each message takes the next seq of its stream (gap-free, in the same transaction); after
+commit the fast path hands the new rows to the relay.
+"""
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.db import connections, transaction
+from django.utils import timezone
+
+from reliability.conf import settings
+from reliability.exceptions import OutboxUsageError
+from reliability.ids import message_id_new
+from reliability.models import OutboxMessage, StreamCounter
+from reliability.produce.relay import RELAY_CHANNEL, outbox_relay_messages, relay_loop_running
+
+logger = logging.getLogger(__name__)
+
+
+def stream_seq_allocate(
+    *, stream: str, task_name: str, queue: str, count: int = 1, using: str = "default"
+) -> int:
+    """Take the next ``count`` sequence numbers of ``stream``; return the last of them.
+
+    Runs inside the caller's transaction. The counter row stays locked until the
+    caller commits, and a rollback undoes the increment, so a stream's numbers are
+    gap-free. A database sequence or Redis INCR would not be: their increments
+    survive a rollback and would show up as false gaps. Each stream has its own
+    row, so streams do not serialize each other. A stream has one consumer (task
+    and queue): the gap detection and the heartbeat address it.
+    """
+    return stream_seqs_allocate(counts={stream: count}, task_name=task_name, queue=queue, using=using)[stream]
+
+
+def stream_seqs_allocate(
+    *, counts: dict[str, int], task_name: str, queue: str, using: str = "default"
+) -> dict[str, int]:
+    """``stream_seq_allocate`` for several streams in one statement: ``{stream: last seq taken}``.
+
+    The counter rows are locked in stream order, the one lock order of every caller.
+    """
+    table = StreamCounter._meta.db_table
+    streams = sorted(counts)
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (stream, last_seq, task_name, queue) "  # noqa: S608
+            "SELECT s, n, %s, %s FROM unnest(%s::text[], %s::bigint[]) AS u(s, n) "
+            f"ON CONFLICT (stream) DO UPDATE SET last_seq = {table}.last_seq + EXCLUDED.last_seq, "
+            # A counter from before streams had owners is claimed by its first user.
+            f"task_name = COALESCE(NULLIF({table}.task_name, ''), EXCLUDED.task_name), "
+            f"queue = COALESCE(NULLIF({table}.queue, ''), EXCLUDED.queue) "
+            "RETURNING stream, last_seq, task_name, queue",
+            [task_name, queue, streams, [counts[stream] for stream in streams]],
+        )
+        rows = cursor.fetchall()
+    for stream, _, owner_task, owner_queue in rows:
+        if (owner_task, owner_queue) != (task_name, queue):
+            raise OutboxUsageError(
+                f"stream {stream!r} belongs to {owner_task} on queue {owner_queue}; "
+                f"use another stream name for {task_name} on {queue}"
+            )
+    return {stream: int(last) for stream, last, _, _ in rows}
+
+
+def stream_queue_move(*, stream: str, queue: str, using: str = "default") -> None:
+    """Send a stream's future messages to another queue (only once the stream is drained)."""
+    StreamCounter.objects.using(using).filter(stream=stream).update(queue=queue)
+    logger.info("stream %s now goes to queue %s", stream, queue)
+
+
+def outbox_enqueue(
+    *,
+    task_name: str,
+    queue: str,
+    stream: str,
+    payload: dict[str, Any],
+    message_id: uuid.UUID | None = None,
+    using: str = "default",
+) -> OutboxMessage:
+    """Record a message to be published once the caller's transaction commits.
+
+    Must run inside ``transaction.atomic(using=...)``: the message commits with
+    the caller's write or not at all. Publishing starts after commit. Pass
+    ``message_id`` (from ``reliability.ids.message_id_new``) when the caller's
+    own row must reference the message before it exists.
+    """
+    (message,) = outbox_enqueue_many(
+        task_name=task_name,
+        queue=queue,
+        messages=[(stream, payload, message_id)],
+        using=using,
+    )
+    return message
+
+
+def outbox_enqueue_many(
+    *,
+    task_name: str,
+    queue: str,
+    messages: Sequence[tuple[str, dict[str, Any], uuid.UUID | None]],
+    using: str = "default",
+) -> list[OutboxMessage]:
+    """Record several messages ``(stream, payload, message_id or None)`` in one INSERT.
+
+    The same rules as ``outbox_enqueue``; each stream's seqs are allocated in one
+    statement, in the order given.
+    """
+    if not connections[using].in_atomic_block:
+        raise OutboxUsageError(
+            "outbox_enqueue must run inside transaction.atomic() so the message "
+            "commits together with the write that caused it"
+        )
+    wanted: dict[str, int] = {}
+    for stream, _, _ in messages:
+        wanted[stream] = wanted.get(stream, 0) + 1
+    if len(wanted) == 1:  # a producer's usual case
+        ((stream, count),) = wanted.items()
+        last = {
+            stream: stream_seq_allocate(
+                stream=stream, task_name=task_name, queue=queue, count=count, using=using
+            )
+        }
+    else:
+        last = stream_seqs_allocate(counts=wanted, task_name=task_name, queue=queue, using=using)
+    next_seq = {stream: last[stream] - count + 1 for stream, count in wanted.items()}
+    now = timezone.now()
+    # The sweep leaves a fresh row to the after-commit fast path (or relay loop) for a moment.
+    grace = now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S)
+    created = []
+    for stream, payload, message_id in messages:
+        created.append(
+            OutboxMessage(
+                message_id=message_id or message_id_new(),
+                task_name=task_name,
+                queue=queue,
+                stream=stream,
+                seq=next_seq[stream],
+                payload=payload,
+                created_at=now,
+                next_attempt_at=grace,
+            )
+        )
+        next_seq[stream] += 1
+    _outbox_insert(created, using=using)
+    if settings.RELIABILITY_RELAY_FAST_PATH:
+        transaction.on_commit(
+            partial(outbox_publish_after_commit, ids=[row.pk for row in created], using=using), using=using
+        )
+    return created
+
+
+def _outbox_insert(rows: list[OutboxMessage], *, using: str) -> None:
+    """Insert outbox rows and wake the relay loop, in one statement (the producer's hot path).
+
+    The notification is delivered when the transaction commits, and only then.
+    """
+    table = OutboxMessage._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"WITH wake AS (SELECT pg_notify(%s, '')) INSERT INTO {table} "  # noqa: S608
+            "(message_id, task_name, queue, stream, seq, payload, status, attempts, last_error, "
+            "next_attempt_at, created_at, claimed_by) "
+            "SELECT u.m, %s, %s, u.s, u.q, u.p::jsonb, %s, 0, '', %s, %s, '' "
+            "FROM unnest(%s::uuid[], %s::text[], %s::bigint[], %s::text[]) AS u(m, s, q, p) CROSS JOIN wake "
+            "RETURNING id, message_id",
+            [
+                RELAY_CHANNEL,
+                rows[0].task_name,
+                rows[0].queue,
+                OutboxMessage.Status.PENDING,
+                rows[0].next_attempt_at,
+                rows[0].created_at,
+                [row.message_id for row in rows],
+                [row.stream for row in rows],
+                [row.seq for row in rows],
+                [json.dumps(row.payload) for row in rows],
+            ],
+        )
+        ids = dict((message_id, pk) for pk, message_id in cursor.fetchall())
+    for row in rows:
+        row.pk = ids[row.message_id]
+        row._state.adding, row._state.db = False, using
+
+
+def outbox_publish_after_commit(*, ids: list[int], using: str = "default") -> None:
+    """Fast path: publish just-committed messages now; the relay sweep is the safety net.
+
+    Left to the relay loop when one runs: it packs many messages per envelope.
+    """
+    if relay_loop_running(using=using):
+        return
+    try:
+        outbox_relay_messages(ids=ids, using=using, due_only=False)
+    except Exception:  # the write committed; a failed fast path only delays the message
+        logger.warning("fast-path publish of outbox rows %s failed; the relay will retry", ids, exc_info=True)
