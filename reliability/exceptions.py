@@ -39,3 +39,11 @@ class PublishReturned(PublishError):
 
 class PublishTimeout(PublishError):
     """No confirm arrived in time; the message may or may not be stored."""
+
+
+class ClockMovedBackwards(ReliabilityError):
+    """The wall clock went back further than the snowflake generator may wait out."""
+
+
+class WorkerIdUnavailable(ReliabilityError):
+    """No snowflake worker id is safely held, so no id can be issued without risking a duplicate."""

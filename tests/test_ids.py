@@ -299,13 +299,13 @@ class WorkerIdLeaseTests(RedisTestMixin, SimpleTestCase):
     def test_a_released_worker_id_is_reused_without_waiting(self) -> None:
         self.age_epoch()
         first = self.generator()
-        with mock.patch("reliability.ids.random.randrange", return_value=11):
+        with mock.patch("reliability.ids.snowflake.random.randrange", return_value=11):
             last = first.next_id()
         first.close()
         self.assertIsNone(self.holder(11))
         second = self.generator()
         started = time.monotonic()
-        with mock.patch("reliability.ids.random.randrange", return_value=11):
+        with mock.patch("reliability.ids.snowflake.random.randrange", return_value=11):
             value = second.next_id()
         self.assertLess(time.monotonic() - started, 0.5)
         self.assertEqual(second.worker_id, 11)
@@ -364,7 +364,7 @@ class WorkerIdLeaseTests(RedisTestMixin, SimpleTestCase):
         """The dangerous case: a new process claims, after a flush, the id a live one still uses."""
         self.age_epoch()
         old = self.generator(lease_ttl_s=0.6)
-        with mock.patch("reliability.ids.random.randrange", return_value=21):
+        with mock.patch("reliability.ids.snowflake.random.randrange", return_value=21):
             old_ids = [old.next_id() for _ in range(100)]
         old._stop.set()  # the test decides when the old holder renews
         logs = self.enterContext(self.assertLogs("reliability.ids", "WARNING"))
@@ -487,7 +487,7 @@ class MessageIdNewTests(RedisTestMixin, TestCase):
     def test_snowflake_with_a_leased_worker_id(self) -> None:
         self.age_epoch()
         with (
-            mock.patch("reliability.ids.LEASE_KEY_PREFIX", self.prefix),
+            mock.patch("reliability.ids.snowflake.LEASE_KEY_PREFIX", self.prefix),
             override_settings(
                 RELIABILITY_ID_GENERATOR="snowflake",
                 RELIABILITY_SNOWFLAKE_WORKER_ID=None,
