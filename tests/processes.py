@@ -134,3 +134,29 @@ class CeleryProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def rabbitmq_users_run(
+    *,
+    vhost: str,
+    users: dict[str, str],
+    passwords: dict[str, str],
+    argv: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/rabbitmq-users`` for ``vhost`` with these role users and passwords (``argv``
+    in front of it, e.g. strace; ``env`` on top of this process's environment)."""
+    return subprocess.run(
+        [*argv, str(REPO / "scripts" / "rabbitmq-users")],
+        env={
+            **os.environ,
+            **(env or {}),
+            "RABBITMQ_VHOST": vhost,
+            **{f"RABBITMQ_{role.upper()}_USER": user for role, user in users.items()},
+            **{f"RABBITMQ_{role.upper()}_PASSWORD": password for role, password in passwords.items()},
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

@@ -36,7 +36,7 @@ from project.broker_admin import (
     broker_admin,
 )
 
-from .processes import REPO, wait_until
+from .processes import rabbitmq_users_run, wait_until
 
 CLOSED_PORT_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused
 
@@ -289,19 +289,8 @@ class RabbitmqUsersScriptTests(SimpleTestCase):
         self.addCleanup(broker_admin().vhost_delete, self.vhost)
 
     def run_script(self, argv: list[str], env: dict[str, str]) -> None:
-        result = subprocess.run(
-            [*argv, str(REPO / "scripts" / "rabbitmq-users")],
-            env={
-                **os.environ,
-                **env,
-                "RABBITMQ_VHOST": self.vhost,
-                **{f"RABBITMQ_{role.upper()}_USER": user for role, user in self.users.items()},
-                **{f"RABBITMQ_{role.upper()}_PASSWORD": pw for role, pw in self.passwords.items()},
-            },
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
+        result = rabbitmq_users_run(
+            vhost=self.vhost, users=self.users, passwords=self.passwords, argv=tuple(argv), env=env
         )
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertTrue(amqp_login_works(self.vhost, self.users["admin"], self.passwords["admin"]))

@@ -71,25 +71,18 @@ class DebianDefaultAuthenticationTests(SimpleTestCase):
         env.update(PGPASSFILE=str(self.passfile), **extra)
         return env
 
-    def login(self, database: str = "postgres") -> subprocess.CompletedProcess[str]:
+    def psql(self, database: str, sql: str) -> subprocess.CompletedProcess[str]:
+        """``sql`` over TCP as this OS user, with the test's password file."""
         return subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-d",
-                database,
-                "-tAc",
-                "select current_user",
-            ],
+            ["psql", "-X", "-h", "127.0.0.1", "-p", str(self.port), "-d", database, "-tAc", sql],
             env=self.env(),
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+    def login(self, database: str = "postgres") -> subprocess.CompletedProcess[str]:
+        return self.psql(database, "select current_user")
 
     def ensure_services(self) -> str:
         done = subprocess.run(
@@ -139,24 +132,7 @@ class DebianDefaultAuthenticationTests(SimpleTestCase):
         )
         self.assertEqual(demo.returncode, 0, demo.stdout[-3000:] + demo.stderr[-3000:])
         self.assertIn("verify: OK", demo.stdout)
-        placed = subprocess.run(
-            [
-                "psql",
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-d",
-                "beans_demo",
-                "-tAc",
-                "select count(*) from trades_trade where status = 'deducted'",
-            ],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        placed = self.psql("beans_demo", "select count(*) from trades_trade where status = 'deducted'")
         self.assertEqual(
             placed.stdout.strip(), "60", "the demo ran on the throwaway cluster, not the system one"
         )

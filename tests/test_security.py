@@ -38,7 +38,7 @@ from trades.models import Trade
 from trades.services import trade_place
 
 from .pipeline import PipelineTestCase, queue_message_counts
-from .processes import REPO, subprocess_env
+from .processes import REPO, rabbitmq_users_run, subprocess_env
 
 PICKLE = "application/x-python-serialize"
 
@@ -304,19 +304,7 @@ class LeastPrivilegeIntegrationTests(PipelineTestCase):
             self.addCleanup(broker_admin().user_delete, user)
         self.addCleanup(broker_admin().vhost_delete, self.vhost)
         for _ in range(2):  # idempotent: the second run finds everything in place
-            result = subprocess.run(
-                [str(REPO / "scripts" / "rabbitmq-users")],
-                env={
-                    **os.environ,
-                    "RABBITMQ_VHOST": self.vhost,
-                    **{f"RABBITMQ_{role.upper()}_USER": user for role, user in self.users.items()},
-                    **{f"RABBITMQ_{role.upper()}_PASSWORD": pw for role, pw in self.passwords.items()},
-                },
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
+            result = rabbitmq_users_run(vhost=self.vhost, users=self.users, passwords=self.passwords)
             self.assertEqual(result.returncode, 0, result.stderr)
             for password in self.passwords.values():
                 self.assertNotIn(password, result.stdout + result.stderr)
