@@ -1,4 +1,4 @@
-"""Celery tasks of the reliability app: thin interfaces over services."""
+"""Celery tasks of the reliability app: thin interfaces over the relay, the reconciler, heartbeats, retention, the dead-letter drain and degrade mode."""
 
 from celery import shared_task
 
