@@ -49,8 +49,8 @@ demo: venv services ## Run the end-to-end demo (worker + beat + trades + verify)
 
 # The end-to-end tests again with the bean service in a database of its own.
 TWO_DATABASE_TESTS := \
-	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
-	tests.test_reconcile_integration.ReconcilerIntegrationTests.test_a_message_removed_from_the_queue_is_detected_and_republished
+	tests.e2e.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
+	tests.e2e.test_reconcile_integration.ReconcilerIntegrationTests.test_a_message_removed_from_the_queue_is_detected_and_republished
 
 browser: ## Make sure headless Chromium + ChromeDriver are there for the browser tests (never fails)
 	scripts/ensure-browser
@@ -59,8 +59,8 @@ browser: ## Make sure headless Chromium + ChromeDriver are there for the browser
 # named beans_side.
 # And with the deductions spread over four queue partitions.
 PARTITIONED_TESTS := \
-	tests.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
-	tests.test_ordering_integration
+	tests.e2e.test_pipeline_integration.PipelineIntegrationTests.test_500_trades_over_20_accounts_are_each_deducted_exactly_once \
+	tests.e2e.test_ordering_integration
 
 test: venv services browser ## Run the test suite, then end-to-end tests with two databases and with 4 queue partitions (TEST_ARGS=... for one run)
 ifeq ($(strip $(TEST_ARGS)),)
@@ -112,7 +112,7 @@ audit: venv ## Check the pinned requirements for known vulnerabilities (says so,
 	$(PY) scripts/audit-requirements.py
 
 cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
-	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.test_cluster_integration
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.e2e.test_cluster_integration
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)

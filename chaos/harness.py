@@ -198,7 +198,7 @@ class WorkerProxies:
     ``partition("database")`` from PostgreSQL; ``heal_all()`` undoes whatever is cut.
     The broker side only stops moving bytes (the AMQP heartbeats must notice); the
     database side also drops its packets when it can (``partition_drops_packets``), so
-    the worker's own TCP deadlines see it too, as ``tests/test_partition_integration.py``
+    the worker's own TCP deadlines see it too, as ``tests/e2e/test_partition_integration.py``
     does.
     """
 

@@ -102,7 +102,7 @@ RATE = 50.0  # requests per second: below what the pipeline drains on 2 shared c
 def vhosts_reap(names: Names, env: dict[str, str]) -> list[str]:
     """Delete this run's vhost if an earlier run left it, and those of killed test runs.
 
-    ``tests/test_chaos.py`` runs with ``--instance test<pid>``: a vhost ``chaos-test<pid>``
+    ``tests/e2e/test_chaos.py`` runs with ``--instance test<pid>``: a vhost ``chaos-test<pid>``
     whose process is gone was left by a run killed before its ``finally``.
     """
     notes = []

@@ -17,7 +17,7 @@ from reliability.ops.dead_letters import dead_letter_replay
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, queue_message_counts
+from ..pipeline import PipelineTestCase, queue_message_counts
 
 
 def dead_letters(**filters: object) -> list[DeadLetter]:

@@ -13,10 +13,10 @@ from reliability.ops import degrade
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
+from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
 from .test_relay_integration import queue_policy
 
-# CI places 1,000; `BACKPRESSURE_TRADES=10000 make test TEST_ARGS=tests.test_backpressure_integration`
+# CI places 1,000; `BACKPRESSURE_TRADES=10000 make test TEST_ARGS=tests.e2e.test_backpressure_integration`
 # runs the full size.
 TRADES = int(os.environ.get("BACKPRESSURE_TRADES", "1000"))
 QUEUE_BOUND = 200

@@ -24,8 +24,8 @@ from chaos.partition import SilentProxy
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase
-from .processes import CeleryProcess, test_database_url
+from ..pipeline import PipelineTestCase
+from ..processes import CeleryProcess, test_database_url
 
 # Deadlines short enough for a test, in the same proportions as the defaults.
 PARTITION_ENV = {

@@ -38,7 +38,7 @@ from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
 
-from .pipeline import PipelineTestCase
+from ..pipeline import PipelineTestCase
 
 BEANS = settings.BEANS_DATABASE
 DEDUCT, OUTCOME = "beans.deduct", "trades.record_outcome"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.test import SimpleTestCase, tag
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 EXAMPLE = REPO / "examples" / "orders"
 # Its tests may reach into internals the public API does not offer (their docstring says which).
 EXAMPLE_TESTS = EXAMPLE / "orders_project" / "tests"

@@ -7,7 +7,7 @@ from django.test import tag
 from beans.models import LedgerEntry
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase
+from ..pipeline import PipelineTestCase
 
 
 @tag("integration")

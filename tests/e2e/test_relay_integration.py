@@ -13,8 +13,8 @@ from reliability.produce.publisher import publisher
 from reliability.produce.relay import outbox_relay_batch, outbox_relay_messages
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
-from .processes import wait_until
+from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
+from ..processes import wait_until
 
 
 def queue_policy(name: str) -> str:

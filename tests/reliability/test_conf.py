@@ -14,7 +14,7 @@ from django.test import SimpleTestCase, override_settings, tag
 from reliability.conf import DEFAULTS, environment_settings
 from reliability.conf import settings as reliability_settings
 
-from .processes import REPO
+from ..processes import REPO
 
 KEY = "k" * 40
 

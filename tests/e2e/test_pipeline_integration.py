@@ -13,8 +13,8 @@ from reliability.models import MessageLog, OutboxMessage
 from trades.models import Trade
 from trades.services import trade_place, trades_place_many
 
-from .pipeline import PipelineTestCase, broker_vhost, rabbitmqctl
-from .processes import wait_until
+from ..pipeline import PipelineTestCase, broker_vhost, rabbitmqctl
+from ..processes import wait_until
 
 
 @tag("integration")

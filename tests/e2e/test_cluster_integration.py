@@ -27,8 +27,8 @@ from reliability.produce.publisher import publisher
 from trades.models import Trade
 from trades.services import trade_place
 
-from .cluster import ClusterError, RabbitCluster
-from .pipeline import PipelineTestCase, broker_queues
+from ..cluster import ClusterError, RabbitCluster
+from ..pipeline import PipelineTestCase, broker_queues
 
 # 5,000 by default: a few minutes, as each trade takes ~30 ms, most of it waiting for the
 # quorum queue's publisher confirm. A shorter CI tier can set CLUSTER_TEST_TRADES.

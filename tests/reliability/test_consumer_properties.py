@@ -35,8 +35,8 @@ from reliability.consume.task import batch_consume, message_consume
 from reliability.envelope import BATCH, ENVELOPE_VERSION, envelope_sign
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
 
-from .strategies import examples
-from .strategies import json_values as json_values_of
+from ..strategies import examples
+from ..strategies import json_values as json_values_of
 
 BEANS = settings.BEANS_DATABASE
 TASK = SimpleNamespace(name="beans.deduct", request=SimpleNamespace(retries=0, delivery_info={}))

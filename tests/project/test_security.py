@@ -37,8 +37,8 @@ from reliability.ops.dead_letters import dead_letter_from_broker
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, queue_message_counts
-from .processes import REPO, rabbitmq_users_run, subprocess_env
+from ..pipeline import PipelineTestCase, queue_message_counts
+from ..processes import REPO, rabbitmq_users_run, subprocess_env
 
 PICKLE = "application/x-python-serialize"
 

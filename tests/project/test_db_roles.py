@@ -16,7 +16,7 @@ from django.test import SimpleTestCase, tag
 
 from project.environment import database_drop, database_recreate, database_url
 
-from .processes import REPO
+from ..processes import REPO
 
 SCRIPT = REPO / "scripts" / "postgres-roles"
 HOST, PORT = "127.0.0.1", "5432"

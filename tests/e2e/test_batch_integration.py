@@ -25,9 +25,9 @@ from reliability.produce.outbox import outbox_enqueue
 from reliability.produce.relay import outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
+from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
+from ..processes import REPO, subprocess_env, wait_until
 from . import test_relay_integration as relay_tests  # the module, so its tests are not collected twice
-from .pipeline import PipelineTestCase, broker_vhost, queue_message_counts
-from .processes import REPO, subprocess_env, wait_until
 from .test_relay_integration import queue_policy
 
 

@@ -15,7 +15,7 @@ from reliability.models import MessageLog, OutboxMessage, StreamGap
 from trades.models import Trade
 from trades.services import trade_place
 
-from .pipeline import PipelineTestCase, queue_message_counts, rabbitmqctl
+from ..pipeline import PipelineTestCase, queue_message_counts, rabbitmqctl
 
 
 def queue_take(name: str, count: int) -> int:

@@ -10,7 +10,7 @@ from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.outbox import outbox_enqueue
 
-from .pipeline import queues_purge
+from ..pipeline import queues_purge
 
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)

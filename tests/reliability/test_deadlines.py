@@ -34,7 +34,7 @@ from reliability.produce.publisher import ConfirmedPublisher, broker_connection
 from reliability.produce.relay import outbox_claim, outbox_relay_messages
 from reliability.worker import BoundedHeart, DeadLetteringConsumer
 
-from .pipeline import PipelineTestCase
+from ..pipeline import PipelineTestCase
 
 HANG_LIMIT_S = 60.0
 

@@ -15,7 +15,7 @@ from django.test import SimpleTestCase, tag
 
 import reliability
 
-from .processes import REPO
+from ..processes import REPO
 
 # Run by the clean venv's Python, outside the repository: only the installed wheel is importable.
 USER_SCRIPT = textwrap.dedent(

@@ -36,7 +36,7 @@ from project.broker_admin import (
     broker_admin,
 )
 
-from .processes import rabbitmq_users_run, wait_until
+from ..processes import rabbitmq_users_run, wait_until
 
 CLOSED_PORT_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused
 

@@ -31,8 +31,8 @@ from trades.models import Trade
 from trades.services import IDEMPOTENCY_KEY_MAX_LENGTH
 from trades.views import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 
-from .strategies import examples
-from .strategies import json_values as json_values_of
+from ..strategies import examples
+from ..strategies import json_values as json_values_of
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"
