@@ -51,7 +51,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import cpu  # noqa: E402 - needs the repository on sys.path
-from chaos.harness import Child  # noqa: E402 - one subprocess wrapper for the bench and the chaos run
+from chaos.harness import Child, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
+from chaos.harness import wait_for as poll_until  # noqa: E402
 from project.broker_admin import BrokerAdminError, broker_admin  # noqa: E402
 from project.environment import broker_url, broker_user, database_recreate, database_url  # noqa: E402
 
@@ -76,31 +77,11 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _foreign(key: str) -> bool:
-    """A variable of the developer's that could point the bench at their data or change its setup."""
-    return (
-        key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_"))
-        or "DATABASE_URL" in key
-    )
-
-
 def bench_env() -> dict[str, str]:
     """The environment of the bench process and of every subprocess it starts."""
-    env = {key: value for key, value in os.environ.items() if not _foreign(key)}
-    env.update(
-        DATABASE_URL=DATABASE_URL,
-        CELERY_BROKER_URL=BROKER_URL,
-        DJANGO_SETTINGS_MODULE="project.settings",
-        DJANGO_ENV="development",
-        DJANGO_DEBUG="false",
-        # Snowflake worker-id leases: a Redis database of the bench's own (tests use 13 and 15,
-        # bench/ids.py 14), never the developer's database 0.
-        RELIABILITY_REDIS_URL=REDIS_URL,
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+    # Snowflake worker-id leases: a Redis database of the bench's own (tests use 13 and 15,
+    # bench/ids.py 14), never the developer's database 0.
+    return isolated_env(database_url=DATABASE_URL, broker_url=BROKER_URL, redis_url=REDIS_URL)
 
 
 def run(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -133,11 +114,8 @@ def celery_argv(app: str, kind: str, *extra: str, loglevel: str) -> list[str]:
 
 
 def wait_for(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    if not poll_until(predicate, timeout=timeout, interval=interval):
+        raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 # --------------------------------------------------------------------------- broker
@@ -252,14 +230,6 @@ def scalar_rows(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ..
     with connection.cursor() as cursor:
         cursor.execute(sql, params or [])
         return list(cursor.fetchall())
-
-
-def scalar(sql: str, params: list[Any] | None = None) -> Any:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
-        return cursor.fetchone()[0]
 
 
 # --------------------------------------------------------------------------- producers

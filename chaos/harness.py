@@ -103,7 +103,7 @@ class Names:
 
 
 def _foreign(key: str) -> bool:
-    """A developer's variable that could point the run at their data or change its setup."""
+    """A developer's variable that could point a run at their data or change its setup."""
     return (
         key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_"))
         or "DATABASE_URL" in key
@@ -111,23 +111,35 @@ def _foreign(key: str) -> bool:
     )
 
 
-def chaos_env(names: Names, broker_url: str) -> dict[str, str]:
-    """The environment of the run and of every process it starts."""
+def isolated_env(*, database_url: str, broker_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a run of its own (the chaos soak, the bench) and of every process it
+    starts: the developer's variables that could change the setup are dropped, the project runs
+    at its defaults on the run's own database, vhost and Redis database, and ``extra`` on top."""
     env = {key: value for key, value in os.environ.items() if not _foreign(key)}
     env.update(
-        DATABASE_URL=names.database_url,
+        DATABASE_URL=database_url,
         CELERY_BROKER_URL=broker_url,
         DJANGO_SETTINGS_MODULE="project.settings",
         DJANGO_ENV="development",
         DJANGO_DEBUG="false",
-        RELIABILITY_REDIS_URL=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
+        RELIABILITY_REDIS_URL=redis_url,
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def chaos_env(names: Names, broker_url: str) -> dict[str, str]:
+    """The environment of the run and of every process it starts."""
+    return isolated_env(
+        database_url=names.database_url,
+        broker_url=broker_url,
+        redis_url=f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}",
         PGAPPNAME="chaos-controller",  # pg_terminate_backend finds the others by their own names
         **PROCESS_ENV,
     )
-    return env
 
 
 def run_cmd(argv: list[str], *, env: dict[str, str], timeout: float, check: bool = True) -> str:
