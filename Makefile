@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate demo test test-fast library-test check audit cluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate web demo test test-fast library-test check audit cluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -43,6 +43,10 @@ services: ## Make sure PostgreSQL, RabbitMQ and Redis are running (installs them
 
 migrate: venv services ## Apply the database migrations
 	$(PY) manage.py migrate --noinput
+
+web: venv services ## Serve the project with gunicorn on 127.0.0.1:$${PORT:-8000} (WEB_CONCURRENCY workers; project/gunicorn.conf.py)
+	$(PY) manage.py collectstatic --noinput -v0
+	$(VENV)/bin/gunicorn -c project/gunicorn.conf.py
 
 demo: venv services ## Run the end-to-end demo (worker + beat + trades + verify)
 	VENV=$(VENV) scripts/demo

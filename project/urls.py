@@ -3,7 +3,7 @@ from django.contrib import admin
 from django.urls import path
 
 from beans.views import account_detail
-from reliability import metrics, pipeline_health_page
+from reliability import healthz, metrics, pipeline_health_page, readyz
 from trades.views import account_trades, trade_create, trade_detail, trades_create_batch
 
 # The admin index links the pipeline health page (reliability/templates/admin/reliability_index.html).
@@ -18,6 +18,9 @@ urlpatterns = [
     ),
     path(settings.ADMIN_URL, admin.site.urls),
     path("metrics", metrics, name="metrics"),
+    # Liveness and readiness for a load balancer or an orchestrator.
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("api/trades/", trade_create, name="trade-create"),
     path("api/trades/batch/", trades_create_batch, name="trades-create-batch"),
     path("api/trades/<int:trade_id>/", trade_detail, name="trade-detail"),

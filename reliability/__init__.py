@@ -64,6 +64,8 @@ _EXPORTS = {
     "ReadOnlyModelAdmin": "admin",
     "metrics": "views",
     "pipeline_health_page": "views",
+    "healthz": "views",
+    "readyz": "views",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -105,5 +107,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from reliability.produce.outbox import outbox_enqueue, outbox_enqueue_many
     from reliability.produce.topology import quorum_queue
     from reliability.schedule import beat_schedule
-    from reliability.views import metrics, pipeline_health_page
+    from reliability.views import healthz, metrics, pipeline_health_page, readyz
     from reliability.worker import worker_steps_install

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, gener
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from reliability.conf import settings
-from reliability.ops.health import pipeline_health, pipeline_mode_state, stream_health
+from reliability.ops.health import pipeline_health, pipeline_mode_state, readiness, stream_health
 from reliability.selectors import (
     dead_letter_open_count,
     message_log_stats,
@@ -257,3 +257,20 @@ def metrics(request: HttpRequest) -> HttpResponse:
     for collector in _metrics_collectors():
         registry.register(collector)
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers (no database, no broker: a restart would not fix those)."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: 200 when the databases and the broker are reachable, else 503 naming what is not."""
+    problems = readiness()
+    if problems:
+        return JsonResponse({"status": "unavailable", "failing": problems}, status=503)
+    return JsonResponse({"status": "ok"})

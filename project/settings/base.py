@@ -1,6 +1,7 @@
 """Django itself: environment, secrets, hosts, apps, templates, static files, logging."""
 
 import os
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +53,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's, the health page's) from the web tier itself, with DEBUG off.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -92,6 +95,24 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".run" / "static"
+# Served by whitenoise from STATIC_ROOT (manage.py collectstatic; make web runs it); outside
+# production also straight from the apps' static folders, so nothing needs collecting first.
+WHITENOISE_USE_FINDERS = not IS_PRODUCTION
+# Until collectstatic first runs, STATIC_ROOT does not exist; the finders serve meanwhile.
+warnings.filterwarnings("ignore", message=r"No directory at: .*[/\\]\.run[/\\]static")
+
+# Behind a proxy that terminates TLS: the header it sets and its value for HTTPS, e.g.
+# "HTTP_X_FORWARDED_PROTO=https", so that SECURE_SSL_REDIRECT sees the request as secure
+# instead of redirecting it forever. Set it only behind a proxy that always sets (or strips)
+# the header: a client could otherwise claim HTTPS.
+_proxy_ssl_header = env_str("DJANGO_PROXY_SSL_HEADER", "")
+if _proxy_ssl_header:
+    _header, _, _value = _proxy_ssl_header.partition("=")
+    if not _header.startswith("HTTP_") or not _value:
+        raise ImproperlyConfigured(
+            f"DJANGO_PROXY_SSL_HEADER must look like HTTP_X_FORWARDED_PROTO=https, got {_proxy_ssl_header!r}"
+        )
+    SECURE_PROXY_SSL_HEADER = (_header, _value)
 
 # Where the admin is served: a path of your own makes it harder to find (e.g. "ops-7f3a/").
 ADMIN_URL = env_str("DJANGO_ADMIN_URL", "admin/")

@@ -8,12 +8,14 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.db import connections
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
 from reliability.conf import settings
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
+from reliability.produce.publisher import broker_connection, connection_abandon
 from reliability.selectors import gaps_escalated_count, message_log_stats, queue_depths, stream_positions
 
 THROUGHPUT_WINDOW_MINUTES = 15
@@ -177,3 +179,29 @@ def pipeline_health(*, now: datetime | None = None) -> dict[str, Any]:
         "throughput": message_log_throughput(now=now),
         "mode": pipeline_mode_state(),
     }
+
+
+def readiness() -> dict[str, str]:
+    """What this process cannot reach now: ``{"database:<alias>" or "broker": what failed}``.
+
+    Empty when every database of ``RELIABILITY_DATABASES`` answers a query and the broker
+    accepts a connection. Each attempt has the library's deadlines (libpq's connect timeout,
+    ``RELIABILITY_CONNECT_TIMEOUT_S`` for the broker), so a silent peer costs seconds, not minutes.
+    """
+    problems: dict[str, str] = {}
+    for alias in settings.RELIABILITY_DATABASES:
+        try:
+            connections[alias].ensure_connection()
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001 - the answer is what failed
+            connections[alias].close()  # a broken persistent connection must not linger
+            problems[f"database:{alias}"] = f"{type(exc).__name__}: {exc}".strip()[:300]
+    connection = broker_connection()
+    try:
+        connection.ensure_connection(max_retries=1, timeout=settings.RELIABILITY_CONNECT_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - the answer is what failed
+        problems["broker"] = f"{type(exc).__name__}: {exc}".strip()[:300]
+    finally:
+        connection_abandon(connection)
+    return problems
