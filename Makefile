@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate web demo test test-fast library-test check audit cluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate web demo test test-fast library-test schema check audit cluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -105,12 +105,21 @@ library-test: venv services ## Build the wheel, install it in a fresh venv with 
 	cd examples/orders && env -u PYTHONPATH PYTHONUNBUFFERED=1 $(abspath $(LIBRARY_VENV))/bin/python \
 	    manage.py test --noinput --settings=orders_project.test_settings
 
-check: venv ## What CI checks before the tests: lint, format, types, import contracts, missing migrations
+# The OpenAPI document of the HTTP API, as committed; make check fails when the code says otherwise.
+OPENAPI_SCHEMA := project/api/openapi.json
+OPENAPI_EXPORT = $(PY) manage.py export_openapi_schema --api project.api.routes.api --indent 2 --sorted
+
+schema: venv ## Write the API's OpenAPI document to project/api/openapi.json (commit it)
+	$(OPENAPI_EXPORT) > $(OPENAPI_SCHEMA)
+
+check: venv ## What CI checks before the tests: lint, format, types, import contracts, missing migrations, the committed API schema
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
 	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run --noinput
+	@$(OPENAPI_EXPORT) | diff -u $(OPENAPI_SCHEMA) - \
+	    || { echo "$(OPENAPI_SCHEMA) differs from the API's code: run make schema and commit it" >&2; exit 1; }
 
 audit: venv ## Check the pinned requirements for known vulnerabilities (says so, and passes, when the vulnerability service is unreachable)
 	$(PY) scripts/audit-requirements.py

@@ -2,9 +2,8 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
-from beans.views import account_detail
+from project.api.routes import api
 from reliability import healthz, metrics, pipeline_health_page, readyz
-from trades.views import account_trades, trade_create, trade_detail, trades_create_batch
 
 # The admin index links the pipeline health page (reliability/templates/admin/reliability_index.html).
 admin.site.index_template = "admin/reliability_index.html"
@@ -21,9 +20,6 @@ urlpatterns = [
     # Liveness and readiness for a load balancer or an orchestrator.
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
-    path("api/trades/", trade_create, name="trade-create"),
-    path("api/trades/batch/", trades_create_batch, name="trades-create-batch"),
-    path("api/trades/<int:trade_id>/", trade_detail, name="trade-detail"),
-    path("api/accounts/<int:account_id>/", account_detail, name="account-detail"),
-    path("api/accounts/<int:account_id>/trades/", account_trades, name="account-trades"),
+    # The HTTP API (project/api/routes.py): trades and accounts, /api/openapi.json, /api/docs.
+    path("api/", api.urls),
 ]

@@ -9,7 +9,9 @@ Design overview
   the bean service sends back: ``deducted`` or ``rejected``.
 * The account is the bean service's; the trade keeps only its id (the two
   services may live in different databases).
-* ``idempotency_key`` is unique: a repeated request returns the first trade.
+* ``idempotency_key`` is unique per API client (``client_id``, the API key that placed the
+  trade; 0 for trades placed in-process): a repeated request returns the first trade, and two
+  clients never see each other's.
 """
 
 from django.db import models
@@ -30,6 +32,9 @@ class Trade(models.Model):
     balance_after = models.BigIntegerField(null=True, blank=True)
     # NULL, not "": many trades have no key, and NULLs never collide in the unique constraint.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    # The API key that placed it (project.ApiKey's id, kept as a plain id like account_id); 0 for
+    # trades placed in-process (a management command, the bench).
+    client_id = models.BigIntegerField(default=0)
     deduction_message_id = models.UUIDField(editable=False)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -38,7 +43,9 @@ class Trade(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(beans__gt=0), name="trade_beans_positive"),
-            models.UniqueConstraint(fields=["idempotency_key"], name="trade_idempotency_key_unique"),
+            models.UniqueConstraint(
+                fields=["client_id", "idempotency_key"], name="trade_client_idempotency_key_unique"
+            ),
             models.UniqueConstraint(fields=["deduction_message_id"], name="trade_deduction_message_unique"),
             models.CheckConstraint(
                 condition=Q(status="pending", settled_at__isnull=True)

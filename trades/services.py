@@ -55,11 +55,13 @@ def _deduction_payload(trade: Trade) -> dict[str, int]:
     return {"trade_id": trade.pk, "account_id": trade.account_id, "beans": trade.beans}
 
 
-def trade_place(*, account_id: Any, beans: Any, idempotency_key: str | None = None) -> tuple[Trade, bool]:
+def trade_place(
+    *, account_id: Any, beans: Any, idempotency_key: str | None = None, client_id: int = 0
+) -> tuple[Trade, bool]:
     """Record a trade and its deduction message in one transaction.
 
     Return ``(trade, created)``; ``created`` is False when ``idempotency_key`` was
-    used before for the same trade, which is then returned unchanged.
+    used before by ``client_id`` for the same trade, which is then returned unchanged.
     """
     account_id, beans = _order_validated(account_id, beans)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
@@ -76,13 +78,14 @@ def trade_place(*, account_id: Any, beans: Any, idempotency_key: str | None = No
                     account_id=account_id,
                     beans=beans,
                     idempotency_key=idempotency_key,
+                    client_id=client_id,
                     deduction_message_id=message_id,
                 )
         except IntegrityError:
             if idempotency_key is None:
                 raise
             # Insert first: the unique key is the duplicate signal, even under a race.
-            existing = Trade.objects.get(idempotency_key=idempotency_key)
+            existing = Trade.objects.get(client_id=client_id, idempotency_key=idempotency_key)
             if (existing.account_id, existing.beans) != (account_id, beans):
                 raise IdempotencyConflict(
                     f"Idempotency-Key {idempotency_key!r} was used for trade {existing.pk} "
@@ -100,7 +103,9 @@ def trade_place(*, account_id: Any, beans: Any, idempotency_key: str | None = No
     return trade, True
 
 
-def trades_place_many(*, orders: Any, idempotency_key: str | None = None) -> tuple[list[Trade], bool]:
+def trades_place_many(
+    *, orders: Any, idempotency_key: str | None = None, client_id: int = 0
+) -> tuple[list[Trade], bool]:
     """Record many trades and their deduction messages in one transaction: all of them or none.
 
     ``orders`` is a list of ``{"account": id, "beans": n}``, 1 to ``TRADES_BATCH_MAX`` of
@@ -141,6 +146,7 @@ def trades_place_many(*, orders: Any, idempotency_key: str | None = None) -> tup
                         account_id=account_id,
                         beans=beans,
                         idempotency_key=key,
+                        client_id=client_id,
                         deduction_message_id=message_id_new(),
                     )
                     for (account_id, beans), key in zip(validated, keys, strict=True)
@@ -148,7 +154,7 @@ def trades_place_many(*, orders: Any, idempotency_key: str | None = None) -> tup
         except IntegrityError:
             if idempotency_key is None:
                 raise
-            return _batch_placed_before(idempotency_key, keys, validated), False
+            return _batch_placed_before(client_id, idempotency_key, keys, validated), False
         by_queue: dict[str, list[tuple[str, dict[str, Any], uuid.UUID | None]]] = {}
         for trade in trades:
             by_queue.setdefault(deduction_queue(trade.account_id), []).append(
@@ -161,11 +167,14 @@ def trades_place_many(*, orders: Any, idempotency_key: str | None = None) -> tup
     return trades, True
 
 
-def _batch_placed_before(key: str, keys: list[str | None], orders: list[tuple[int, int]]) -> list[Trade]:
-    """Return the trades a batch with this Idempotency-Key placed, or raise ``IdempotencyConflict``."""
+def _batch_placed_before(
+    client_id: int, key: str, keys: list[str | None], orders: list[tuple[int, int]]
+) -> list[Trade]:
+    """Return the trades a client's batch with this Idempotency-Key placed, or raise ``IdempotencyConflict``."""
     one_more = f"{key}/{len(keys)}"  # present if the first batch was longer than this one
     existing = {
-        trade.idempotency_key: trade for trade in Trade.objects.filter(idempotency_key__in=[*keys, one_more])
+        trade.idempotency_key: trade
+        for trade in Trade.objects.filter(client_id=client_id, idempotency_key__in=[*keys, one_more])
     }
     placed = [existing.get(one) for one in keys]
     if one_more in existing or any(

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_int, env_list, env_str
+from .env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_results",
+    "ninja",  # the API framework: its management command and the docs page's static files
     "reliability",
     "beans",
     "trades",
@@ -61,6 +62,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The API's 405 as JSON with an error, like its other refusals.
+    "project.api.parsing.JsonMethodNotAllowed",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -125,6 +128,12 @@ if not ADMIN_URL.endswith("/") or ADMIN_URL.startswith("/"):
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Collectors of domain figures for /metrics: dotted paths to classes with collect().
 METRICS_COLLECTORS = ["trades.metrics.TradesCollector"]
+
+# The HTTP API (project/api/): requests a second per API key unless the key sets its own
+# (api_keys create --rate-limit), counted in Redis; while Redis is unreachable nothing is limited.
+API_RATE_LIMIT_PER_S = env_int("API_RATE_LIMIT_PER_S", 100)
+API_RATE_LIMIT_REDIS_URL = env_str("API_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/2")
+API_RATE_LIMIT_REDIS_TIMEOUT_S = env_float("API_RATE_LIMIT_REDIS_TIMEOUT_S", 0.25)
 
 LOGGING = {
     "version": 1,

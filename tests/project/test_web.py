@@ -7,79 +7,19 @@ and the API's JSON refusals. The proxy header keeps HTTPS redirects from looping
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
 from django.test import SimpleTestCase, TransactionTestCase, override_settings, tag
 
-from ..processes import REPO, subprocess_env, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from ..processes import REPO, subprocess_env
+from ..web import Gunicorn, free_port, get
 
 
 def closed_port() -> int:
     return free_port()  # nothing listens there once the probe is closed
-
-
-def get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - a local test server
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-class Gunicorn:
-    """``gunicorn -c project/gunicorn.conf.py`` on a free port, in a process group of its own."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkdtemp(prefix="gunicorn-")) / "web.log"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"],
-            cwd=REPO,
-            env={**env, "PORT": str(self.port), "WEB_CONCURRENCY": "1", "DJANGO_DEBUG": "false"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_answering(self) -> None:
-        def answers() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                return get(self.url("/healthz"))[0] == 200
-            except OSError:
-                return False
-
-        wait_until(answers, timeout=60, what="gunicorn to answer /healthz")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
 
 
 @tag("integration")
@@ -101,8 +41,8 @@ class WebTierTests(TransactionTestCase):
         self.assertIn(b"body", body)
 
         status, headers, body = get(server.url("/api/trades/999999999/"))
-        self.assertEqual(status, 404)
-        self.assertIn("error", json.loads(body))
+        self.assertEqual(status, 401)  # the API answers no one without a key, in JSON
+        self.assertIn("API key", json.loads(body)["error"])
 
     def test_readiness_names_the_database_and_the_broker_it_cannot_reach(self) -> None:
         server = self.serve(

@@ -13,6 +13,8 @@ from reliability.ops import degrade
 from reliability.produce.outbox import outbox_enqueue
 from reliability.tasks import purge_old_rows
 
+from ..api import client_authenticate
+
 
 def enqueue(count: int, stream: str = "s") -> None:
     with transaction.atomic():
@@ -57,6 +59,7 @@ class DegradeModeTests(TestCase):
 
 class DegradedApiTests(TestCase):
     def setUp(self) -> None:
+        client_authenticate(self.client)
         degrade._cache.clear()
         self.account = account_create(owner="a", balance=1000).pk
         PipelineMode.objects.create(

@@ -14,12 +14,15 @@ from beans.services import account_create
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
+from ..api import client_authenticate
+
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"
 
 
 class TradeApiTests(TestCase):
     def setUp(self) -> None:
+        client_authenticate(self.client)
         self.account = account_create(owner="alice", balance=100)
 
     def _post(self, body: Any, *, content_type: str = "application/json", **headers: str) -> Any:
@@ -28,7 +31,7 @@ class TradeApiTests(TestCase):
 
     def _assert_refused(self, response: Any, status: int) -> None:
         self.assertEqual(response.status_code, status, response.content)
-        self.assertEqual(response["Content-Type"], "application/json")
+        self.assertEqual(response["Content-Type"], "application/json; charset=utf-8")
         self.assertIsInstance(response.json()["error"], str)
         self.assertEqual(Trade.objects.count(), 0)
         self.assertEqual(OutboxMessage.objects.count(), 0)
@@ -148,6 +151,7 @@ class TradeBatchApiTests(TestCase):
     """POST /api/trades/batch/: many trades in one transaction, all of them or none."""
 
     def setUp(self) -> None:
+        client_authenticate(self.client)
         self.alice = account_create(owner="alice", balance=100).pk
         self.bob = account_create(owner="bob", balance=100).pk
 
@@ -186,10 +190,14 @@ class TradeBatchApiTests(TestCase):
 
     def test_a_batch_with_one_bad_order_is_refused_whole_and_says_which(self) -> None:
         cases: dict[str, tuple[Any, int, str]] = {
-            "not an object": ([{"account": self.alice, "beans": 1}], 400, "JSON object"),
-            "no trades field": ({"orders": []}, 400, "missing field(s): trades"),
-            "trades not a list": ({"trades": {"account": self.alice, "beans": 1}}, 400, "list of 1 to"),
-            "no trades": ({"trades": []}, 400, "list of 1 to"),
+            "not an object": ([{"account": self.alice, "beans": 1}], 400, "request body: Input should be"),
+            "no trades field": ({"orders": []}, 400, "trades: Field required"),
+            "trades not a list": (
+                {"trades": {"account": self.alice, "beans": 1}},
+                400,
+                "trades: Input should be",
+            ),
+            "no trades": ({"trades": []}, 400, "trades: List should have at least 1"),
             "one zero": (
                 {"trades": [{"account": self.alice, "beans": 1}, {"account": self.bob, "beans": 0}]},
                 400,
@@ -203,7 +211,7 @@ class TradeBatchApiTests(TestCase):
             "too many": (
                 {"trades": [{"account": self.alice, "beans": 1}] * (settings.TRADES_BATCH_MAX + 1)},
                 400,
-                "list of 1 to",
+                f"trades: List should have at most {settings.TRADES_BATCH_MAX}",
             ),
             "body too large": ("[" + " " * 70_000 + "]", 400, "larger than"),
         }
@@ -216,6 +224,9 @@ class TradeBatchApiTests(TestCase):
 
 
 class AccountApiTests(TestCase):
+    def setUp(self) -> None:
+        client_authenticate(self.client)
+
     def test_account_detail_shows_the_balance(self) -> None:
         account = account_create(owner="alice", balance=100)
 

@@ -1,0 +1,99 @@
+"""Who may call the API, and how often: API keys with scopes, and a per-key rate limit.
+
+``Authorization: Bearer <key>``. A missing, malformed, unknown, wrong or revoked key is a 401;
+a live key without the operation's scope is a 403. Nothing here logs a key: the Authorization
+header is read and compared, never formatted into a message.
+"""
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.errors import AuthorizationError
+from ninja.security import HttpBearer
+from ninja.throttling import BaseThrottle
+
+from project.api_keys import api_key_authenticate
+from project.models import ApiKey
+from project.models import ApiScope as Scope
+
+logger = logging.getLogger(__name__)
+
+
+class ApiKeyAuth(HttpBearer):
+    """``Authorization: Bearer <key>`` for a live key that holds ``scope``."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    def __call__(self, request: HttpRequest) -> ApiKey | None:
+        # HttpBearer.__call__ logs the whole header under DEBUG when the scheme is not Bearer.
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return None
+        return self.authenticate(request, key.strip())
+
+    def authenticate(self, request: HttpRequest, token: str) -> ApiKey | None:
+        api_key = api_key_authenticate(token)
+        if api_key is None or api_key.revoked_at is not None:
+            return None
+        if self.scope not in api_key.scopes:
+            raise AuthorizationError(message=f"this API key lacks the scope {self.scope}")
+        return api_key
+
+
+def requires(scope: Scope) -> ApiKeyAuth:
+    """The authentication of an operation that needs ``scope``."""
+    return ApiKeyAuth(scope.value)
+
+
+class ApiKeyRateLimit(BaseThrottle):
+    """At most ``rate_limit_per_s`` requests a second per key (``API_RATE_LIMIT_PER_S`` by default).
+
+    A counter per key and second in Redis (one INCR and EXPIRE, pipelined), shared by every
+    web process. A limit protects the service; it is not a guarantee: while Redis cannot be
+    reached requests are let through (fail open) and a warning is logged once a minute.
+    """
+
+    def __init__(self) -> None:
+        self._client: redis.Redis | None = None
+        self._local = threading.local()
+        self._warned_at = 0.0
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(
+                settings.API_RATE_LIMIT_REDIS_URL,
+                socket_connect_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
+                socket_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
+            )
+        return self._client
+
+    def allow_request(self, request: HttpRequest) -> bool:
+        api_key = getattr(request, "auth", None)
+        if not isinstance(api_key, ApiKey):
+            return True
+        limit = api_key.rate_limit_per_s or settings.API_RATE_LIMIT_PER_S
+        now = time.time()
+        counter = f"api-rate:{api_key.prefix}:{int(now)}"
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.incr(counter)
+            pipe.expire(counter, 2)
+            count = pipe.execute()[0]
+        except redis.RedisError as exc:
+            if now - self._warned_at > 60:
+                self._warned_at = now
+                logger.warning("API rate limit not enforced, Redis unreachable: %s", exc)
+            return True
+        self._local.wait = 1 - (now % 1)  # the rest of this second
+        return int(count) <= limit
+
+    def wait(self) -> float | None:
+        return getattr(self._local, "wait", 1.0)

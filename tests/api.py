@@ -1,0 +1,33 @@
+"""API keys for tests that call the HTTP API."""
+
+from django.test import Client
+
+from project.api_keys import api_key_create
+from project.models import ApiScope
+
+ALL_SCOPES = tuple(ApiScope.values)
+# Far above what a test sends: the rate limit has tests of its own.
+UNLIMITED = 10**9
+
+
+def api_key_new(name: str = "test", *scopes: str, rate_limit_per_s: int = UNLIMITED) -> str:
+    """A new key with ``scopes`` (all of them by default); its name is made unique."""
+    _, key = api_key_create(
+        name=f"{name}-{api_key_new.counter}", scopes=scopes or ALL_SCOPES, rate_limit_per_s=rate_limit_per_s
+    )
+    api_key_new.counter += 1  # type: ignore[attr-defined]
+    return key
+
+
+api_key_new.counter = 0  # type: ignore[attr-defined]
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def client_authenticate(client: Client, key: str | None = None) -> str:
+    """Make every request of ``client`` carry an API key (a new one with every scope by default)."""
+    key = key or api_key_new()
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return key
