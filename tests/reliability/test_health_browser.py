@@ -4,7 +4,6 @@ Needs Debian's ``chromium`` and ``chromium-driver`` (``scripts/ensure-browser`` 
 and ``selenium`` (requirements-dev.txt). Without them the tests skip and say what to install.
 """
 
-import os
 import unittest
 from pathlib import Path
 from typing import Any
@@ -19,38 +18,11 @@ from django.utils import timezone
 from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
 from reliability.produce.publisher import publisher
 
+from ..web import browser_missing, chromium_start
 from .test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,1600",
-)
 SCREENSHOTS = Path(settings.BASE_DIR) / ".run" / "screenshots"
 PASSWORD = "correct horse battery staple"
-
-
-def browser_missing() -> str:
-    """Return what to install for these tests, or "" when everything is there."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is not installed: .venv/bin/pip install -r requirements-dev.txt"
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        return (
-            f"{' and '.join(missing)} not found: run scripts/ensure-browser "
-            "(apt-get install -y chromium chromium-driver)"
-        )
-    return ""
 
 
 @tag("browser")
@@ -65,19 +37,11 @@ class HealthPageBrowserTests(StaticLiveServerTestCase):
         if missing:
             raise unittest.SkipTest(missing)
         super().setUpClass()
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in CHROMIUM_FLAGS:
-            options.add_argument(flag)
         try:
-            cls.driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+            cls.driver = chromium_start()
         except Exception:
             super().tearDownClass()
             raise
-        cls.driver.implicitly_wait(5)
 
     @classmethod
     def tearDownClass(cls) -> None:
