@@ -62,12 +62,14 @@ class ApiKeyRateLimit(BaseThrottle):
 
     def __init__(self) -> None:
         self._client: redis.Redis | None = None
+        self._client_url = ""
         self._local = threading.local()
         self._warned_at = 0.0
 
     @property
     def client(self) -> redis.Redis:
-        if self._client is None:
+        if self._client is None or self._client_url != settings.API_RATE_LIMIT_REDIS_URL:
+            self._client_url = settings.API_RATE_LIMIT_REDIS_URL
             self._client = redis.Redis.from_url(
                 settings.API_RATE_LIMIT_REDIS_URL,
                 socket_connect_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
