@@ -1,10 +1,10 @@
 """HTTP API of the bean service (read-only), mounted at ``/api/accounts/``."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Path, Router, Schema
 
 from project.api.parsing import Error
 from project.api.security import Scope, requires
@@ -29,7 +29,9 @@ class AccountOut(Schema):
     url_name="account-detail",
     summary="An account and its balance",
 )
-def account_detail(request: HttpRequest, account_id: int) -> tuple[int, dict[str, Any]]:
+def account_detail(
+    request: HttpRequest, account_id: Annotated[int, Path(ge=0)]
+) -> tuple[int, dict[str, Any]]:
     try:
         account = selectors.account_get(account_id=account_id)
     except Account.DoesNotExist:

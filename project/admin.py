@@ -58,7 +58,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
             )
         except ApiKeyError as exc:  # a race with another creation under the same name
             raise forms.ValidationError(str(exc)) from exc
-        obj.pk = created.pk
+        # The admin's message and its history (LogEntry) name the key by str(obj): the row as created.
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(created, field.attname))
         messages.warning(request, f"The new key, shown this once (it is not stored, copy it now): {key}")
 
     @admin.action(description="Revoke the selected keys (their requests are refused from now on)")

@@ -15,6 +15,7 @@ from .models import ApiKey
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "bk_"
+_PREFIX_CHARACTERS = frozenset("0123456789abcdef")  # a prefix is secrets.token_hex(6)
 # Compared against when no key has the presented prefix, so that an unknown key takes as long
 # to refuse as a wrong one.
 _NO_DIGEST = hashlib.sha256(b"no such key").hexdigest()
@@ -92,6 +93,9 @@ def api_key_authenticate(key: str) -> ApiKey | None:
     The digest comparison takes the same time whether the key is unknown, wrong or right.
     """
     prefix = key[len(KEY_PREFIX) :].split("_", 1)[0] if key.startswith(KEY_PREFIX) else ""
-    api_key = ApiKey.objects.filter(prefix=prefix).first() if len(prefix) == 12 else None
+    # Only a prefix we could have issued is looked up: anything else (a NUL, which PostgreSQL
+    # refuses in a query) is a malformed key, refused like any other.
+    issuable = len(prefix) == 12 and _PREFIX_CHARACTERS.issuperset(prefix)
+    api_key = ApiKey.objects.filter(prefix=prefix).first() if issuable else None
     matches = hmac.compare_digest(_digest(key), api_key.digest if api_key else _NO_DIGEST)
     return api_key if matches and api_key is not None else None

@@ -16,4 +16,7 @@ graceful_timeout = 20
 # Behind a proxy on the same host: trust its X-Forwarded-* headers (DJANGO_PROXY_SSL_HEADER).
 forwarded_allow_ips = os.environ.get("WEB_FORWARDED_ALLOW_IPS", "127.0.0.1")
 accesslog = "-"
+# gunicorn's default format without %(u)s, the user name of an "Authorization: Basic" header:
+# a client that sends its API key that way (curl -u KEY:) would have it written to the log.
+access_log_format = '%(h)s %(l)s - %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 errorlog = "-"

@@ -1,5 +1,7 @@
 """API keys for tests that call the HTTP API."""
 
+import itertools
+
 from django.test import Client
 
 from project.api_keys import api_key_create
@@ -10,16 +12,15 @@ ALL_SCOPES = tuple(ApiScope.values)
 UNLIMITED = 10**9
 
 
+_names = itertools.count()
+
+
 def api_key_new(name: str = "test", *scopes: str, rate_limit_per_s: int = UNLIMITED) -> str:
     """A new key with ``scopes`` (all of them by default); its name is made unique."""
     _, key = api_key_create(
-        name=f"{name}-{api_key_new.counter}", scopes=scopes or ALL_SCOPES, rate_limit_per_s=rate_limit_per_s
+        name=f"{name}-{next(_names)}", scopes=scopes or ALL_SCOPES, rate_limit_per_s=rate_limit_per_s
     )
-    api_key_new.counter += 1  # type: ignore[attr-defined]
     return key
-
-
-api_key_new.counter = 0  # type: ignore[attr-defined]
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -54,6 +54,9 @@ class PipelineTestRunner(DiscoverRunner):
         os.environ.setdefault("RELIABILITY_SNOWFLAKE_LEASE_TTL_S", "3")
         # A Redis database of the tests' own, so a test may flush it.
         os.environ.setdefault("RELIABILITY_REDIS_URL", TEST_REDIS_URL)
+        # The API's rate-limit counters too, here and in the web tiers the tests start.
+        os.environ.setdefault("API_RATE_LIMIT_REDIS_URL", TEST_REDIS_URL)
+        settings.API_RATE_LIMIT_REDIS_URL = os.environ["API_RATE_LIMIT_REDIS_URL"]
         self._idle_in_transaction_timeout_lift()
         vhosts_stale_delete()
         self.vhost = f"test-{os.getpid()}"

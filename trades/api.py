@@ -10,9 +10,9 @@ from uuid import UUID
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from ninja import Field, Header, Query, Router, Schema
+from ninja import Field, Header, Path, Query, Router, Schema
 from ninja.decorators import decorate_view
-from pydantic import ConfigDict, StrictInt
+from pydantic import BeforeValidator, ConfigDict, StrictInt
 
 from project.api.parsing import Error, max_body_bytes
 from project.api.security import Scope, requires
@@ -33,6 +33,20 @@ MAX_BODY_BYTES = 4096
 MAX_BATCH_BODY_BYTES = 65536
 BIGINT_MAX = 2**63 - 1
 
+# A float from here on may not be the number the client wrote (IEEE doubles): refused, not rounded.
+EXACT_FLOAT_MAX = 2**53
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: ``30.0`` is the integer 30, as JSON Schema says too."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_MAX:
+        return int(value)
+    return value
+
+
+# An integer, never a boolean or a string; an integral JSON number written with a fraction is one.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
 router = Router(tags=["trades"])
 accounts_router = Router(tags=["trades"])
 
@@ -42,8 +56,8 @@ class Order(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    account: StrictInt = Field(gt=0, le=BIGINT_MAX, description="The account to deduct from.")
-    beans: StrictInt = Field(gt=0, le=settings.TRADES_MAX_BEANS, description="How many beans.")
+    account: JsonInt = Field(gt=0, le=BIGINT_MAX, description="The account to deduct from.")
+    beans: JsonInt = Field(gt=0, le=settings.TRADES_MAX_BEANS, description="How many beans.")
 
 
 class Orders(Schema):
@@ -87,20 +101,43 @@ class TradesPlaced(Schema):
     pipeline: Pipeline
 
 
+class TradesPage(Schema):
+    """Which of an account's trades to list; an unknown parameter is refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(50, description="How many: 1 to 500 (a number outside is brought to the nearest).")
+
+
 class AccountTrades(Schema):
     account: int
     trades: list[TradeOut]
 
 
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
+def _idempotency_key_header(max_length: int) -> Any:
+    """The Idempotency-Key header: 1 to ``max_length`` printable ASCII characters.
+
+    ASCII as in the IETF draft "The Idempotency-Key HTTP Header Field" (a Structured Field
+    String: %x20-7E); a batch's key leaves room for the ``/<index>`` each of its trades is
+    stored under.
+    """
+    return Header(
         alias="Idempotency-Key",
-        description="Names this request: a retry with the same key (from the same API key) returns "
-        "the first answer's trade(s) with 200 instead of placing again; reused for other "
-        "orders, 409.",
-    ),
-]
+        pattern=rf"^[\x20-\x7e]{{1,{max_length}}}$",
+        description=(
+            f"Names this request (1 to {max_length} printable ASCII characters): a retry with the same "
+            "key from the same API key returns the first answer's trade(s) with 200 instead of "
+            "placing again; the same key for other orders is a 409. Keys of different API keys "
+            "never meet."
+        ),
+    )
+
+
+BATCH_IDEMPOTENCY_KEY_MAX_LENGTH = services.IDEMPOTENCY_KEY_MAX_LENGTH - len(
+    f"/{settings.TRADES_BATCH_MAX - 1}"
+)
+IdempotencyKey = Annotated[str | None, _idempotency_key_header(services.IDEMPOTENCY_KEY_MAX_LENGTH)]
+BatchIdempotencyKey = Annotated[str | None, _idempotency_key_header(BATCH_IDEMPOTENCY_KEY_MAX_LENGTH)]
 
 PLACEMENT_ANSWERS: dict[int, Any] = {
     400: Error,
@@ -125,12 +162,6 @@ def trade_json(trade: Trade) -> dict[str, Any]:
         "created_at": trade.created_at,
         "settled_at": trade.settled_at,
     }
-
-
-def _idempotency_key(key: str | None) -> str | None:
-    if key is not None and not key.isprintable():  # control characters, NUL: not a key, and not storable
-        raise TradeInvalid("Idempotency-Key must be printable text, without control characters")
-    return key
 
 
 # Why a placement wrote nothing, and the status that says so.
@@ -184,7 +215,7 @@ def trade_create(
         trade, created = services.trade_place(
             account_id=order.account,
             beans=order.beans,
-            idempotency_key=_idempotency_key(idempotency_key),
+            idempotency_key=idempotency_key,
             client_id=request.auth.pk,  # type: ignore[attr-defined]
         )
     except _PLACEMENT_REFUSALS as exc:
@@ -201,14 +232,14 @@ def trade_create(
 )
 @decorate_view(max_body_bytes(MAX_BATCH_BODY_BYTES))
 def trades_create_batch(
-    request: HttpRequest, response: HttpResponse, orders: Orders, idempotency_key: IdempotencyKey = None
+    request: HttpRequest, response: HttpResponse, orders: Orders, idempotency_key: BatchIdempotencyKey = None
 ) -> tuple[int, dict[str, Any]]:
     """Place many trades in one transaction: all of them or none. Each is exactly the trade
     ``POST /api/trades/`` would place; a batch's Idempotency-Key names the whole batch."""
     try:
         trades, created = services.trades_place_many(
             orders=[{"account": order.account, "beans": order.beans} for order in orders.trades],
-            idempotency_key=_idempotency_key(idempotency_key),
+            idempotency_key=idempotency_key,
             client_id=request.auth.pk,  # type: ignore[attr-defined]
         )
     except _PLACEMENT_REFUSALS as exc:
@@ -223,7 +254,7 @@ def trades_create_batch(
     url_name="trade-detail",
     summary="A trade and its status",
 )
-def trade_detail(request: HttpRequest, trade_id: int) -> tuple[int, dict[str, Any]]:
+def trade_detail(request: HttpRequest, trade_id: Annotated[int, Path(ge=0)]) -> tuple[int, dict[str, Any]]:
     try:
         trade = selectors.trade_get(trade_id=trade_id)
     except Trade.DoesNotExist:
@@ -234,7 +265,7 @@ def trade_detail(request: HttpRequest, trade_id: int) -> tuple[int, dict[str, An
 @accounts_router.get(
     "/{int:account_id}/trades/",
     auth=requires(Scope.TRADES_READ),
-    response={200: AccountTrades, 400: Error, 401: Error, 403: Error, 429: Error, 503: Error},
+    response={200: AccountTrades, 400: Error, 401: Error, 403: Error, 404: Error, 429: Error, 503: Error},
     url_name="account-trades",
     summary="An account's most recent trades, newest first",
     description="Refused with 503 and Retry-After while the pipeline is degraded (it is shed first).",
@@ -244,7 +275,7 @@ def trade_detail(request: HttpRequest, trade_id: int) -> tuple[int, dict[str, An
 @non_critical  # type: ignore[arg-type]
 def account_trades(
     request: HttpRequest,
-    account_id: int,
+    account_id: Annotated[int, Path(ge=0)],
     limit: Annotated[
         int, Query(description="How many: 1 to 500 (a number outside is brought to the nearest).")
     ] = 50,

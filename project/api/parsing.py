@@ -111,10 +111,12 @@ def error_handlers_install(api: NinjaAPI) -> None:
     api.add_exception_handler(RequestDataTooBig, on_body_too_big)
 
 
-class JsonMethodNotAllowed:
-    """Middleware: a 405 from the API is JSON with an ``error``, like every other refusal.
+class ApiRefusalsAsJson:
+    """Middleware: an API path's 404 or 405 from Django or ninja is JSON with an ``error`` too.
 
-    ninja answers a method no operation takes with Django's empty ``HttpResponseNotAllowed``.
+    A path no route matches (``/api/trades/abc/``) is Django's HTML 404, and a method no
+    operation takes is ninja's plain ``HttpResponseNotAllowed``; a client of the API gets the
+    same ``{"error": ...}`` as for every other refusal.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -123,10 +125,12 @@ class JsonMethodNotAllowed:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if (
-            response.status_code == 405
+            response.status_code in (404, 405)
             and request.path.startswith("/api/")
             and not response.get("Content-Type", "").startswith("application/json")
         ):
+            if response.status_code == 404:
+                return error_response(404, f"no such resource: {request.path}")
             allowed = response.get("Allow", "")
             refused = error_response(
                 405, f"method {request.method} not allowed here; use {' or '.join(allowed.split(', '))}"

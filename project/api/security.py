@@ -8,7 +8,6 @@ header is read and compared, never formatted into a message.
 import logging
 import threading
 import time
-from typing import Any
 
 import redis
 from django.conf import settings
@@ -16,6 +15,8 @@ from django.http import HttpRequest
 from ninja.errors import AuthorizationError
 from ninja.security import HttpBearer
 from ninja.throttling import BaseThrottle
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from project.api_keys import api_key_authenticate
 from project.models import ApiKey
@@ -74,6 +75,8 @@ class ApiKeyRateLimit(BaseThrottle):
                 settings.API_RATE_LIMIT_REDIS_URL,
                 socket_connect_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
                 socket_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
+                # No retries: a silent Redis costs a request one timeout, not several.
+                retry=Retry(NoBackoff(), 0),
             )
         return self._client
 

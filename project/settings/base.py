@@ -62,8 +62,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # The API's 405 as JSON with an error, like its other refusals.
-    "project.api.parsing.JsonMethodNotAllowed",
+    # The API's 404 and 405 as JSON with an error, like its other refusals.
+    "project.api.parsing.ApiRefusalsAsJson",
 ]
 
 ROOT_URLCONF = "project.urls"

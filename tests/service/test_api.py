@@ -87,7 +87,9 @@ class TradeApiTests(TestCase):
             "beans as text": ({"account": account, "beans": "100"}, "application/json"),
             "beans true": ({"account": account, "beans": True}, "application/json"),
             "beans null": ({"account": account, "beans": None}, "application/json"),
-            "beans float": (f'{{"account": {account}, "beans": 1e3}}', "application/json"),
+            "beans fraction": (f'{{"account": {account}, "beans": 10.5}}', "application/json"),
+            # 2**53 + 1 reads as the double 2**53: not necessarily the account the client meant.
+            "account float beyond exact": ('{"account": 9007199254740993.0, "beans": 1}', "application/json"),
             "beans NaN": (f'{{"account": {account}, "beans": NaN}}', "application/json"),
             "beans huge": ({"account": account, "beans": 10**30}, "application/json"),
             "beans above maximum": (
@@ -107,6 +109,13 @@ class TradeApiTests(TestCase):
         for label, (body, content_type) in cases.items():
             with self.subTest(label):
                 self._assert_refused(self._post(body, content_type=content_type), 400)
+
+    def test_an_integral_number_written_with_a_fraction_or_exponent_is_that_integer(self) -> None:
+        # JSON has one kind of number, and JSON Schema's "integer" includes 30.0: so does the API.
+        response = self._post(f'{{"account": {self.account.pk}.0, "beans": 3e1}}')
+
+        self.assertEqual(response.status_code, 201, response.content)
+        self.assertEqual((response.json()["account"], response.json()["beans"]), (self.account.pk, 30))
 
     def test_deeply_nested_json_is_refused(self) -> None:
         # 4000 bytes, under the size limit, but deeper than the json module's recursion limit.

@@ -28,7 +28,7 @@ from hypothesis.extra.django import TestCase
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
 from reliability.models import OutboxMessage, StreamCounter
-from trades.api import MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
+from trades.api import BATCH_IDEMPOTENCY_KEY_MAX_LENGTH, EXACT_FLOAT_MAX, MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from trades.models import Trade
 from trades.services import IDEMPOTENCY_KEY_MAX_LENGTH
 
@@ -56,7 +56,11 @@ other_content_types = st.sampled_from(
         "",
     ]
 ) | st.text(max_size=30).filter(lambda ct: "json" not in ct.lower())
-header_values = st.none() | st.text(max_size=IDEMPOTENCY_KEY_MAX_LENGTH + 20)
+header_values = (
+    st.none()
+    | st.text(max_size=IDEMPOTENCY_KEY_MAX_LENGTH + 20)
+    | st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=IDEMPOTENCY_KEY_MAX_LENGTH + 5)
+)
 
 
 class Tally:
@@ -87,6 +91,11 @@ def _writes() -> tuple[int, int, int, int]:
     return (Trade.objects.count(), OutboxMessage.objects.count(), last_seqs, LedgerEntry.objects.count())
 
 
+def _usable_key(key: str, max_length: int) -> bool:
+    """An Idempotency-Key is 1 to ``max_length`` printable ASCII characters (a Structured Field String)."""
+    return 0 < len(key) <= max_length and all(" " <= char <= "~" for char in key)
+
+
 def _int_parses(text: str) -> bool:
     try:
         int(text)
@@ -96,6 +105,9 @@ def _int_parses(text: str) -> bool:
 
 
 def _is_positive_int(value: Any, maximum: int) -> bool:
+    """An integer (an integral JSON number within a double's exact range counts), in 1..maximum."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < EXACT_FLOAT_MAX:
+        value = int(value)
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= maximum
 
 
@@ -192,7 +204,7 @@ class TradeApiPropertyTests(TestCase):
             and _is_positive_int(body["account"], BIGINT_MAX)
             and _is_positive_int(body["beans"], settings.TRADES_MAX_BEANS)
             and len(raw) <= MAX_BODY_BYTES
-            and (key is None or (0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and key.isprintable()))
+            and (key is None or _usable_key(key, IDEMPOTENCY_KEY_MAX_LENGTH))
         )
         if not well_formed:
             self.assertEqual(response.status_code, 400)
@@ -249,14 +261,7 @@ class TradeApiPropertyTests(TestCase):
                 for order in orders
             )
             and len(raw) <= MAX_BATCH_BODY_BYTES
-            and (
-                key is None
-                or (
-                    0 < len(f"{key}/{len(orders) - 1}") <= IDEMPOTENCY_KEY_MAX_LENGTH
-                    and bool(key)
-                    and key.isprintable()
-                )
-            )
+            and (key is None or _usable_key(key, BATCH_IDEMPOTENCY_KEY_MAX_LENGTH))
         )
         if not well_formed:
             self.assertEqual(response.status_code, 400)
@@ -272,7 +277,7 @@ class TradeApiPropertyTests(TestCase):
     def test_idempotency_keys_are_checked_and_a_repeat_writes_nothing(self, key: Any, beans: int) -> None:
         raw = json.dumps({"account": self.account_ids[1], "beans": beans}).encode()
         first = self.post_trade(raw, content_type="application/json", key=key)
-        usable = key is None or (0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and key.isprintable())
+        usable = key is None or _usable_key(key, IDEMPOTENCY_KEY_MAX_LENGTH)
         self.assertEqual(first.status_code, 201 if usable else 400)
         if key is not None and usable:
             before = _writes()
