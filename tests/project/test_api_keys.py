@@ -26,8 +26,10 @@ from unittest import mock
 from django.contrib.admin.models import ADDITION, LogEntry
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
 from django.test import Client, TestCase, override_settings
 from django.urls import reverse
+from django.utils import timezone
 
 from beans.services import account_create
 from project.api.routes import api
@@ -620,3 +622,37 @@ class ApiKeyAdminTests(ApiTestCase):
         self.assertContains(response, "A live key has this name")
         self.assertEqual(ApiKey.objects.filter(name="partner").count(), 1)
         self.assertNotRegex(response.content.decode(), KEY_PATTERN)
+
+
+class ApiKeyConstraintTests(TestCase):
+    """The database itself refuses a key the services would never make."""
+
+    def _key(self, **fields: Any) -> ApiKey:
+        values: dict[str, Any] = {
+            "name": "k",
+            "prefix": secrets.token_hex(6),
+            "digest": "0" * 64,
+            "scopes": [ApiScope.TRADES_READ],
+        }
+        values.update(fields)
+        return ApiKey.objects.create(**values)
+
+    def test_two_keys_with_one_prefix_are_refused(self) -> None:
+        self._key(name="a", prefix="aaaaaaaaaaaa")
+        with self.assertRaisesMessage(IntegrityError, "api_key_prefix_unique"), transaction.atomic():
+            self._key(name="b", prefix="aaaaaaaaaaaa")
+
+    def test_two_live_keys_with_one_name_are_refused_but_a_revoked_one_is_not_in_the_way(self) -> None:
+        self._key(name="shop", revoked_at=timezone.now())
+        self._key(name="shop")
+        with self.assertRaisesMessage(IntegrityError, "api_key_live_name_unique"), transaction.atomic():
+            self._key(name="shop")
+
+    def test_unknown_or_no_scopes_are_refused(self) -> None:
+        for scopes in (["trades:delete"], [], [ApiScope.TRADES_READ, "admin"]):
+            with (
+                self.subTest(scopes=scopes),
+                self.assertRaisesMessage(IntegrityError, "api_key_scopes_known"),
+                transaction.atomic(),
+            ):
+                self._key(scopes=scopes)

@@ -108,10 +108,18 @@ class TradeConstraintTests(TestCase):
         with self.assertRaisesMessage(IntegrityError, "trade_beans_positive"), transaction.atomic():
             _trade(beans=0)
 
-    def test_duplicate_idempotency_key_is_refused(self) -> None:
-        _trade(idempotency_key="key-1")
-        with self.assertRaisesMessage(IntegrityError, "trade_idempotency_key_unique"), transaction.atomic():
-            _trade(idempotency_key="key-1")
+    def test_duplicate_idempotency_key_of_one_client_is_refused(self) -> None:
+        _trade(idempotency_key="key-1", client_id=7)
+        with (
+            self.assertRaisesMessage(IntegrityError, "trade_client_idempotency_key_unique"),
+            transaction.atomic(),
+        ):
+            _trade(idempotency_key="key-1", client_id=7)
+
+    def test_one_idempotency_key_of_two_clients_does_not_collide(self) -> None:
+        _trade(idempotency_key="key-1", client_id=7)
+        _trade(idempotency_key="key-1", client_id=8)
+        self.assertEqual(Trade.objects.count(), 2)
 
     def test_trades_without_idempotency_key_do_not_collide(self) -> None:
         _trade(idempotency_key=None)
