@@ -15,9 +15,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -105,7 +107,9 @@ class Names:
 def _foreign(key: str) -> bool:
     """A developer's variable that could point a run at their data or change its setup."""
     return (
-        key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_"))
+        key.startswith(
+            ("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_", "API_", "WEB_")
+        )
         or "DATABASE_URL" in key
         or key == "PGAPPNAME"
     )
@@ -123,6 +127,9 @@ def isolated_env(*, database_url: str, broker_url: str, redis_url: str, **extra:
         DJANGO_ENV="development",
         DJANGO_DEBUG="false",
         RELIABILITY_REDIS_URL=redis_url,
+        # The API's rate-limit counters too: a connection to another Redis database (the
+        # default, 2) would also stop the chaos run's Redis fault from restarting redis-server.
+        API_RATE_LIMIT_REDIS_URL=redis_url,
         LOG_LEVEL="WARNING",
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
@@ -361,6 +368,74 @@ class Child:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class WebTier:
+    """The web tier as operators run it: gunicorn with ``project/gunicorn.conf.py`` on a free port.
+
+    ``start()`` waits until ``/healthz`` answers; ``api_key()`` creates a key with
+    ``manage.py api_keys create`` (its last line is the key); ``url(path)`` names a page.
+    """
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1) -> None:
+        self.port = free_port()
+        self.env = {
+            **env,
+            "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers),
+            "WEB_THREADS": str(threads),
+            "DJANGO_DEBUG": "false",
+        }
+        self.child = Child(
+            "web", [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"], self.env, log_path
+        )
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self, timeout: float = 60) -> "WebTier":
+        self.child.start()
+
+        def answers() -> bool:
+            if not self.child.alive():
+                return True  # no use waiting: said below
+            with urllib.request.urlopen(self.url("/healthz"), timeout=2) as response:  # noqa: S310 - loopback
+                return bool(response.status == 200)
+
+        if not wait_for(answers, timeout=timeout, interval=0.2) or not self.child.alive():
+            self.stop()
+            raise RuntimeError(
+                f"gunicorn did not answer /healthz within {timeout:.0f} s: {self.child.tail()}"
+            )
+        return self
+
+    def api_key(self, name: str, *scopes: str, rate_limit_per_s: int = 0) -> str:
+        """A new API key (``manage.py api_keys create``), for the same database the web tier serves."""
+        out = run_cmd(
+            [
+                sys.executable,
+                "manage.py",
+                "api_keys",
+                "create",
+                name,
+                "--scopes",
+                *(scopes or ("trades:write", "trades:read", "accounts:read")),
+                "--rate-limit",
+                str(rate_limit_per_s),
+            ],
+            env=self.env,
+            timeout=60,
+        )
+        return out.strip().splitlines()[-1]
+
+    def stop(self, timeout: float = 20) -> None:
+        self.child.stop(timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Pipeline:

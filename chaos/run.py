@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make chaos`` runs it)::
 
-    .venv/bin/python chaos/run.py [--deductions N] [--seed S] [--tier ci|full] [--cluster]
+    .venv/bin/python chaos/run.py [--deductions N] [--seed S] [--tier ci|full] [--cluster] [--http]
 
 What happens, Jepsen style:
 
@@ -14,13 +14,20 @@ What happens, Jepsen style:
    replaces it) reaches RabbitMQ and PostgreSQL through silent proxies
    (``chaos/partition.py``) that live in this process for the whole run.
 2. **Load.** Producer processes place N deductions through the HTTP API
-   (``POST /api/trades/`` via Django's test client, in process: the real view and
-   ``trade_place``), paced at ``--rate`` per second, each with a unique
-   ``Idempotency-Key``. Every request is recorded: ok (2xx), refused (4xx, e.g. an unknown
-   account, which a few requests ask for on purpose), unavailable (503: nothing was
-   written) or indeterminate (a 500 or an exception, e.g. the database session killed
-   mid-call: it may or may not have committed). A failed request is retried with the same
-   key a few times, as a client would; the checker later finds its trade by the key.
+   (``POST /api/trades/`` with the run's API key), paced at ``--rate`` per second, each with
+   a unique ``Idempotency-Key``. With ``--http`` (the full tier's default) they go through
+   the front door: the web tier as operators run it (gunicorn with
+   ``project/gunicorn.conf.py``, ``harness.WebTier``, log ``web.log``), one keep-alive
+   connection per producer and a timeout (``--http-timeout``); its database sessions are
+   named ``chaos-producer-web``, so the nemesis terminates them with the producers'.
+   Otherwise (the CI tier's default) through Django's test client, in process: the same
+   API and ``trade_place``, without a web server. Every request is recorded: ok (2xx),
+   refused (4xx, e.g. an unknown account, which a few requests ask for on purpose),
+   unavailable (503, or a connection that could not be opened: nothing was written) or
+   indeterminate (a 500, an exception, a timeout or a connection that broke, e.g. the
+   database session killed mid-call: it may or may not have committed). A failed request is
+   retried with the same key a few times, as a client would; the checker later finds its
+   trade by the key.
 3. **Nemesis.** Meanwhile a schedule drawn from the seed (``chaos/schedule.py``) alternates
    healthy periods and fault windows (full tier: healthy 20 s / fault 10-30 s; CI tier scaled
    down to healthy 5 s / fault 3-8 s): worker children and worker main processes SIGKILLed,
@@ -71,6 +78,7 @@ from chaos.harness import (  # noqa: E402
     PROCESS_ENV,
     Names,
     Pipeline,
+    WebTier,
     WorkerProxies,
     _foreign,
     chaos_env,
@@ -85,7 +93,15 @@ from chaos.harness import (  # noqa: E402
     sleep_until,
     wait_for,
 )
-from chaos.load import LoadPlan, _produce, _producer_init, load_plan, producer_jobs  # noqa: E402
+from chaos.load import (  # noqa: E402
+    HTTP_TIMEOUT_S,
+    LoadPlan,
+    Target,
+    _produce,
+    _producer_init,
+    load_plan,
+    producer_jobs,
+)
 from chaos.nemesis import Nemesis  # noqa: E402
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, Fault, schedule_make  # noqa: E402
 from project.broker_admin import broker_admin  # noqa: E402
@@ -97,6 +113,8 @@ RICH_BALANCE = 10**12
 POOR_BALANCE = 3_000
 FULL_TIER_FROM = 50_000  # deductions: the full tier (and the cluster) by default from here on
 RATE = 50.0  # requests per second: below what the pipeline drains on 2 shared cores under faults
+# The run's API key: far above --rate, so that the rate limit never answers (it has tests of its own).
+API_RATE_LIMIT_PER_S = 1_000_000
 
 
 def vhosts_reap(names: Names, env: dict[str, str]) -> list[str]:
@@ -111,6 +129,19 @@ def vhosts_reap(names: Names, env: dict[str, str]) -> list[str]:
         broker_admin().vhost_delete(vhost)
         notes.append(f"deleted vhost {vhost!r} left over by an earlier run")
     return notes
+
+
+def api_key_in_process(seed: int) -> str:
+    """The producers' API key when they call the API in process (the web tier makes its own)."""
+    from django.db import connections
+
+    from project.api_keys import api_key_create
+
+    _, key = api_key_create(
+        name=f"chaos-{seed}", scopes=["trades:write"], rate_limit_per_s=API_RATE_LIMIT_PER_S
+    )
+    connections.close_all()  # nothing of ours may be inherited by the forked producers
+    return key
 
 
 def accounts_open() -> tuple[list[int], dict[int, int]]:
@@ -168,6 +199,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run on a private 3-node RabbitMQ cluster and kill the queue leader (default: full tier only)",
     )
     parser.add_argument(
+        "--http",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="producers POST to the real web tier (gunicorn) over HTTP, not through Django's test "
+        "client in process (default: full tier only)",
+    )
+    parser.add_argument(
+        "--http-timeout",
+        type=float,
+        default=HTTP_TIMEOUT_S,
+        metavar="S",
+        help=f"with --http, the client's timeout per connect, send and read (default {HTTP_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
         "--redis-restart",
         choices=["auto", "always", "never"],
         default="auto",
@@ -193,8 +238,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--instance: lower-case letters, digits and _ only")
     if args.seed is None:
         args.seed = secrets.randbelow(10**9)
+    if args.http_timeout <= 0:
+        parser.error("--http-timeout must be positive")
     if args.cluster is None:
         args.cluster = tier_of(args) == "full"
+    if args.http is None:
+        args.http = tier_of(args) == "full"
     return args
 
 
@@ -220,6 +269,10 @@ def replay_command(args: argparse.Namespace) -> str:
         extra.append(f"--tier {args.tier}")
     if args.cluster != (tier_of(args) == "full"):
         extra.append("--cluster" if args.cluster else "--no-cluster")
+    if args.http != (tier_of(args) == "full"):
+        extra.append("--http" if args.http else "--no-http")
+    if args.http and args.http_timeout != HTTP_TIMEOUT_S:
+        extra.append(f"--http-timeout {args.http_timeout:g}")
     if extra:
         return f".venv/bin/python chaos/run.py --deductions {args.deductions} --seed {args.seed} {' '.join(extra)}"
     return f"make chaos N={args.deductions} SEED={args.seed}"
@@ -286,6 +339,7 @@ def run_load_and_faults(
     load: int,
     nemesis: Nemesis,
     outcome: Outcome,
+    target: Target,
 ) -> None:
     """Place the load while the schedule runs, and record every request."""
     from django.db import connections
@@ -302,6 +356,7 @@ def run_load_and_faults(
             start_at=t0_wall,
             rate=args.rate,
             deadline=t0_wall + load_deadline_s,
+            target=target,
         )
         pending = pool.map_async(_produce, jobs)
         log(f"load: {load} requests at {args.rate:g}/s over ~{duration:.0f}s; {len(faults)} faults planned")
@@ -338,7 +393,9 @@ def run_load_and_faults(
         outcome.details.append(detail)
 
 
-def probe_liveness(args: argparse.Namespace, plan: LoadPlan, load: int, outcome: Outcome) -> None:
+def probe_liveness(
+    args: argparse.Namespace, plan: LoadPlan, load: int, outcome: Outcome, target: Target
+) -> None:
     """I10: place the last requests after the heal; they must settle within the bound."""
     from django.db import connections
 
@@ -357,7 +414,12 @@ def probe_liveness(args: argparse.Namespace, plan: LoadPlan, load: int, outcome:
     try:
         start = time.time() + 0.2
         jobs = producer_jobs(
-            items, producers=args.producers, start_at=start, rate=args.rate, deadline=start + bound
+            items,
+            producers=args.producers,
+            start_at=start,
+            rate=args.rate,
+            deadline=start + bound,
+            target=target,
         )
         results = [row for part in pool.map_async(_produce, jobs).get(timeout=bound + 60) for row in part]
         pool.close()
@@ -483,6 +545,7 @@ def report(
     history: Path,
     started: float,
     partitions: list[dict[str, Any]],
+    web: WebTier | None = None,
 ) -> dict[str, Any]:
     c = verdict.counts
     tier = tier_of(args)
@@ -491,7 +554,7 @@ def report(
     say()
     say("=" * 100)
     say(f"seed {args.seed}, tier {tier} ({cadence.describe()}), {args.deductions} deductions at {args.rate:g}/s, "
-        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}")  # fmt: skip
+        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}, {producer_kind(args)}")  # fmt: skip
     say(f"replay: {replay_command(args)}")
     say()
     say("schedule (seconds after the load started):")
@@ -549,7 +612,8 @@ def report(
         "rate_per_s": args.rate,
         "cluster": on_cluster,
         "producers": args.producers,
-        "producer_kind": "processes, HTTP API through Django's test client",
+        "producer_kind": producer_kind(args),
+        "http": args.http,
         "workers": args.workers,
         "concurrency": args.concurrency,
         **{
@@ -580,10 +644,30 @@ def report(
         "instance": args.instance,
         "initial_balances": initial,
         "history": str(history.relative_to(REPO)),
-        "logs": pipeline.log_paths(),
+        "logs": sorted(
+            [*pipeline.log_paths(), *([str(web.child.log_path.relative_to(REPO))] if web else [])]
+        ),
         "passed": verdict.passed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def producer_kind(args: argparse.Namespace) -> str:
+    if args.http:
+        return (
+            f"{args.producers} producer processes over HTTP to gunicorn "
+            f"(keep-alive, timeout {args.http_timeout:g}s)"
+        )
+    return f"{args.producers} producer processes through Django's test client, in process"
+
+
+def web_start(args: argparse.Namespace, web: WebTier) -> Target:
+    """Start the web tier and make the producers' key with ``manage.py api_keys``, as an operator would."""
+    log(f"starting the web tier (gunicorn, log {web.child.log_path.relative_to(REPO)})")
+    web.start()
+    key = web.api_key(f"chaos-{args.seed}", "trades:write", rate_limit_per_s=API_RATE_LIMIT_PER_S)
+    log(f"web tier up at {web.url()}; producers POST over HTTP (timeout {args.http_timeout:g}s)")
+    return Target(api_key=key, url=web.url(), timeout_s=args.http_timeout)
 
 
 def history_write(path: Path, outcome: Outcome) -> None:
@@ -667,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     vhost_made = False
     cluster = None
     proxies: WorkerProxies | None = None
+    web: WebTier | None = None
     result: dict[str, Any] = {
         "seed": args.seed,
         "tier": tier,
@@ -730,6 +815,17 @@ def main(argv: list[str] | None = None) -> int:
         message_id_new()  # the first lease after a flush waits a TTL: now, not when the load starts
         accounts, initial = accounts_open()
         nemesis.accounts = accounts
+        if args.http:
+            # Its own database sessions are named as the producers' (pg_terminate faults end them too).
+            web = WebTier(
+                env={**env, "PGAPPNAME": "chaos-producer-web"},
+                log_path=names.run_dir / "web.log",
+                workers=2,
+                threads=2,  # gthread: keep-alive connections, as a client's pool expects
+            )
+            target = web_start(args, web)
+        else:
+            target = Target(api_key=api_key_in_process(args.seed))
         plan = load_plan(seed=args.seed, load=load, probe=probe, accounts=accounts)
         import trades.services  # noqa: F401 - imported before any fork: one version of the code
 
@@ -747,13 +843,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         outcome.timings["setup_s"] = round(time.monotonic() - started, 1)
 
-        run_load_and_faults(args, plan, faults, load, nemesis, outcome)
+        run_load_and_faults(args, plan, faults, load, nemesis, outcome, target)
         log(f"load done; healing | {db_progress()}")
         for note in [*nemesis.heal_all(), *pipeline.replenish()]:
             log(f"  {note}")
-        probe_liveness(args, plan, load, outcome)
+        probe_liveness(args, plan, load, outcome, target)
         log(f"liveness probe: {outcome.liveness.probe_settled}/{outcome.liveness.probe_ok} settled")
         heal_drain_reconcile(args, pipeline, nemesis, outcome)
+        if web is not None and not web.child.alive():
+            outcome.surprises.append(
+                f"the web tier (gunicorn) exited during the run; log tail:\n{web.child.tail(15)}"
+            )
         history = names.run_dir / "history.jsonl"
         history_write(history, outcome)
         snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
@@ -770,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
                 history,
                 started,
                 nemesis.partitions,
+                web,
             ),
             **({"cluster_skipped": result["cluster_skipped"]} if "cluster_skipped" in result else {}),
         }
@@ -788,6 +889,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for note in nemesis.heal_all():
             log(f"cleanup: {note}")
+        if web is not None:
+            try:
+                web.stop()
+            except Exception as exc:  # noqa: BLE001 - reported; the rest of the cleanup goes on
+                log(f"could not stop the web tier: {exc}")
         pipeline.stop_all()
         if proxies is not None:
             proxies.close()

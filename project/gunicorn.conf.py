@@ -15,6 +15,9 @@ timeout = int(os.environ.get("WEB_TIMEOUT_S", "30"))
 graceful_timeout = 20
 # Behind a proxy on the same host: trust its X-Forwarded-* headers (DJANGO_PROXY_SSL_HEADER).
 forwarded_allow_ips = os.environ.get("WEB_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's control socket (gunicornc) defaults to one path per user: every gunicorn of a host
+# (the demo's, the tests', the bench's) would take it from the others. Nothing here uses it.
+control_socket_disable = True
 accesslog = "-"
 # gunicorn's default format without %(u)s, the user name of an "Authorization: Basic" header:
 # a client that sends its API key that way (curl -u KEY:) would have it written to the log.

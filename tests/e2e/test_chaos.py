@@ -14,9 +14,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,7 @@ from chaos.checker import (
     TradeRow,
     check,
 )
-from chaos.load import load_plan, producer_jobs
+from chaos.load import HttpClient, Item, Target, _request, load_plan, producer_jobs
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, PARTITION_KINDS, TIERS, schedule_make
 from project.broker_admin import BrokerAdminError, broker_admin
 from project.environment import database_drop, database_url
@@ -300,6 +303,100 @@ class ChaosScheduleTests(SimpleTestCase):
         self.assertIn("partition_database", {fault.kind for fault in faults})
 
 
+class LoopbackServer:
+    """A server on 127.0.0.1 that reads each HTTP request and then ``answer``s, closes or says nothing."""
+
+    ANSWER = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.requests = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            data = b""
+            while not self.stopped.is_set():
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                self.requests += 1
+                if self.behaviour == "close":
+                    return
+                if self.behaviour == "silent":
+                    self.stopped.wait(30)
+                    return
+                conn.sendall(self.ANSWER)
+
+
+class ChaosHttpClientTests(SimpleTestCase):
+    """``--http``: what a producer records when the web tier answers, times out, breaks or is not there."""
+
+    def post(self, port: int, max_attempts: int = 1) -> tuple[str, int, str]:
+        client = HttpClient(Target(api_key="bk_test", url=f"http://127.0.0.1:{port}", timeout_s=0.5))
+        try:
+            return _request(client, [Item(0, "k0", 1, 5, max_attempts)], time.time() + 30)
+        finally:
+            client.close()
+
+    def serve(self, behaviour: str) -> LoopbackServer:
+        server = LoopbackServer(behaviour)
+        self.addCleanup(server.close)
+        return server
+
+    def test_answers_are_ok_over_one_keep_alive_connection(self) -> None:
+        server = self.serve("answer")
+        client = HttpClient(Target(api_key="bk_test", url=f"http://127.0.0.1:{server.port}", timeout_s=2))
+        self.addCleanup(client.close)
+        for n in range(3):
+            self.assertEqual(
+                _request(client, [Item(n, f"k{n}", 1, 5, 1)], time.time() + 30), ("ok", 1, "201")
+            )
+        self.assertEqual((server.connections, server.requests), (1, 3))
+
+    def test_a_timeout_is_indeterminate(self) -> None:
+        outcome, attempts, answers = self.post(self.serve("silent").port)
+        self.assertEqual((outcome, attempts, answers), ("indeterminate", 1, "exception:TimeoutError"))
+
+    def test_a_connection_broken_after_the_request_is_indeterminate(self) -> None:
+        outcome, _, answers = self.post(self.serve("close").port)
+        self.assertEqual(outcome, "indeterminate")
+        self.assertTrue(answers.startswith("exception:"), answers)
+
+    def test_a_connection_never_opened_is_unavailable_and_retried(self) -> None:
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            port = probe.getsockname()[1]  # closed again: nothing listens there
+        outcome, attempts, answers = self.post(port, max_attempts=2)
+        self.assertEqual((outcome, attempts), ("unavailable", 2))
+        self.assertEqual(answers, "unreachable:ConnectionRefusedError unreachable:ConnectionRefusedError")
+
+
 @tag("chaos", "integration")
 class ChaosLoadTests(SimpleTestCase):
     def test_batch_requests_stay_whole_within_one_producer_and_one_phase(self) -> None:
@@ -333,6 +430,9 @@ class ChaosSoakTests(SimpleTestCase):
     """The CI tier: a fixed seed, 10,000 deductions, real workers, real faults (about 4 minutes)."""
 
     DEDUCTIONS = int(os.environ.get("CHAOS_TEST_DEDUCTIONS", "10000"))  # the CI tier
+    # CHAOS_TEST_HTTP=1: the producers POST to the real web tier (gunicorn) over HTTP (--http),
+    # as the full tier does; by default through Django's test client, in process.
+    HTTP = os.environ.get("CHAOS_TEST_HTTP", "") == "1"
     # Every kind of fault: the relay's leader cut off from the broker, then (after a relay
     # kill) from the database, the worker SIGKILLed, every poison, removals, the broker
     # stopped twice, sessions killed, duplicates, Redis flushed and restarted.
@@ -371,6 +471,7 @@ class ChaosSoakTests(SimpleTestCase):
                     "--instance",
                     instance,
                     "--drop-database",
+                    "--http" if self.HTTP else "--no-http",
                 ],
                 cwd=workdir,
                 stdout=subprocess.PIPE,
@@ -396,6 +497,7 @@ class ChaosSoakTests(SimpleTestCase):
         self.assertEqual(report["lost"], 0)
         self.assertEqual(report["duplicated_effects"], 0)
         self.assertEqual(report["attempted"], self.DEDUCTIONS)
+        self.assertEqual(report["http"], self.HTTP)
         self.assertGreater(report["ok"], 0)
         self.assertTrue(report["schedule"], "faults were injected")
         # Every partition the schedule ran was held, and measured (README, "Chaos soak").
