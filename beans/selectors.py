@@ -2,6 +2,7 @@
 
 from collections.abc import Iterable
 
+from django.db import router
 from django.db.models import Count, Q, Sum
 
 from .models import Account, LedgerEntry
@@ -14,6 +15,15 @@ def account_get(*, account_id: int) -> Account:
 
 def account_exists(*, account_id: int) -> bool:
     return Account.objects.filter(pk=account_id).exists()
+
+
+def account_exists_condition(param: str) -> tuple[str, str]:
+    """An SQL condition true when the account ``%(param)s`` exists, and the database it holds for.
+
+    For a caller that folds the check into a statement of its own on the same database.
+    """
+    using = router.db_for_read(Account) or "default"
+    return f"EXISTS (SELECT 1 FROM {Account._meta.db_table} WHERE id = %({param})s)", using  # noqa: S608
 
 
 def accounts_missing(*, account_ids: Iterable[int]) -> list[int]:

@@ -33,6 +33,7 @@ _EXPORTS = {
     # producing: write the message in your transaction; the relay publishes it, confirmed
     "outbox_enqueue": "produce.outbox",
     "outbox_enqueue_many": "produce.outbox",
+    "outbox_enqueue_with_row": "produce.outbox",
     "message_id_new": "ids",
     # consuming: a task that applies each message once
     "exactly_once_task": "consume.task",
@@ -104,7 +105,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
     from reliability.ops.degrade import non_critical, pipeline_mode_current
     from reliability.ops.health import pipeline_health, stream_health
     from reliability.ops.reconciler import reconcile_all
-    from reliability.produce.outbox import outbox_enqueue, outbox_enqueue_many
+    from reliability.produce.outbox import outbox_enqueue, outbox_enqueue_many, outbox_enqueue_with_row
     from reliability.produce.topology import quorum_queue
     from reliability.schedule import beat_schedule
     from reliability.views import healthz, metrics, pipeline_health_page, readyz

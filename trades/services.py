@@ -6,12 +6,12 @@ from contextlib import nullcontext
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, router, transaction
 from django.utils import timezone
 
-from beans.selectors import account_exists, accounts_missing
+from beans.selectors import account_exists, account_exists_condition, accounts_missing
 from project.contracts import DEDUCT_TASK
-from reliability import Message, message_id_new, outbox_enqueue, outbox_enqueue_many
+from reliability import Message, message_id_new, outbox_enqueue_many, outbox_enqueue_with_row
 
 from .exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from .models import Trade
@@ -58,49 +58,83 @@ def _deduction_payload(trade: Trade) -> dict[str, int]:
 def trade_place(
     *, account_id: Any, beans: Any, idempotency_key: str | None = None, client_id: int = 0
 ) -> tuple[Trade, bool]:
-    """Record a trade and its deduction message in one transaction.
+    """Record a trade and its deduction message, atomically, in one statement.
 
     Return ``(trade, created)``; ``created`` is False when ``idempotency_key`` was
     used before by ``client_id`` for the same trade, which is then returned unchanged.
+
+    One round trip on the way that matters: the trade, its stream's seq and the outbox row
+    are one statement (``outbox_enqueue_with_row``), which also checks that the account
+    exists when the bean service's accounts share the trades' database. Only a refusal (an
+    unknown account, a repeated Idempotency-Key) costs a second statement, to say which.
     """
     account_id, beans = _order_validated(account_id, beans)
     if idempotency_key is not None and not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
         raise TradeInvalid(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters")
-    if not account_exists(account_id=account_id):
+    using = router.db_for_write(Trade) or "default"
+    account_exists_sql, accounts_db = account_exists_condition("account")
+    folded = accounts_db == using
+    if not folded and not account_exists(account_id=account_id):
         raise AccountNotFound(f"account {account_id} does not exist")
-    with transaction.atomic():
-        message_id = message_id_new()
-        # A savepoint only where a duplicate key is expected: it costs two round trips.
-        guard = transaction.atomic() if idempotency_key is not None else nullcontext()
-        try:
-            with guard:
-                trade = Trade.objects.create(
-                    account_id=account_id,
-                    beans=beans,
-                    idempotency_key=idempotency_key,
-                    client_id=client_id,
-                    deduction_message_id=message_id,
-                )
-        except IntegrityError:
-            if idempotency_key is None:
-                raise
-            # Insert first: the unique key is the duplicate signal, even under a race.
-            existing = Trade.objects.get(client_id=client_id, idempotency_key=idempotency_key)
-            if (existing.account_id, existing.beans) != (account_id, beans):
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {idempotency_key!r} was used for trade {existing.pk} "
-                    "with a different account or amount"
-                ) from None
-            return existing, False
-        outbox_enqueue(
-            task_name=DEDUCT_TASK,
-            queue=deduction_queue(account_id),
-            stream=deduction_stream(account_id),
-            payload=_deduction_payload(trade),
-            message_id=message_id,
-        )
+    message_id, now = message_id_new(), timezone.now()
+    inserted = outbox_enqueue_with_row(
+        insert_sql=_TRADE_INSERT.format(account_exists=account_exists_sql if folded else "TRUE"),
+        params={
+            "account": account_id,
+            "beans": beans,
+            "status": Trade.Status.PENDING,
+            "key": idempotency_key,
+            "client": client_id,
+            "message_id": message_id,
+            "now": now,
+        },
+        task_name=DEDUCT_TASK,
+        queue=deduction_queue(account_id),
+        stream=deduction_stream(account_id),
+        payload={"account_id": account_id, "beans": beans},
+        payload_columns={"trade_id": "id"},
+        message_id=message_id,
+        using=using,
+    )
+    if inserted is None:  # nothing written: say why
+        if idempotency_key is not None:
+            existing = (
+                Trade.objects.using(using)
+                .filter(client_id=client_id, idempotency_key=idempotency_key)
+                .first()
+            )
+            if existing is not None:
+                if (existing.account_id, existing.beans) != (account_id, beans):
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for trade {existing.pk} "
+                        "with a different account or amount"
+                    )
+                return existing, False
+        raise AccountNotFound(f"account {account_id} does not exist")
+    trade = Trade(
+        pk=inserted[0],
+        account_id=account_id,
+        beans=beans,
+        idempotency_key=idempotency_key,
+        client_id=client_id,
+        deduction_message_id=message_id,
+        created_at=now,
+        updated_at=now,
+    )
+    trade._state.adding, trade._state.db = False, using
     logger.info("trade %d placed, deduction message %s", trade.pk, message_id)
     return trade, True
+
+
+# The trade row of trade_place, if its account exists ({account_exists}) and the client has not
+# used the Idempotency-Key before (then nothing is inserted, and the caller finds the first trade).
+_TRADE_INSERT = (
+    f"INSERT INTO {Trade._meta.db_table} (account_id, beans, status, rejection_reason, idempotency_key, "
+    "client_id, deduction_message_id, created_at, updated_at) "
+    "SELECT %(account)s, %(beans)s, %(status)s, '', %(key)s, %(client)s, %(message_id)s, %(now)s, %(now)s "
+    "WHERE {account_exists} "
+    "ON CONFLICT ON CONSTRAINT trade_client_idempotency_key_unique DO NOTHING RETURNING id"
+)
 
 
 def trades_place_many(

@@ -12,7 +12,7 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from reliability.conf import settings
@@ -154,6 +154,91 @@ def outbox_enqueue_many(
             partial(outbox_publish_after_commit, ids=[row.pk for row in created], using=using), using=using
         )
     return created
+
+
+def outbox_enqueue_with_row(
+    *,
+    insert_sql: str,
+    params: dict[str, Any],
+    task_name: str,
+    queue: str,
+    stream: str,
+    payload: dict[str, Any],
+    payload_columns: dict[str, str],
+    message_id: uuid.UUID,
+    using: str = "default",
+) -> tuple[Any, ...] | None:
+    """Insert the caller's row and its message in one statement: one round trip, no transaction.
+
+    ``insert_sql`` is the caller's ``INSERT ... RETURNING ...`` with ``%(name)s`` placeholders
+    (``params``). It may insert nothing — ``WHERE`` a precondition fails, or ``ON CONFLICT DO
+    NOTHING`` — and then nothing at all is written and None is returned. Otherwise the message
+    is ``payload`` plus, for each ``payload_columns`` item, a column the insert returned (its
+    generated id, say), on ``stream``'s next seq, and the returned row is returned.
+
+    One statement is atomic on its own: the row, the stream's seq and the message commit
+    together or not at all, inside the caller's transaction or, outside one, as the
+    statement's own. The stream's counter row stays locked only as long as that transaction.
+    A stream that belongs to another task or queue is refused by the database (a message
+    without a seq cannot be inserted) and raises ``OutboxUsageError``.
+    """
+    clash = sorted(name for name in params if name.startswith("_outbox_"))
+    if clash:
+        raise OutboxUsageError(f"parameter names starting with _outbox_ are the library's: {clash}")
+    columns = ", ".join(
+        f"%(_outbox_key_{n})s, inserted.{column}" for n, column in enumerate(payload_columns.values())
+    )
+    counter, outbox = StreamCounter._meta.db_table, OutboxMessage._meta.db_table
+    now = timezone.now()
+    sql = (
+        f"WITH inserted AS ({insert_sql}), "  # noqa: S608 - the caller's statement, table names, no input
+        # The stream's next seq, for the row if there is one; its owner's only (else no seq).
+        f"seq AS (INSERT INTO {counter} AS c (stream, last_seq, task_name, queue) "
+        "SELECT %(_outbox_stream)s, 1, %(_outbox_task)s, %(_outbox_queue)s FROM inserted "
+        "ON CONFLICT (stream) DO UPDATE SET last_seq = c.last_seq + 1, "
+        "task_name = COALESCE(NULLIF(c.task_name, ''), EXCLUDED.task_name), "
+        "queue = COALESCE(NULLIF(c.queue, ''), EXCLUDED.queue) "
+        "WHERE c.task_name IN ('', EXCLUDED.task_name) AND c.queue IN ('', EXCLUDED.queue) "
+        "RETURNING last_seq), "
+        f"message AS (INSERT INTO {outbox} (message_id, task_name, queue, stream, seq, payload, status, "
+        "attempts, last_error, next_attempt_at, created_at, claimed_by) "
+        "SELECT %(_outbox_message_id)s, %(_outbox_task)s, %(_outbox_queue)s, %(_outbox_stream)s, seq.last_seq, "
+        f"%(_outbox_payload)s::jsonb || jsonb_build_object({columns or ''}), %(_outbox_status)s, 0, '', "
+        "%(_outbox_grace)s, %(_outbox_now)s, '' FROM inserted LEFT JOIN seq ON true RETURNING id), "
+        "wake AS (SELECT pg_notify(%(_outbox_channel)s, '') FROM message) "
+        "SELECT inserted.*, (SELECT id FROM message), (SELECT count(*) FROM wake) FROM inserted"
+    )
+    values = {
+        **params,
+        "_outbox_task": task_name,
+        "_outbox_queue": queue,
+        "_outbox_stream": stream,
+        "_outbox_payload": json.dumps(payload),
+        "_outbox_message_id": message_id,
+        "_outbox_status": OutboxMessage.Status.PENDING,
+        "_outbox_grace": now + timedelta(seconds=settings.RELIABILITY_RELAY_GRACE_S),
+        "_outbox_now": now,
+        "_outbox_channel": RELAY_CHANNEL,
+        **{f"_outbox_key_{n}": key for n, key in enumerate(payload_columns)},
+    }
+    try:
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, values)
+            found = cursor.fetchone()
+    except IntegrityError as exc:
+        if 'null value in column "seq"' not in str(exc):
+            raise
+        # No query for the owner here: inside the caller's transaction, this one has failed.
+        raise OutboxUsageError(
+            f"stream {stream!r} belongs to another task or queue than {task_name} on {queue} "
+            f"(its counter row in {counter} names the owner); use another stream name"
+        ) from exc
+    if found is None:
+        return None
+    *row, outbox_id, _ = found
+    if settings.RELIABILITY_RELAY_FAST_PATH:
+        transaction.on_commit(partial(outbox_publish_after_commit, ids=[outbox_id], using=using), using=using)
+    return tuple(row)
 
 
 def _outbox_insert(rows: list[OutboxMessage], *, using: str) -> None:

@@ -61,6 +61,7 @@ class DegradedApiTests(TestCase):
     def setUp(self) -> None:
         client_authenticate(self.client)
         degrade._cache.clear()
+        self.addCleanup(degrade._cache.clear)  # the degraded mode must not outlive this test
         self.account = account_create(owner="a", balance=1000).pk
         PipelineMode.objects.create(
             key="pipeline", degraded=True, reason="test backlog", consumer_lag_messages=99

@@ -11,7 +11,7 @@ from unittest import mock
 
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test import TestCase, TransactionTestCase, override_settings
 
 from beans import exceptions as beans_exceptions
@@ -54,17 +54,37 @@ class TradePlaceTests(TestCase):
         self.assertEqual(message.status, OutboxMessage.Status.PENDING)
         self.assertEqual(message.payload, {"trade_id": trade.pk, "account_id": self.account.pk, "beans": 30})
 
-    def test_trade_is_rolled_back_when_the_outbox_insert_fails(self) -> None:
+    def test_trade_is_not_written_when_the_outbox_insert_fails(self) -> None:
+        # The outbox refuses the message (another message has its id): the trade and the
+        # stream's seq, written by the same statement, are not written either.
+        taken = message_id_new()
+        with transaction.atomic():
+            outbox_enqueue(
+                task_name="other.task", queue="other", stream="other", payload={}, message_id=taken
+            )
         with (
-            mock.patch(
-                "reliability.produce.outbox.stream_seq_allocate", side_effect=RuntimeError("outbox down")
-            ),
-            self.assertRaisesMessage(RuntimeError, "outbox down"),
+            mock.patch("trades.services.message_id_new", return_value=taken),
+            self.assertRaisesMessage(IntegrityError, "outbox_message_id_unique"),
+            transaction.atomic(),
         ):
             trade_place(account_id=self.account.pk, beans=30)
 
         self.assertEqual(Trade.objects.count(), 0)
-        self.assertEqual(OutboxMessage.objects.count(), 0)
+        self.assertEqual(OutboxMessage.objects.count(), 1)
+        self.assertFalse(StreamCounter.objects.filter(stream=deduction_stream(self.account.pk)).exists())
+
+    def test_a_stream_of_another_task_is_refused_and_nothing_is_written(self) -> None:
+        StreamCounter.objects.create(
+            stream=deduction_stream(self.account.pk), last_seq=4, task_name="other.task", queue="other"
+        )
+        with (
+            self.assertRaisesMessage(OutboxUsageError, "belongs to another task or queue"),
+            transaction.atomic(),
+        ):
+            trade_place(account_id=self.account.pk, beans=30)
+
+        self.assertEqual((Trade.objects.count(), OutboxMessage.objects.count()), (0, 0))
+        self.assertEqual(StreamCounter.objects.get().last_seq, 4)
 
     def test_an_accounts_trades_share_one_stream_with_contiguous_seqs(self) -> None:
         for _ in range(3):
