@@ -23,7 +23,7 @@ def account_exists_condition(param: str) -> tuple[str, str]:
     For a caller that folds the check into a statement of its own on the same database.
     """
     using = router.db_for_read(Account) or "default"
-    return f"EXISTS (SELECT 1 FROM {Account._meta.db_table} WHERE id = %({param})s)", using  # noqa: S608
+    return f"EXISTS (SELECT 1 FROM {Account._meta.db_table} WHERE id = %({param})s::bigint)", using  # noqa: S608
 
 
 def accounts_missing(*, account_ids: Iterable[int]) -> list[int]:

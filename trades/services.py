@@ -131,7 +131,8 @@ def trade_place(
 _TRADE_INSERT = (
     f"INSERT INTO {Trade._meta.db_table} (account_id, beans, status, rejection_reason, idempotency_key, "
     "client_id, deduction_message_id, created_at, updated_at) "
-    "SELECT %(account)s, %(beans)s, %(status)s, '', %(key)s, %(client)s, %(message_id)s, %(now)s, %(now)s "
+    "SELECT %(account)s::bigint, %(beans)s::bigint, %(status)s::text, '', %(key)s::text, %(client)s::bigint, "
+    "%(message_id)s::uuid, %(now)s::timestamptz, %(now)s::timestamptz "
     "WHERE {account_exists} "
     "ON CONFLICT ON CONSTRAINT trade_client_idempotency_key_unique DO NOTHING RETURNING id"
 )

@@ -186,7 +186,7 @@ def outbox_enqueue_with_row(
     if clash:
         raise OutboxUsageError(f"parameter names starting with _outbox_ are the library's: {clash}")
     columns = ", ".join(
-        f"%(_outbox_key_{n})s, inserted.{column}" for n, column in enumerate(payload_columns.values())
+        f"%(_outbox_key_{n})s::text, inserted.{column}" for n, column in enumerate(payload_columns.values())
     )
     counter, outbox = StreamCounter._meta.db_table, OutboxMessage._meta.db_table
     now = timezone.now()
@@ -194,7 +194,7 @@ def outbox_enqueue_with_row(
         f"WITH inserted AS ({insert_sql}), "  # noqa: S608 - the caller's statement, table names, no input
         # The stream's next seq, for the row if there is one; its owner's only (else no seq).
         f"seq AS (INSERT INTO {counter} AS c (stream, last_seq, task_name, queue) "
-        "SELECT %(_outbox_stream)s, 1, %(_outbox_task)s, %(_outbox_queue)s FROM inserted "
+        "SELECT %(_outbox_stream)s::text, 1, %(_outbox_task)s::text, %(_outbox_queue)s::text FROM inserted "
         "ON CONFLICT (stream) DO UPDATE SET last_seq = c.last_seq + 1, "
         "task_name = COALESCE(NULLIF(c.task_name, ''), EXCLUDED.task_name), "
         "queue = COALESCE(NULLIF(c.queue, ''), EXCLUDED.queue) "
@@ -202,10 +202,12 @@ def outbox_enqueue_with_row(
         "RETURNING last_seq), "
         f"message AS (INSERT INTO {outbox} (message_id, task_name, queue, stream, seq, payload, status, "
         "attempts, last_error, next_attempt_at, created_at, claimed_by) "
-        "SELECT %(_outbox_message_id)s, %(_outbox_task)s, %(_outbox_queue)s, %(_outbox_stream)s, seq.last_seq, "
-        f"%(_outbox_payload)s::jsonb || jsonb_build_object({columns or ''}), %(_outbox_status)s, 0, '', "
-        "%(_outbox_grace)s, %(_outbox_now)s, '' FROM inserted LEFT JOIN seq ON true RETURNING id), "
-        "wake AS (SELECT pg_notify(%(_outbox_channel)s, '') FROM message) "
+        "SELECT %(_outbox_message_id)s::uuid, %(_outbox_task)s::text, %(_outbox_queue)s::text, "
+        "%(_outbox_stream)s::text, seq.last_seq, "
+        f"%(_outbox_payload)s::jsonb || jsonb_build_object({columns or ''}), %(_outbox_status)s::text, 0, '', "
+        "%(_outbox_grace)s::timestamptz, %(_outbox_now)s::timestamptz, '' FROM inserted LEFT JOIN seq ON true "
+        "RETURNING id), "
+        "wake AS (SELECT pg_notify(%(_outbox_channel)s::text, '') FROM message) "
         "SELECT inserted.*, (SELECT id FROM message), (SELECT count(*) FROM wake) FROM inserted"
     )
     values = {
