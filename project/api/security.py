@@ -62,23 +62,32 @@ class ApiKeyRateLimit(BaseThrottle):
     """
 
     def __init__(self) -> None:
-        self._client: redis.Redis | None = None
-        self._client_url = ""
+        self._clients: dict[str, redis.Redis] = {}
+        self._clients_lock = threading.Lock()
         self._local = threading.local()
         self._warned_at = 0.0
 
     @property
     def client(self) -> redis.Redis:
-        if self._client is None or self._client_url != settings.API_RATE_LIMIT_REDIS_URL:
-            self._client_url = settings.API_RATE_LIMIT_REDIS_URL
-            self._client = redis.Redis.from_url(
-                settings.API_RATE_LIMIT_REDIS_URL,
-                socket_connect_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
-                socket_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
-                # No retries: a silent Redis costs a request one timeout, not several.
-                retry=Retry(NoBackoff(), 0),
-            )
-        return self._client
+        """One client (and connection pool) per URL for the process's lifetime, shared by its threads.
+
+        Made under a lock: a second client made by a racing thread would be dropped, and a
+        dropped client closes its pool under whoever still uses it.
+        """
+        url = settings.API_RATE_LIMIT_REDIS_URL
+        client = self._clients.get(url)
+        if client is None:
+            with self._clients_lock:
+                client = self._clients.get(url)
+                if client is None:
+                    client = self._clients[url] = redis.Redis.from_url(
+                        url,
+                        socket_connect_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
+                        socket_timeout=settings.API_RATE_LIMIT_REDIS_TIMEOUT_S,
+                        # No retries: a silent Redis costs a request one timeout, not several.
+                        retry=Retry(NoBackoff(), 0),
+                    )
+        return client
 
     def allow_request(self, request: HttpRequest) -> bool:
         api_key = getattr(request, "auth", None)
@@ -92,7 +101,7 @@ class ApiKeyRateLimit(BaseThrottle):
             pipe.incr(counter)
             pipe.expire(counter, 2)
             count = pipe.execute()[0]
-        except redis.RedisError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever Redis or its client do, the request is served
             if now - self._warned_at > 60:
                 self._warned_at = now
                 logger.warning("API rate limit not enforced, Redis unreachable: %s", exc)

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ from django.contrib.admin.models import ADDITION, LogEntry
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
-from django.test import Client, TestCase, override_settings
+from django.test import Client, RequestFactory, TestCase, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -336,6 +337,38 @@ class ApiRateLimitTests(ApiTestCase):
         self.assertEqual(len(logs.records), 1, "once, not once a request")
         self.assertEqual(logs.records[0].levelno, logging.WARNING)
         self.assertIn("rate limit not enforced, Redis unreachable", logs.records[0].getMessage())
+
+    def test_a_failing_redis_client_fails_open_too(self) -> None:
+        # Not only RedisError: a client broken in another way (a closed socket file) serves too.
+        key = api_key_new("client-broken", ApiScope.TRADES_WRITE, rate_limit_per_s=1)
+        broken = mock.Mock(pipeline=mock.Mock(side_effect=ValueError("I/O operation on closed file")))
+        with (
+            mock.patch.object(
+                type(rate_limit()), "client", new_callable=mock.PropertyMock, return_value=broken
+            ),
+            mock.patch.object(rate_limit(), "_warned_at", 0.0),
+            self.assertLogs("project.api.security", logging.WARNING),
+        ):
+            statuses = [
+                post_json(self.client, TRADES_URL, self.order(), **bearer(key)).status_code for _ in range(3)
+            ]
+        self.assertEqual(statuses, [201] * 3)
+
+    def test_threads_of_one_process_share_one_redis_client_without_breaking_it(self) -> None:
+        limiter = ApiKeyRateLimit()
+        request = RequestFactory().post(TRADES_URL)
+        request.auth = ApiKey(prefix=secrets.token_hex(6), rate_limit_per_s=10**9)  # type: ignore[attr-defined]
+        answers: list[bool] = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(limiter.allow_request(request))) for _ in range(8)
+        ]
+        with self.assertNoLogs("project.api.security", logging.WARNING):
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        self.assertEqual(answers, [True] * 8)
+        self.assertEqual(len(limiter._clients), 1, "one client, made once")
 
 
 class _EveryRecord(logging.Handler):
