@@ -4,12 +4,12 @@ A snapshot records the user+system time of every process; the difference of two
 snapshots is attributed to groups: the Celery subprocesses (by process group),
 the bench and its producers, the PostgreSQL backends serving the bench database,
 the rest of PostgreSQL (background processes, other databases), RabbitMQ (the whole node: other vhosts too),
-and everything else on the machine. A process that exited between the two
-snapshots is missed, so the groups are lower bounds.
+Redis (the whole server), and everything else on the machine. A process that exited between the two
+snapshots is missed, so the groups are lower bounds (``snapshot(previous)`` narrows that).
 """
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +52,21 @@ def _read(pid: int) -> ProcessTimes | None:
     )
 
 
-def snapshot() -> Snapshot:
-    processes: dict[int, ProcessTimes] = {}
+def process_seconds(pid: int) -> float:
+    """CPU seconds process ``pid`` (all its threads) has used so far; 0 when it is gone."""
+    times = _read(pid)
+    return times.ticks / TICK if times is not None else 0.0
+
+
+def snapshot(previous: Snapshot | None = None) -> Snapshot:
+    """The CPU times of every process now, and of the machine.
+
+    With ``previous`` (an earlier snapshot of the same measurement), a process that has exited
+    since keeps the times it had then: snapshots taken every second while a measurement runs
+    count a process that exits before its end (a database connection recycled after
+    ``CONN_MAX_AGE``) up to its last second, instead of missing it.
+    """
+    processes: dict[int, ProcessTimes] = dict(previous.processes) if previous is not None else {}
     if not PROC.is_dir():
         return Snapshot(processes, 0, 0)
     for entry in PROC.iterdir():
@@ -67,29 +80,66 @@ def snapshot() -> Snapshot:
 
 
 def attribute(
-    before: Snapshot, after: Snapshot, *, celery_groups: Iterable[int], bench_pid: int, database: str
+    before: Snapshot,
+    after: Snapshot,
+    *,
+    celery_groups: Iterable[int] = (),
+    bench_pid: int,
+    database: str,
+    named_groups: Mapping[str, Iterable[int]] | None = None,
+    backends: Mapping[int, str] | None = None,
 ) -> dict[str, float]:
-    """Return CPU seconds per group between the two snapshots, and the machine's busy share."""
+    """Return CPU seconds per group between the two snapshots, and the machine's busy share.
+
+    ``named_groups`` (name -> process groups) splits the subprocesses by kind ("gunicorn",
+    "worker", ...) where ``celery_groups`` lumps them as "celery"; with it the bench's own
+    process is "bench" (no producers then). ``backends`` (backend pid -> name, from
+    ``pg_stat_activity.application_name``) splits the bench database's PostgreSQL backends
+    into ``postgres:<name>``; its unnamed backends stay ``postgres:<database>``.
+    """
     groups = set(celery_groups)
+    named = {pgrp: name for name, pgrps in (named_groups or {}).items() for pgrp in pgrps}
+    bench = "bench" if named_groups else "bench+producers"
+    kinds = list(named_groups) if named_groups else ["celery"]
+    backend_groups = sorted({f"postgres:{name}" for name in (backends or {}).values()})
     seconds: dict[str, float] = dict.fromkeys(
-        ["celery", "bench+producers", "postgres:" + database, "postgres:rest", "rabbitmq", "other"], 0.0
+        [
+            *kinds,
+            bench,
+            *backend_groups,
+            f"postgres:{database}",
+            "postgres:rest",
+            "rabbitmq",
+            "redis",
+            "other",
+        ],
+        0.0,
     )
     for pid, now in after.processes.items():
         then = before.processes.get(pid)
         delta = now.ticks - (then.ticks if then is not None and then.comm == now.comm else 0)
         if delta <= 0:
             continue
-        if now.pgrp in groups:
+        if now.pgrp in named:
+            group = named[now.pgrp]
+        elif now.pgrp in groups:
             group = "celery"
         elif pid == bench_pid or now.ppid == bench_pid:
-            group = "bench+producers"
+            group = bench
         elif now.comm == "postgres" or now.cmdline.startswith("postgres"):
-            group = f"postgres:{database}" if f" {database} " in now.cmdline else "postgres:rest"
+            if f" {database} " not in now.cmdline:
+                group = "postgres:rest"
+            elif backends and pid in backends:
+                group = f"postgres:{backends[pid]}"
+            else:
+                group = f"postgres:{database}"
         elif now.comm in {"beam.smp", "erl_child_setup", "inet_gethost", "epmd"}:
             group = "rabbitmq"
+        elif now.comm == "redis-server":
+            group = "redis"
         else:
             group = "other"
-        seconds[group] += delta / TICK
+        seconds[group] = seconds.get(group, 0.0) + delta / TICK
     total = after.total_ticks - before.total_ticks
     seconds["machine_busy_share"] = (after.busy_ticks - before.busy_ticks) / total if total > 0 else 0.0
     return seconds

@@ -3,6 +3,7 @@
 Usage (from the repository root; ``make bench`` runs it)::
 
     .venv/bin/python bench/run.py [--trades N] [--workers W] [--concurrency C] [--repeats R]
+                                  [--http-workers G] [--http-connections K] [--no-http]
 
 Each repeat measures, one after the other on the same machine:
 
@@ -15,6 +16,14 @@ Each repeat measures, one after the other on the same machine:
 * **exactly-once, batched placement**: the same, with each producer call placing
   ``--placement-batch`` trades at once (``trades_place_many``, one transaction), to
   measure what the one-trade placement transaction costs the pipeline.
+* **exactly-once through HTTP**: the same workers and beat, plus the web tier as operators
+  run it (``chaos.harness.WebTier``: gunicorn with ``project/gunicorn.conf.py``,
+  ``--http-workers`` processes x ``--http-threads``) and an API key of the bench's own;
+  ``--http-connections`` clients (wrk, else a Python client: ``bench/httpload.py`` says why)
+  each send ``POST /api/trades/``, one trade per request and one request at a time, N
+  requests in all over the bench's accounts. The clock runs from the first request until
+  the database shows every trade settled; request latency is the client's, request ->
+  deducted comes from the database as above. Any answer but 201 fails the bench.
 * **baseline**: the same producers send N plain ``apply_async`` messages (no outbox,
   no confirms) to W ``celery -A bench.baseline worker -c C`` whose task runs one
   conditional UPDATE; the clock stops when the balances show all N applied.
@@ -51,7 +60,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import cpu  # noqa: E402 - needs the repository on sys.path
-from chaos.harness import Child, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
+from bench.httpload import LoadResult, LoadSpec  # noqa: E402
+from chaos.harness import Child, WebTier, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
 from chaos.harness import wait_for as poll_until  # noqa: E402
 from project.broker_admin import BrokerAdminError, broker_admin  # noqa: E402
 from project.environment import broker_url, broker_user, database_recreate, database_url  # noqa: E402
@@ -99,10 +109,21 @@ class Children:
     def __init__(self) -> None:
         self.running: list[Child] = []
 
-    def start(self, name: str, argv: list[str]) -> Child:
-        child = Child(name, argv, env=bench_env(), log_path=RUN_DIR / f"{name}.log")
+    def start(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> Child:
+        """Start ``argv`` with the bench's environment (and ``env`` on top), logging to ``name``.log."""
+        child = Child(name, argv, env={**bench_env(), **(env or {})}, log_path=RUN_DIR / f"{name}.log")
         self.running.append(child)
         return child.start()
+
+    def adopt(self, child: Child) -> Child:
+        """Stop ``child`` too (one started by someone else, e.g. ``WebTier``), even on failure."""
+        self.running.append(child)
+        return child
+
+    def stop(self, *stopping: Child) -> None:
+        for child in stopping:
+            self.running.remove(child)
+            child.stop()
 
     def stop_all(self) -> None:
         while self.running:
@@ -373,6 +394,35 @@ class Baseline:
 
 
 @dataclass
+class Http:
+    """The pipeline through the web tier: ``POST /api/trades/``, one trade per request."""
+
+    trades: int  # placed by the measured requests and deducted
+    requests: int  # answered (warm-up not counted)
+    statuses: dict[str, int]  # HTTP status -> answers; anything but 201 fails the bench
+    non_201: int
+    seconds: float  # first request sent -> the database shows every trade settled
+    per_s: float  # trades / seconds: placed through HTTP and deducted
+    request_per_s: float  # answers a second as the client saw them (first sent -> last answered)
+    # POST /api/trades/ as the client sees it (connect, queue, request, answer), in ms.
+    request_p50_ms: float
+    request_p99_ms: float
+    request_max_ms: float
+    # Trade.created_at -> the deduction's LedgerEntry.created_at, and -> Trade.settled_at, in ms.
+    p50_ms: float
+    p99_ms: float
+    settled_p50_ms: float
+    settled_p99_ms: float
+    deducted: int
+    rejected: int
+    dead_letters: int
+    duplicates_suppressed: int
+    client: str  # the load generator: "wrk debian/4.1.0-3+b2" (wrk -v) or "python"
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    batch_sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
 class Repeat:
     exactly_once: ExactlyOnce
     baseline: Baseline
@@ -380,6 +430,8 @@ class Repeat:
     placement: dict[str, float] | None = field(default=None)
     # The same pipeline with trades placed --placement-batch at a time (trades_place_many).
     exactly_once_batched: ExactlyOnce | None = field(default=None)
+    # The same pipeline with trades placed through the web tier, one per HTTP request.
+    http: Http | None = field(default=None)
 
 
 def cpu_usage(before: cpu.Snapshot, children: list[Child]) -> dict[str, float]:
@@ -460,42 +512,46 @@ def measure_placement(trades: int) -> dict[str, float]:
     }
 
 
-def measure_exactly_once(
-    args: argparse.Namespace, children: Children, tag: str, *, total: int, placement_batch: int = 1
-) -> ExactlyOnce:
-    """The pipeline end to end, ``total`` trades, ``placement_batch`` per placement call (1: ``trade_place``)."""
-    from reliability.conf import settings
+def pipeline_start(
+    args: argparse.Namespace, children: Children, *, kind: str, name: str, appnames: bool = False
+) -> tuple[list[Child], Child]:
+    """Start W ``celery -A project worker -c C`` and one beat; return them once every worker consumes.
 
-    def placing(total: int) -> list[tuple[list[int], int, int]]:
-        return [(own, n, placement_batch) for own, n in jobs(accounts, total, args.producers)]
-
-    accounts = database_reset()
-    queues_reset()
-    schedule = RUN_DIR / f"beat-schedule-{tag}"
-    for path in RUN_DIR.glob(f"beat-schedule-{tag}*"):
+    Logs ``<kind>-worker<i>-<name>.log`` and ``<kind>-beat-<name>.log``. With ``appnames`` they
+    connect to PostgreSQL as ``bench-worker`` and ``bench-beat`` (``backend_names``).
+    """
+    schedule = RUN_DIR / f"beat-schedule-{name}"
+    for path in RUN_DIR.glob(f"beat-schedule-{name}*"):
         path.unlink()
     workers = [
         children.start(
-            f"eo-worker{i}-{tag}{'' if placement_batch == 1 else '-batched'}",
+            f"{kind}-worker{i}-{name}",
             celery_argv(
                 "project",
                 "worker",
                 "-n",
-                f"bench-eo{i}@%h",
+                f"bench-{kind}{i}@%h",
                 "-c",
                 str(args.concurrency),
                 "--without-mingle",
                 "--without-gossip",
                 loglevel=args.loglevel,
             ),
+            env={"PGAPPNAME": "bench-worker"} if appnames else None,
         )
         for i in range(1, args.workers + 1)
     ]
     beat = children.start(
-        f"eo-beat-{tag}{'' if placement_batch == 1 else '-batched'}",
+        f"{kind}-beat-{name}",
         celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel),
+        env={"PGAPPNAME": "bench-beat"} if appnames else None,
     )
     wait_consumers(["beans", "trades"], args.workers, [*workers, beat])
+    return workers, beat
+
+
+def pipeline_settled(processes: list[Child]) -> Callable[[], bool]:
+    """A predicate: no trade is pending any more (raises if a message was dead-lettered or a process died)."""
 
     def settled() -> bool:
         pending, dead = scalar_rows(
@@ -507,8 +563,27 @@ def measure_exactly_once(
                 "SELECT handler || ': ' || detail FROM reliability_deadletter ORDER BY id LIMIT 1"
             )
             raise RuntimeError(f"{dead} message(s) dead-lettered, e.g. {detail}")
-        check_alive([*workers, beat])
+        check_alive(processes)
         return not pending
+
+    return settled
+
+
+def measure_exactly_once(
+    args: argparse.Namespace, children: Children, tag: str, *, total: int, placement_batch: int = 1
+) -> ExactlyOnce:
+    """The pipeline end to end, ``total`` trades, ``placement_batch`` per placement call (1: ``trade_place``)."""
+    from reliability.conf import settings
+
+    def placing(total: int) -> list[tuple[list[int], int, int]]:
+        return [(own, n, placement_batch) for own, n in jobs(accounts, total, args.producers)]
+
+    accounts = database_reset()
+    queues_reset()
+    workers, beat = pipeline_start(
+        args, children, kind="eo", name=f"{tag}{'' if placement_batch == 1 else '-batched'}"
+    )
+    settled = pipeline_settled([*workers, beat])
 
     with producer_pool(args.producers) as pool:
         # Warm-up: every worker child and producer opens its connections once.
@@ -604,9 +679,7 @@ def measure_exactly_once(
     gaps_found = None
     if scalar("SELECT to_regclass('reliability_streamwatermark') IS NOT NULL"):
         gaps_found = int(scalar("SELECT coalesce(sum(gaps_found), 0) FROM reliability_streamwatermark"))
-    for child in [*workers, beat]:
-        children.running.remove(child)
-        child.stop()
+    children.stop(*workers, beat)
     deducted = counts.get("deducted", 0)
     if trades != total or entries != deducted or counts.get("pending"):
         raise RuntimeError(f"expected {total} settled trades, got {counts}; {entries} ledger entries")
@@ -633,6 +706,260 @@ def measure_exactly_once(
         paced=paced,
         gaps_found=gaps_found,
         batch_sizes=batch_sizes(window),
+    )
+
+
+# Requests a second the bench's API key may send: far above anything two cores serve.
+HTTP_RATE_LIMIT_PER_S = 1_000_000
+
+
+def http_client(choice: str) -> tuple[str | None, str]:
+    """The load generator to use: (the path of wrk, or None for the Python client; its name)."""
+    from bench.httpload import wrk_ensure, wrk_version
+
+    if choice == "python":
+        return None, "python"
+    wrk = wrk_ensure()
+    if wrk is None:
+        if choice == "wrk":
+            raise RuntimeError("wrk is not installed and cannot be (apt-get install wrk, as root)")
+        log("wrk is not installed and cannot be: the HTTP leg uses the Python load generator")
+        return None, "python"
+    return wrk, wrk_version(wrk)
+
+
+def http_load(
+    children: Children,
+    wrk: str | None,
+    spec: LoadSpec,
+    name: str,
+    *,
+    watch: list[Child],
+    on_poll: Callable[[], None] = lambda: None,
+) -> tuple[LoadResult, float]:
+    """Run the load generator (``name``.log) until its result appears; raise if it has none.
+
+    Return the result and the CPU seconds the generator used, read before it exits (a CPU
+    snapshot taken after the run would miss an exited process).
+    """
+    from bench.httpload import python_argv, result_read, wrk_argv, wrk_errors
+
+    for stale in (spec.result_path, Path(f"{spec.result_path}.wrk")):
+        stale.unlink(missing_ok=True)
+    secret = RUN_DIR / f"{name}.{'lua' if wrk else 'spec.json'}"  # holds the API key
+    argv = wrk_argv(wrk, spec, secret) if wrk else python_argv(spec, secret)
+    child = children.start(name, argv)
+    try:
+        deadline = time.monotonic() + spec.timeout_s + 30
+        while not spec.result_path.exists() and child.alive():
+            check_alive(watch)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: no result within {spec.timeout_s:.0f}s:\n{child.tail()}")
+            on_poll()
+            time.sleep(POLL_S)
+        cpu_s = cpu.process_seconds(child.pid)
+        # wrk sleeps out its --duration unless interrupted; its script counted the requests.
+        # Again until it exits: the first signal may reach the wrk thread that is stopping.
+        for _ in range(50):
+            if not child.alive():
+                break
+            if wrk:
+                child.signal(signal.SIGINT)
+            child.wait(0.2)
+    finally:
+        children.stop(child)
+        secret.unlink(missing_ok=True)
+    errors = wrk_errors(spec) if wrk else {}
+    if not spec.result_path.exists():
+        raise RuntimeError(f"{name} ended without a result (socket errors {errors}):\n{child.tail()}")
+    result = result_read(spec.result_path)
+    result.errors.update(errors)
+    return result, cpu_s if result.cpu_s is None else result.cpu_s
+
+
+def http_checked(result: LoadResult, expected: int, web: WebTier, what: str) -> None:
+    """Fail loudly on a missing answer, a socket error or any answer but 201."""
+    if result.requests != expected or result.non_201 or result.errors or result.unmatched:
+        raise RuntimeError(
+            f"{what}: {result.requests} of {expected} requests answered, statuses {result.statuses} "
+            f"({result.non_201} not 201), client errors {result.errors}; web tier log "
+            f"{web.child.log_path.relative_to(REPO)}:\n{web.child.tail(30)}"
+        )
+
+
+class CpuWatch:
+    """CPU snapshots once a second while a measurement runs, and the backends' names seen meanwhile.
+
+    A gunicorn worker reconnects to PostgreSQL after ``CONN_MAX_AGE`` (60 s): a snapshot at the
+    end alone would miss what the backend it left had used, and could not name it.
+    """
+
+    def __init__(self) -> None:
+        self.before = self.last = cpu.snapshot()
+        self.backends = backend_names()
+        self.at = time.monotonic()
+
+    def poll(self) -> None:
+        if time.monotonic() - self.at >= 1:
+            self.take()
+
+    def take(self) -> cpu.Snapshot:
+        self.last = cpu.snapshot(self.last)
+        self.backends.update(backend_names())
+        self.at = time.monotonic()
+        return self.last
+
+
+def backend_names() -> dict[int, str]:
+    """The bench database's PostgreSQL backends by the name their client gave (PGAPPNAME ``bench-<name>``)."""
+    rows = scalar_rows(
+        "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s AND application_name LIKE %s",
+        [DB_NAME, "bench-%"],
+    )
+    return {int(pid): str(name).removeprefix("bench-") for pid, name in rows}
+
+
+def measure_http(
+    args: argparse.Namespace, children: Children, tag: str, wrk: str | None, client: str
+) -> Http:
+    """The pipeline through the web tier: ``--trades`` requests ``POST /api/trades/``, one trade each.
+
+    The workers and beat of the exactly-once leg, a ``WebTier`` (gunicorn with
+    ``project/gunicorn.conf.py``, ``--http-workers`` x ``--http-threads``) and an API key of
+    the bench's own; ``--http-connections`` clients send one request at a time each, over
+    the bench's accounts. The clock runs from the first request until the database shows
+    every trade settled. Each process connects to PostgreSQL as ``bench-<kind>`` so the
+    CPU of its backends is told apart.
+    """
+    from project.models import ApiKey
+
+    accounts = database_reset()
+    queues_reset()
+    workers, beat = pipeline_start(args, children, kind="http", name=tag, appnames=True)
+    # The developer's WEB_*, API_* and GUNICORN_* settings stay out; the rate limit counts in the
+    # bench's Redis database. No control socket: gunicorn's default path ($HOME/.gunicorn/gunicorn.ctl)
+    # is one per user, and a second master takes it over from (and at exit deletes it under) the
+    # developer's own gunicorn.
+    web_env = {
+        key: value for key, value in bench_env().items() if not key.startswith(("WEB_", "API_", "GUNICORN_"))
+    }
+    web_env.update(
+        PGAPPNAME="bench-gunicorn",
+        API_RATE_LIMIT_REDIS_URL=REDIS_URL,
+        GUNICORN_CMD_ARGS="--no-control-socket",
+    )
+    web = WebTier(
+        env=web_env,
+        log_path=RUN_DIR / f"web-{tag}.log",
+        workers=args.http_workers,
+        threads=args.http_threads,
+    )
+    children.adopt(web.child)
+    web.start(timeout=90)
+    key = web.api_key(f"bench-{tag}", "trades:write", rate_limit_per_s=HTTP_RATE_LIMIT_PER_S)
+    client_id = ApiKey.objects.get(prefix=key.split("_")[1]).pk
+    processes = [*workers, beat, web.child]
+    settled = pipeline_settled(processes)
+
+    def spec(requests: int, name: str) -> LoadSpec:
+        return LoadSpec(
+            url=web.url(),
+            key=key,
+            accounts=accounts,
+            requests=requests,
+            connections=args.http_connections,
+            beans=BEANS,
+            result_path=RUN_DIR / f"{name}.json",
+            timeout_s=args.timeout,
+        )
+
+    def wait_settled(what: str, on_poll: Callable[[], None] = lambda: None) -> float:
+        deadline = time.monotonic() + args.timeout
+        while not settled():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {args.timeout:.0f}s waiting for {what}")
+            on_poll()
+            time.sleep(POLL_S)
+        return time.time()
+
+    # Warm-up: every gunicorn worker and every worker child opens its connections once.
+    warm = args.http_connections * 4
+    warm_result, _ = http_load(
+        children, wrk, spec(warm, f"load-warm-{tag}"), f"load-warm-{tag}", watch=processes
+    )
+    http_checked(warm_result, warm, web, "warm-up requests")
+    wait_settled("warm-up trades")
+    base_id = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+    watch = CpuWatch()
+    result, load_cpu_s = http_load(
+        children, wrk, spec(args.trades, f"load-{tag}"), f"load-{tag}", watch=processes, on_poll=watch.poll
+    )
+    http_checked(result, args.trades, web, f"{args.trades} requests")
+    finished = wait_settled(f"{args.trades} trades placed over HTTP to settle", watch.poll)
+    cpu_s = cpu.attribute(
+        watch.before,
+        watch.take(),
+        bench_pid=os.getpid(),
+        database=DB_NAME,
+        named_groups={
+            "gunicorn": [web.child.pid],
+            "worker": [worker.pid for worker in workers],
+            "beat": [beat.pid],
+        },
+        backends=watch.backends,
+    )
+    cpu_s["load generator"] = load_cpu_s  # it has exited: measured by http_load
+    seconds = finished - result.first_sent
+    between = [base_id]
+    p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, between)
+    s50, s99, _ = percentiles(TRADE_TO_SETTLED, between)
+    counts = dict(
+        scalar_rows("SELECT status, count(*) FROM trades_trade WHERE id > %s GROUP BY status", between)
+    )
+    trades = sum(counts.values())
+    entries = int(
+        scalar(
+            "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l "
+            "ON l.message_id = t.deduction_message_id WHERE t.id > %s",
+            between,
+        )
+    )
+    theirs = int(
+        scalar("SELECT count(*) FROM trades_trade WHERE id > %s AND client_id = %s", [base_id, client_id])
+    )
+    window = [result.first_sent, finished]
+    sizes = batch_sizes(window)
+    children.stop(web.child, *workers, beat)
+    deducted = counts.get("deducted", 0)
+    if trades != args.trades or theirs != trades or entries != deducted or deducted != trades:
+        raise RuntimeError(
+            f"{args.trades} requests answered 201, but the database holds {trades} trades after them "
+            f"({theirs} placed with the bench's key): {counts}; {entries} ledger entries"
+        )
+    return Http(
+        trades=trades,
+        requests=result.requests,
+        statuses=result.statuses,
+        non_201=result.non_201,
+        seconds=seconds,
+        per_s=trades / seconds,
+        request_per_s=result.per_s,
+        request_p50_ms=result.percentile(0.5),
+        request_p99_ms=result.percentile(0.99),
+        request_max_ms=max(result.latencies_ms, default=0.0),
+        p50_ms=p50,
+        p99_ms=p99,
+        settled_p50_ms=s50,
+        settled_p99_ms=s99,
+        deducted=deducted,
+        rejected=counts.get("rejected", 0),
+        dead_letters=int(scalar("SELECT count(*) FROM reliability_deadletter")),
+        duplicates_suppressed=int(
+            scalar("SELECT coalesce(sum(redeliveries), 0) FROM reliability_messagelog")
+        ),
+        client=client,
+        cpu_s=cpu_s,
+        batch_sizes=sizes,
     )
 
 
@@ -706,9 +1033,7 @@ def measure_baseline(args: argparse.Namespace, children: Children, tag: str) -> 
         )
         cpu_s = cpu_usage(cpu_before, workers)
     count = applied() - before
-    for child in workers:
-        children.running.remove(child)
-        child.stop()
+    children.stop(*workers)
     seconds = finished - started
     return Baseline(
         messages=args.trades,
@@ -810,6 +1135,8 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
     raw = median(raws) if raws else None
     batched = [r.exactly_once_batched.per_s for r in repeats if r.exactly_once_batched]
     eob = median(batched) if batched else None
+    https = [r.http for r in repeats if r.http]
+    http = median([h.per_s for h in https])
     return {
         "exactly_once_per_s": eo,
         "baseline_per_s": bl,
@@ -831,6 +1158,16 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
                 if r.exactly_once_batched and r.exactly_once_batched.paced
             ]
         ),
+        # The same pipeline through the web tier: POST /api/trades/, one trade per request.
+        "http_exactly_once_per_s": http,
+        "ratio_http_vs_baseline": http / bl if http else None,
+        "http_request_p50_ms": median([h.request_p50_ms for h in https]),
+        "http_request_p99_ms": median([h.request_p99_ms for h in https]),
+        "http_p50_ms": median([h.p50_ms for h in https]),
+        "http_p99_ms": median([h.p99_ms for h in https]),
+        "http_requests_per_s": median([h.request_per_s for h in https]),
+        "http_requests": sum(h.requests for h in https) if https else None,
+        "http_non_201": sum(h.non_201 for h in https) if https else None,
         "raw_amqp_per_s": raw,
         "ratio_vs_baseline": eo / bl,
         "ratio_vs_raw_amqp": eo / raw if raw else None,
@@ -877,6 +1214,7 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
                 ]
             ),
             "baseline": cpu_medians([(r.baseline.cpu_s, r.baseline.messages) for r in repeats]),
+            "http": cpu_medians([(h.cpu_s, h.trades) for h in https]),
         },
         # Less sensitive to the machine's other load than the throughput ratio: CPU the bench's own
         # processes (producers, Celery, its PostgreSQL backends) spent per baseline message / per trade.
@@ -902,6 +1240,14 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             "accounts": ACCOUNTS,
             "beans_per_trade": BEANS,
             "worker_loglevel": args.loglevel,
+            "http": None
+            if args.no_http
+            else {
+                "gunicorn_workers": args.http_workers,
+                "gunicorn_threads": args.http_threads,
+                "connections": args.http_connections,
+                "client": https[0].client if https else None,
+            },
         },
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
         "settings": settings_snapshot(),
@@ -933,10 +1279,11 @@ def report(summary: dict[str, Any]) -> None:
     for i, r in enumerate(summary["repeats"], start=1):
         e, b, raw = r["exactly_once"], r["baseline"], r["raw_amqp"]
         raw_text = f" | raw {raw['per_s']:7.0f}/s" if raw else ""
+        http_text = f" | http {r['http']['per_s']:7.1f}/s" if r.get("http") else ""
         print(
             f"  repeat {i}: exactly-once {e['per_s']:7.1f}/s (placed {e['placement_per_s']:6.1f}/s, "
             f"p50 {e['p50_ms']:6.0f} ms, p99 {e['p99_ms']:6.0f} ms) | baseline {b['per_s']:7.1f}/s "
-            f"(sent {b['placement_per_s']:6.0f}/s){raw_text}"
+            f"(sent {b['placement_per_s']:6.0f}/s){raw_text}{http_text}"
         )
     print(f"exactly-once : {summary['exactly_once_per_s']:9.1f} deductions/s end to end")
     for what, size in summary["batch_sizes"].items():
@@ -972,6 +1319,19 @@ def report(summary: dict[str, Any]) -> None:
                 f"p50 {summary['batched_placement_paced_p50_ms']:.0f} ms, "
                 f"p99 {summary['batched_placement_paced_p99_ms']:.0f} ms"
             )
+    if summary["http_exactly_once_per_s"]:
+        h = p["http"]
+        print(
+            f"through HTTP : {summary['http_exactly_once_per_s']:9.1f} trades/s placed by POST /api/trades/ "
+            f"and deducted ({summary['http_requests_per_s']:.1f} requests/s answered; gunicorn "
+            f"{h['gunicorn_workers']} x {h['gunicorn_threads']}, {h['connections']} clients, {h['client']})"
+        )
+        print(
+            f"               request p50 {summary['http_request_p50_ms']:.0f} ms, "
+            f"p99 {summary['http_request_p99_ms']:.0f} ms; request->deducted p50 {summary['http_p50_ms']:.0f} ms, "
+            f"p99 {summary['http_p99_ms']:.0f} ms; {summary['http_requests']} requests, "
+            f"{summary['http_non_201']} not 201"
+        )
     print(f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)")
     if summary["raw_amqp_per_s"]:
         print(
@@ -992,6 +1352,8 @@ def report(summary: dict[str, Any]) -> None:
         )
     if summary["ratio_vs_raw_amqp"]:
         print(f"ratio exactly_once/raw_amqp = {summary['ratio_vs_raw_amqp']:.4f}")
+    if summary["ratio_http_vs_baseline"]:
+        print(f"ratio http_exactly_once/baseline = {summary['ratio_http_vs_baseline']:.3f}")
     print(
         f"goals: >= 3x baseline: {summary['ratio_vs_baseline']:.2f}x; "
         f">= 50% of raw AMQP: {100 * (summary['ratio_vs_raw_amqp'] or 0):.1f}%; "
@@ -1061,6 +1423,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, help="bound of every wait, in seconds (default: max(300, N / 2))"
     )
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP leg (POST /api/trades/)")
+    parser.add_argument(
+        "--http-workers",
+        type=int,
+        default=2,
+        help="gunicorn worker processes of the HTTP leg (WEB_CONCURRENCY)",
+    )
+    parser.add_argument(
+        "--http-threads",
+        type=int,
+        default=1,
+        help="threads per gunicorn worker (WEB_THREADS; 1: the sync worker, which closes every connection)",
+    )
+    parser.add_argument(
+        "--http-connections",
+        type=int,
+        default=32,
+        help=f"concurrent clients of the HTTP leg, one request at a time each (at most {ACCOUNTS})",
+    )
+    parser.add_argument(
+        "--http-client",
+        choices=["auto", "wrk", "python"],
+        default="auto",
+        help="load generator: wrk (installed with apt-get when missing, as root), Python, or auto: "
+        "wrk when it can be had",
+    )
     parser.add_argument("--loglevel", default="warning", help="log level of the Celery workers and beat")
     args = parser.parse_args(argv)
     if args.timeout is None:
@@ -1069,7 +1457,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--placement-batch must be from 0 to 100 (TRADES_BATCH_MAX at its default)")
     if args.paced_trades < 0 or not 0 < args.paced_share <= 1:
         parser.error("--paced-trades must be >= 0 and --paced-share in (0, 1]")
-    for name in ("trades", "workers", "concurrency", "repeats", "producers", "raw_messages"):
+    if not 0 < args.http_connections <= ACCOUNTS:
+        parser.error(f"--http-connections must be from 1 to {ACCOUNTS} (one account in flight per client)")
+    for name in (
+        "trades",
+        "workers",
+        "concurrency",
+        "repeats",
+        "producers",
+        "raw_messages",
+        "http_workers",
+        "http_threads",
+    ):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -1087,8 +1486,8 @@ def vhost_create() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in [*RUN_DIR.glob("*.log"), *RUN_DIR.glob("beat-schedule-*")]:
-        stale.unlink()  # logs of the previous run
+    for stale in {*RUN_DIR.glob("*.log"), *RUN_DIR.glob("beat-schedule-*"), *RUN_DIR.glob("load-*")}:
+        stale.unlink(missing_ok=True)  # logs and load results of the previous run
     os.chdir(REPO)
     # Settings read the environment once: it must be ours before django.setup().
     for key in [key for key in os.environ if _foreign(key)]:
@@ -1117,6 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
         import bench.baseline  # noqa: F401
         import trades.services  # noqa: F401
 
+        wrk, client = (None, "") if args.no_http else http_client(args.http_client)
         repeats: list[Repeat] = []
         for r in range(1, args.repeats + 1):
             tag = f"r{r}"
@@ -1169,6 +1569,23 @@ def main(argv: list[str] | None = None) -> int:
                         f"  paced at {batched.paced['rate_per_s']:.1f}/s: trade->deducted "
                         f"p50 {batched.paced['p50_ms']:.0f} ms, p99 {batched.paced['p99_ms']:.0f} ms"
                     )
+            http = None
+            if not args.no_http:
+                log(
+                    f"repeat {r}/{args.repeats}: exactly-once through HTTP, {args.trades} requests "
+                    f"POST /api/trades/ ({args.http_connections} clients, {client}; gunicorn "
+                    f"{args.http_workers} x {args.http_threads})"
+                )
+                http = measure_http(args, children, tag, wrk, client)
+                log(
+                    f"  HTTP {http.per_s:.1f}/s placed and deducted in {http.seconds:.2f}s "
+                    f"({http.request_per_s:.1f} requests/s answered), request p50 {http.request_p50_ms:.0f} ms, "
+                    f"p99 {http.request_p99_ms:.0f} ms; request->deducted p50 {http.p50_ms:.0f} ms, "
+                    f"p99 {http.p99_ms:.0f} ms; {http.requests} requests, {http.non_201} not 201"
+                )
+                for what, size in http.batch_sizes.items():
+                    log(f"  messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
+                log(f"  {cpu_line(http.cpu_s, http.trades)}")
             log(f"repeat {r}/{args.repeats}: baseline, {args.trades} messages")
             bl = measure_baseline(args, children, tag)
             log(f"  baseline {bl.per_s:.1f}/s in {bl.seconds:.2f}s (sent {bl.placement_per_s:.0f}/s)")
@@ -1185,6 +1602,7 @@ def main(argv: list[str] | None = None) -> int:
                     raw_amqp=raw,
                     placement=placement,
                     exactly_once_batched=batched,
+                    http=http,
                 )
             )
         summary = summarize(args, repeats)
