@@ -6,7 +6,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -96,6 +96,20 @@ def api_key_authenticate(key: str) -> ApiKey | None:
     # Only a prefix we could have issued is looked up: anything else (a NUL, which PostgreSQL
     # refuses in a query) is a malformed key, refused like any other.
     issuable = len(prefix) == 12 and _PREFIX_CHARACTERS.issuperset(prefix)
-    api_key = ApiKey.objects.filter(prefix=prefix).first() if issuable else None
+    api_key = _api_key_by_prefix(prefix) if issuable else None
     matches = hmac.compare_digest(_digest(key), api_key.digest if api_key else _NO_DIGEST)
     return api_key if matches and api_key is not None else None
+
+
+_COLUMNS = [field.attname for field in ApiKey._meta.concrete_fields]
+# Every request runs it: one indexed lookup, without the ORM's query building (a third of a
+# request's CPU when it went through filter().first()).
+_BY_PREFIX = f"SELECT {', '.join(_COLUMNS)} FROM {ApiKey._meta.db_table} WHERE prefix = %s"  # noqa: S608
+
+
+def _api_key_by_prefix(prefix: str) -> ApiKey | None:
+    using = router.db_for_read(ApiKey) or "default"
+    with connections[using].cursor() as cursor:
+        cursor.execute(_BY_PREFIX, [prefix])
+        row = cursor.fetchone()
+    return None if row is None else ApiKey.from_db(using, _COLUMNS, row)
