@@ -66,7 +66,8 @@ class DeadLetterIntegrationTests(PipelineTestCase):
     def test_unknown_account_is_dead_lettered_at_once_and_replays_exactly_once_when_it_exists(self) -> None:
         (known,) = self.create_accounts(1, balance=1000)
         unknown = known + 1000
-        with mock.patch("trades.services.account_exists", return_value=True):  # e.g. a stale account view
+        # As if the account check had been skipped (e.g. a stale account view).
+        with mock.patch("trades.services.account_exists_condition", return_value=("TRUE", "default")):
             poisoned, _ = trade_place(account_id=unknown, beans=100)
         for _ in range(5):
             trade_place(account_id=known, beans=100)
