@@ -82,6 +82,13 @@ DEFAULTS: dict[str, Any] = {
     "RELIABILITY_SNOWFLAKE_WORKER_ID": None,  # a fixed worker id instead of a Redis lease
     "RELIABILITY_SNOWFLAKE_LEASE_TTL_S": 30.0,
     "RELIABILITY_SNOWFLAKE_MAX_BACKWARD_MS": 50,  # clock steps back this far are waited out
+    # --- the figures (/metrics, the health page): read at a cost that does not grow with history
+    # Rows per counter: a writer adds to the row of its database session (pg_backend_pid() modulo
+    # this), so concurrent consumers rarely wait on one row lock; a reader sums them.
+    "RELIABILITY_COUNTER_SHARDS": 16,
+    # Queue depths are read from the broker by beat (evaluate_pipeline_mode) and recorded; older
+    # readings than this are shown as unknown (beat or the broker stopped).
+    "RELIABILITY_QUEUE_DEPTH_MAX_AGE_S": 60.0,
     # --- degrade mode: non-critical views answer 503 while the pipeline lags
     "RELIABILITY_DEGRADE_OUTBOX_AGE_S": 30.0,
     "RELIABILITY_DEGRADE_LAG_MESSAGES": 10_000,

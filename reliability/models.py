@@ -20,10 +20,15 @@ Design overview
   committed.
 * **Dead letters.** A message that can never succeed is recorded here with the
   reason, and acknowledged, so the queue behind it keeps moving.
+* **Figures.** What ``/metrics`` and the health page show costs the same however long
+  the history: the message log is counted by ``PipelineCounter`` rows added to in the
+  statement that inserts, counts a redelivery of, or purges its rows (never by counting
+  the table), and queue depths are read from the broker by beat into ``QueueDepth``.
 
 Invariants enforced by the database (named constraints): unique message_id in the
 outbox, unique (stream, seq), seq >= 1, a sent row has sent_at, unique
-(handler, message_id) in the message log.
+(handler, message_id) in the message log, one row per (counter, shard), counters and
+depths never negative.
 """
 
 from django.db import models
@@ -78,23 +83,52 @@ class OutboxMessage(models.Model):
 
 
 class PipelineCounter(models.Model):
-    """A named event count kept in the database, so every process adds to the same figure.
+    """A named count kept in the database, in shards: one row per (name, shard), summed when read.
 
-    For events worth counting but not worth a row each (``/metrics`` shows them), such as
-    a periodic housekeeping task that expired in its queue and was dropped.
+    A writer adds to its own shard (its database session's, ``reliability.counters``) in
+    the statement that does what is counted, so the count commits or rolls back with it
+    and concurrent writers rarely wait on one row's lock. Each shard only grows. Counted:
+    events not worth a row each (``housekeeping_expired_dropped``: a periodic task that
+    expired in its queue and was dropped), and the message log's rows and redeliveries,
+    ever inserted and ever purged (its rows now are the difference).
     """
 
-    name = models.CharField(max_length=100, primary_key=True)
+    name = models.CharField(max_length=100)
+    shard = models.PositiveSmallIntegerField(default=0)
     value = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
+            models.UniqueConstraint(fields=["name", "shard"], name="pipeline_counter_name_shard_unique"),
             models.CheckConstraint(condition=Q(value__gte=0), name="pipeline_counter_nonnegative"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.name}={self.value}"
+        return f"{self.name}[{self.shard}]={self.value}"
+
+
+class QueueDepth(models.Model):
+    """A broker queue's ready messages, as last read by beat (``queue_depths_record``).
+
+    So that ``/metrics`` and the health page never open a broker connection. ``messages``
+    is None when the broker did not say (no such queue, or unreachable).
+    """
+
+    queue = models.CharField(max_length=200, primary_key=True)
+    messages = models.BigIntegerField(null=True, blank=True)
+    observed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(messages__isnull=True) | Q(messages__gte=0),
+                name="queue_depth_messages_nonnegative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue}: {self.messages}"
 
 
 class StreamCounter(models.Model):

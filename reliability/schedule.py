@@ -33,7 +33,8 @@ def beat_schedule(
         "stream-heartbeat": entry("reliability.stream_heartbeat", heartbeat_s, 30),
         # Records what the broker dead-lettered (reason, headers, body) in the DeadLetter table.
         "drain-dead-letters": entry("reliability.drain_dead_letters", dead_letters_s, 30),
-        # Enters or leaves degrade mode from the current lag (non-critical work is shed).
+        # Enters or leaves degrade mode from the current lag (non-critical work is shed), then
+        # records the queue depths, so /metrics and the health page never open a broker connection.
         "evaluate-pipeline-mode": entry("reliability.evaluate_pipeline_mode", degrade_s, 30),
         # Deletes outbox, message-log and gap rows past retention, in bounded batches.
         "retention": entry("reliability.purge_old_rows", retention_s, 600),

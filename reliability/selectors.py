@@ -1,18 +1,26 @@
 """Read-side queries of the reliability app (database and broker)."""
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.db.models import Min, Sum
+from django.db.models import Min
 from django.utils import timezone
 
 from reliability.conf import settings
+from reliability.counters import (
+    MESSAGE_LOG_COUNTERS,
+    MESSAGE_LOG_INSERTED,
+    MESSAGE_LOG_PURGED,
+    MESSAGE_LOG_REDELIVERIES,
+    MESSAGE_LOG_REDELIVERIES_PURGED,
+    counter_totals,
+)
 from reliability.models import (
     DeadLetter,
-    MessageLog,
     OutboxMessage,
-    PipelineCounter,
+    QueueDepth,
     StreamCounter,
     StreamGap,
     StreamWatermark,
@@ -42,12 +50,26 @@ def outbox_pending_stats() -> dict[str, Any]:
 
 
 def message_log_stats() -> dict[str, int]:
-    """Return how many messages were applied and how many duplicate deliveries were skipped."""
-    consumed = duplicates = 0
+    """Return the message log's figures (all databases), from its counters: never by counting it.
+
+    Rows now (less what retention purged): ``consumed``, messages applied, and
+    ``duplicates_suppressed``, the redeliveries recorded on them. Ever (they never drop):
+    ``consumed_ever``, ``purged`` and ``duplicates_suppressed_ever``.
+    """
+    totals: dict[str, int] = {}
     for alias in _databases():
-        consumed += MessageLog.objects.using(alias).count()
-        duplicates += MessageLog.objects.using(alias).aggregate(n=Sum("redeliveries", default=0))["n"]
-    return {"consumed": consumed, "duplicates_suppressed": int(duplicates)}
+        for name, value in counter_totals(using=alias).items():
+            if name in MESSAGE_LOG_COUNTERS:
+                totals[name] = totals.get(name, 0) + value
+    inserted, purged = totals.get(MESSAGE_LOG_INSERTED, 0), totals.get(MESSAGE_LOG_PURGED, 0)
+    redeliveries = totals.get(MESSAGE_LOG_REDELIVERIES, 0)
+    return {
+        "consumed": inserted - purged,
+        "duplicates_suppressed": redeliveries - totals.get(MESSAGE_LOG_REDELIVERIES_PURGED, 0),
+        "consumed_ever": inserted,
+        "purged": purged,
+        "duplicates_suppressed_ever": redeliveries,
+    }
 
 
 def dead_letter_open_count() -> int:
@@ -58,11 +80,15 @@ def dead_letter_open_count() -> int:
 
 
 def pipeline_counters() -> dict[str, int]:
-    """Return each named event counter (``PipelineCounter``), summed over the databases."""
+    """Return each named event counter (``PipelineCounter``), summed over shards and databases.
+
+    The message log's own counters are left out: ``message_log_stats`` reports them.
+    """
     totals: dict[str, int] = {}
     for alias in _databases():
-        for name, value in PipelineCounter.objects.using(alias).values_list("name", "value"):
-            totals[name] = totals.get(name, 0) + value
+        for name, value in counter_totals(using=alias).items():
+            if name not in MESSAGE_LOG_COUNTERS:
+                totals[name] = totals.get(name, 0) + value
     return dict(sorted(totals.items()))
 
 
@@ -110,13 +136,19 @@ def stream_positions() -> list[dict[str, Any]]:
     return streams
 
 
-def queue_depths() -> dict[str, int | None]:
-    """Return the ready-message count of every project queue (None where unknown).
-
-    Uses passive declares, so it needs no management plugin and creates nothing.
-    """
+def _queue_names() -> list[str]:
     names = [queue.name for queue in current_app.conf.task_queues]
     names.append(settings.RELIABILITY_DEAD_LETTER_QUEUE)
+    return names
+
+
+def queue_depths() -> dict[str, int | None]:
+    """Return the ready-message count of every project queue (None where unknown), from the broker.
+
+    Uses passive declares, so it needs no management plugin and creates nothing. It opens a
+    connection: for a figure read often (``/metrics``, the health page) use ``queue_depths_recorded``.
+    """
+    names = _queue_names()
     depths: dict[str, int | None] = dict.fromkeys(names)
     try:
         with broker_connection() as conn:
@@ -135,3 +167,25 @@ def queue_depths() -> dict[str, int | None]:
     except Exception:
         logger.warning("broker unreachable; queue depths unknown", exc_info=True)
     return depths
+
+
+def queue_depths_database() -> str:
+    """The database holding the recorded queue depths (the broker's, one set for the deployment)."""
+    return _databases()[0]
+
+
+def queue_depths_recorded() -> dict[str, Any]:
+    """Return the queue depths as beat last read them (``queue_depths_record``): no broker connection.
+
+    ``depths``: every project queue (as ``queue_depths``), None where unknown: never read, the
+    broker did not say, or read longer ago than ``RELIABILITY_QUEUE_DEPTH_MAX_AGE_S``.
+    ``read_at``: when the newest reading was taken (None if never).
+    """
+    rows = {row.queue: row for row in QueueDepth.objects.using(queue_depths_database())}
+    oldest_fresh = timezone.now() - timedelta(seconds=settings.RELIABILITY_QUEUE_DEPTH_MAX_AGE_S)
+    depths: dict[str, int | None] = {}
+    for name in _queue_names():
+        row = rows.get(name)
+        depths[name] = row.messages if row is not None and row.observed_at >= oldest_fresh else None
+    read_at = max((row.observed_at for row in rows.values()), default=None)
+    return {"depths": depths, "read_at": read_at}

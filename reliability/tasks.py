@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from reliability.ops import dead_letters, degrade, reconciler, retention
+from reliability.ops import dead_letters, degrade, queues, reconciler, retention
 from reliability.produce import heartbeat, relay
 
 
@@ -55,5 +55,8 @@ def drain_dead_letters() -> int:
 
 @shared_task(name="reliability.evaluate_pipeline_mode", ignore_result=True, acks_late=False)
 def evaluate_pipeline_mode() -> bool:
-    """Enter or leave degrade mode from the current lag; return whether degraded."""
-    return degrade.pipeline_mode_evaluate().degraded
+    """Enter or leave degrade mode from the current lag, then record the queue depths for
+    /metrics and the health page (after: a slow broker never delays the mode); return whether degraded."""
+    degraded = degrade.pipeline_mode_evaluate().degraded
+    queues.queue_depths_record()
+    return degraded

@@ -15,6 +15,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -28,7 +29,7 @@ from reliability.selectors import (
     message_log_stats,
     outbox_pending_stats,
     pipeline_counters,
-    queue_depths,
+    queue_depths_recorded,
 )
 
 HEALTH_REFRESH_S = 10
@@ -125,7 +126,12 @@ def pipeline_health_page(request: HttpRequest) -> TemplateResponse:
 
 
 class PipelineHealthCollector:
-    """Read the health figures when scraped: no metric state lives between requests."""
+    """Read the health figures when scraped: no metric state lives between requests.
+
+    A scrape costs the same however long the history: the message log's figures come from its
+    counters, the outbox, dead letters and streams from indexes on what is pending or open,
+    and queue depths from what beat recorded (no broker connection).
+    """
 
     def __init__(self, prefix: str = "beans") -> None:
         self.prefix = prefix
@@ -169,15 +175,34 @@ class PipelineHealthCollector:
             value=outbox["outbox_oldest_pending_age_s"],
         )
         log = message_log_stats()
+        # Rows now: these two drop when retention purges (their meaning since 0.1.0). The
+        # "ever" counters below never drop. All read from counters, never by counting the log.
         yield CounterMetricFamily(
             self._name("messages_consumed_total"),
-            "Messages applied, counted from the message log (drops when retention deletes old rows).",
+            "Messages applied: message-log rows now (drops when retention deletes old rows; "
+            "message_log_inserted_total does not).",
             value=log["consumed"],
         )
         yield CounterMetricFamily(
             self._name("duplicates_suppressed_total"),
-            "Duplicate deliveries recognised and skipped, from the message log (drops with retention).",
+            "Duplicate deliveries recognised and skipped, recorded on the message-log rows now "
+            "(drops with retention; duplicate_deliveries_total does not).",
             value=log["duplicates_suppressed"],
+        )
+        yield CounterMetricFamily(
+            self._name("message_log_inserted_total"),
+            "Message-log rows ever inserted: messages applied (never drops).",
+            value=log["consumed_ever"],
+        )
+        yield CounterMetricFamily(
+            self._name("message_log_purged_total"),
+            "Message-log rows ever deleted by retention.",
+            value=log["purged"],
+        )
+        yield CounterMetricFamily(
+            self._name("duplicate_deliveries_total"),
+            "Duplicate deliveries ever recognised and skipped (never drops).",
+            value=log["duplicates_suppressed_ever"],
         )
         yield GaugeMetricFamily(
             self._name("dead_letters_open"),
@@ -198,15 +223,23 @@ class PipelineHealthCollector:
             "1 while the pipeline is in degrade mode (a backlog: non-critical work is shed), else 0.",
             value=int(pipeline_mode_state()["degraded"]),
         )
+        recorded = queue_depths_recorded()
         depths = GaugeMetricFamily(
             self._name("queue_depth_messages"),
-            "Ready messages in the broker queue (a queue whose depth is unknown is left out).",
+            "Ready messages in the broker queue, as beat last read them (a queue whose depth is "
+            "unknown, or older than RELIABILITY_QUEUE_DEPTH_MAX_AGE_S, is left out).",
             labels=["queue"],
         )
-        for queue, depth in queue_depths().items():
+        for queue, depth in recorded["depths"].items():
             if depth is not None:
                 depths.add_metric([queue], depth)
         yield depths
+        if recorded["read_at"] is not None:
+            yield GaugeMetricFamily(
+                self._name("queue_depth_age_seconds"),
+                "Seconds since the queue depths were last read from the broker.",
+                value=max((timezone.now() - recorded["read_at"]).total_seconds(), 0.0),
+            )
 
 
 def _metrics_collectors() -> Iterable[Any]:

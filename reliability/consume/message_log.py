@@ -2,17 +2,30 @@
 
 Its primary key is what recognises a redelivery; the outcome and redelivery count are
 what ``pipeline_status`` and ``/metrics`` report.
+
+Every write here adds to the message log's counters (``reliability.counters``) in the same
+statement: rows inserted, redeliveries counted, and rows and redeliveries purged. So the
+figures are read from a few counter rows, never by counting the log, and they commit or roll
+back with the rows they count. Rows written or deleted around these functions are not counted
+(``message_log_recount`` repairs the figures).
 """
 
 import logging
 import uuid
 from collections.abc import Sequence
 
-from django.db import connections
-from django.db.models import F
+from django.db import connections, transaction
 from django.utils import timezone
 
-from reliability.models import MessageLog
+from reliability.counters import (
+    MESSAGE_LOG_INSERTED,
+    MESSAGE_LOG_PURGED,
+    MESSAGE_LOG_REDELIVERIES,
+    MESSAGE_LOG_REDELIVERIES_PURGED,
+    counter_add_sql,
+    counter_shards,
+)
+from reliability.models import MessageLog, PipelineCounter
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +45,28 @@ def message_log_insert_many(
 
     ``ON CONFLICT DO NOTHING`` waits for a concurrent transaction holding the same key: if that
     one commits, this insert does nothing (a duplicate); if it rolls back, this one inserts.
-    Never check-then-insert.
+    Never check-then-insert. The same statement adds the new rows to ``message_log_inserted``.
     """
     table = MessageLog._meta.db_table
     with connections[using].cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (handler, message_id, stream, seq, outcome, redeliveries, applied_at) "  # noqa: S608
+            f"WITH inserted AS (INSERT INTO {table} "  # noqa: S608 - no user input in the SQL
+            "(handler, message_id, stream, seq, outcome, redeliveries, applied_at) "
             "SELECT %s, m, s, q, '', 0, %s FROM unnest(%s::uuid[], %s::text[], %s::bigint[]) AS u(m, s, q) "
-            "ON CONFLICT (handler, message_id) DO NOTHING",
+            "ON CONFLICT (handler, message_id) DO NOTHING RETURNING 1), "
+            f"counted AS ({counter_add_sql('SELECT %s::text, count(*) FROM inserted')}) "
+            "SELECT count(*) FROM inserted",
             [
                 handler,
                 timezone.now(),
                 [message_id for message_id, _, _ in entries],
                 [stream for _, stream, _ in entries],
                 [seq for _, _, seq in entries],
+                MESSAGE_LOG_INSERTED,
+                counter_shards(),
             ],
         )
-        return int(cursor.rowcount)
+        return int(cursor.fetchone()[0])
 
 
 def message_log_record_outcome(
@@ -71,6 +89,69 @@ def message_log_record_outcomes(
 
 
 def message_log_count_redelivery(*, handler: str, message_id: uuid.UUID, using: str = "default") -> None:
-    MessageLog.objects.using(using).filter(handler=handler, message_id=message_id).update(
-        redeliveries=F("redeliveries") + 1
-    )
+    """Count a duplicate delivery on the message's row and in ``message_log_redeliveries``, in one statement."""
+    table = MessageLog._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"WITH counted AS (UPDATE {table} SET redeliveries = redeliveries + 1 "  # noqa: S608
+            "WHERE handler = %s AND message_id = %s RETURNING 1) "
+            + counter_add_sql("SELECT %s::text, count(*) FROM counted"),
+            [handler, message_id, MESSAGE_LOG_REDELIVERIES, counter_shards()],
+        )
+
+
+def message_log_delete(*, ids: Sequence[int], using: str = "default") -> int:
+    """Delete the message-log rows ``ids`` (retention); return how many went.
+
+    The same statement adds them, and their redeliveries, to the purged counters, so the
+    figures of the rows now (inserted minus purged) stay right.
+    """
+    table = MessageLog._meta.db_table
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            f"WITH deleted AS (DELETE FROM {table} WHERE id = ANY(%s::bigint[]) RETURNING redeliveries), "  # noqa: S608
+            "counted AS ("
+            + counter_add_sql(
+                "SELECT %s::text, count(*) FROM deleted "
+                "UNION ALL SELECT %s::text, coalesce(sum(redeliveries), 0) FROM deleted"
+            )
+            + ") SELECT count(*) FROM deleted",
+            [list(ids), MESSAGE_LOG_PURGED, MESSAGE_LOG_REDELIVERIES_PURGED, counter_shards()],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def message_log_recount(*, using: str = "default") -> dict[str, int]:
+    """Make the message log's counters agree with its rows again; return the rows and redeliveries now.
+
+    For rows written or deleted around this module (workers of a version that did not count
+    yet, during an upgrade; SQL by hand; a restore). The table is locked against writes
+    (``SHARE``) while it is counted, once: consumers wait for that long. The purged counters
+    are kept; the inserted ones become what is there now plus what was purged.
+    """
+    log, counters = MessageLog._meta.db_table, PipelineCounter._meta.db_table
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {log} IN SHARE MODE")
+        cursor.execute(f"SELECT count(*), coalesce(sum(redeliveries), 0) FROM {log}")  # noqa: S608
+        rows, redeliveries = (int(value) for value in cursor.fetchone())
+        cursor.execute(
+            f"SELECT name, coalesce(sum(value), 0) FROM {counters} WHERE name = ANY(%s) GROUP BY name",  # noqa: S608
+            [[MESSAGE_LOG_PURGED, MESSAGE_LOG_REDELIVERIES_PURGED]],
+        )
+        purged = {name: int(total) for name, total in cursor.fetchall()}
+        cursor.execute(
+            f"DELETE FROM {counters} WHERE name = ANY(%s)",  # noqa: S608
+            [[MESSAGE_LOG_INSERTED, MESSAGE_LOG_REDELIVERIES]],
+        )
+        cursor.execute(
+            counter_add_sql("SELECT * FROM (VALUES (%s::text, %s::bigint), (%s::text, %s::bigint)) AS v"),
+            [
+                MESSAGE_LOG_INSERTED,
+                rows + purged.get(MESSAGE_LOG_PURGED, 0),
+                MESSAGE_LOG_REDELIVERIES,
+                redeliveries + purged.get(MESSAGE_LOG_REDELIVERIES_PURGED, 0),
+                counter_shards(),
+            ],
+        )
+    logger.info("message log on %s recounted: %d rows, %d redeliveries", using, rows, redeliveries)
+    return {"rows": rows, "redeliveries": redeliveries}

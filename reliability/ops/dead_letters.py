@@ -31,10 +31,10 @@ from django.utils import timezone
 
 from reliability.conf import settings
 from reliability.consume.dead_letter import dead_letter_record, storable_text
+from reliability.counters import pipeline_counter_add
 from reliability.envelope import BATCH, MESSAGE, Unauthentic, envelope_verify
 from reliability.exceptions import ReliabilityError
 from reliability.models import DeadLetter
-from reliability.ops.counters import pipeline_counter_add
 from reliability.produce.publisher import broker_connection, publisher
 
 logger = logging.getLogger(__name__)

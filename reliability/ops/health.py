@@ -16,7 +16,12 @@ from django.utils import timezone
 from reliability.conf import settings
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
 from reliability.produce.publisher import broker_connection, connection_abandon
-from reliability.selectors import gaps_escalated_count, message_log_stats, queue_depths, stream_positions
+from reliability.selectors import (
+    gaps_escalated_count,
+    message_log_stats,
+    queue_depths_recorded,
+    stream_positions,
+)
 
 THROUGHPUT_WINDOW_MINUTES = 15
 
@@ -147,14 +152,18 @@ def pipeline_health(*, now: datetime | None = None) -> dict[str, Any]:
     """Return every health figure of the pipeline, read at one moment.
 
     Per stream (``streams``) and in ``totals``; dead letters open in total and by
-    handler; queue depths from the broker (None where unknown); throughput per
-    minute over the last 15 minutes; the degrade mode. ``totals.lag`` adds up the
-    positive lags only: the figure degrade mode compares with its threshold.
+    handler; queue depths as beat last read them from the broker (None where unknown,
+    ``queue_depths_read_at`` the time of that reading); throughput per minute over the
+    last 15 minutes; the degrade mode. ``totals.lag`` adds up the positive lags only: the
+    figure degrade mode compares with its threshold. Nothing here grows with the history:
+    the message log's figures come from its counters, the rest from indexes on what is
+    pending, open or recent.
     """
     now = now or timezone.now()
     streams = stream_health(now=now)
     dead_letters = dead_letter_open_by_handler()
     log = message_log_stats()
+    depths = queue_depths_recorded()
     totals = {
         "produced_seq": sum(row["produced_seq"] or 0 for row in streams),
         "consumed_watermark": sum(row["consumed_watermark"] for row in streams),
@@ -175,7 +184,8 @@ def pipeline_health(*, now: datetime | None = None) -> dict[str, Any]:
         "streams": streams,
         "totals": totals,
         "dead_letters_open_by_handler": dead_letters,
-        "queue_depths": queue_depths(),
+        "queue_depths": depths["depths"],
+        "queue_depths_read_at": depths["read_at"],
         "throughput": message_log_throughput(now=now),
         "mode": pipeline_mode_state(),
     }

@@ -24,17 +24,27 @@ from kombu import Connection
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from reliability import counters
 from reliability.consume import message_log
 from reliability.consume.dead_letter import dead_letter_record
 from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
 from reliability.consume.streams import stream_position_record
-from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamCounter, StreamWatermark
-from reliability.ops import counters
+from reliability.models import (
+    DeadLetter,
+    MessageLog,
+    OutboxMessage,
+    PipelineMode,
+    QueueDepth,
+    StreamCounter,
+    StreamWatermark,
+)
 from reliability.ops.dead_letters import dead_letter_discard
 from reliability.ops.degrade import pipeline_mode_evaluate
 from reliability.ops.health import message_log_throughput, pipeline_health
+from reliability.ops.queues import queue_depths_record
 from reliability.produce.outbox import outbox_enqueue
 from reliability.produce.publisher import publisher
+from reliability.tasks import evaluate_pipeline_mode
 
 ALPHA, BETA = "tests.health.alpha", "tests.health.beta"
 ALPHA_HANDLER, BETA_HANDLER = "tests.health.apply_alpha", "tests.health.apply_beta"
@@ -368,14 +378,25 @@ class HealthQueueDepthTests(TestCase):
         while broker_queue_depth("beans") != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         self.assertEqual(broker_queue_depth("beans"), 1)
+        queue_depths_record()  # what beat does every few seconds (evaluate_pipeline_mode)
 
         self.client.force_login(self.staff)
-        page = parse_page(self.client.get(reverse("pipeline-health")).content.decode())
-        samples = metric_samples(self.client.get(reverse("metrics")).content)
+        # Neither the page nor a scrape opens a broker connection: they read what beat recorded.
+        with mock.patch("reliability.selectors.broker_connection", side_effect=AssertionError("broker")):
+            page = parse_page(self.client.get(reverse("pipeline-health")).content.decode())
+            samples = metric_samples(self.client.get(reverse("metrics")).content)
 
         self.assertEqual(page.cells[("beans", "depth")], "1")
         self.assertEqual(samples[("beans_queue_depth_messages", (("queue", "beans"),))], 1.0)
         self.assertEqual(page.cells[("trades", "depth")], str(broker_queue_depth("trades")))
+        self.assertLess(samples[("beans_queue_depth_age_seconds", ())], 5)
+
+    def test_the_beat_task_records_the_depths_after_evaluating_the_mode(self) -> None:
+        evaluate_pipeline_mode()
+        recorded = QueueDepth.objects.get(queue="beans")
+        self.assertEqual(recorded.messages, 0)
+        self.assertLess((timezone.now() - recorded.observed_at).total_seconds(), 5)
+        self.assertTrue(PipelineMode.objects.filter(key="pipeline").exists())
 
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
@@ -450,10 +471,27 @@ class MetricsTests(HealthTestCase):
         self.assertEqual(samples[("beans_outbox_pending_messages", ())], 7)
 
     def test_unknown_queue_depths_are_left_out(self) -> None:
-        with mock.patch("reliability.views.queue_depths", return_value={"beans": None, "trades": 4}):
-            samples = metric_samples(self.client.get(self.url).content)
+        with mock.patch(
+            "reliability.ops.queues.queue_depths", return_value={"beans": None, "trades": 4, "gone": 7}
+        ):
+            queue_depths_record()
+        samples = metric_samples(self.client.get(self.url).content)
         self.assertNotIn(("beans_queue_depth_messages", (("queue", "beans"),)), samples)
         self.assertEqual(samples[("beans_queue_depth_messages", (("queue", "trades"),))], 4)
+        self.assertNotIn(("beans_queue_depth_messages", (("queue", "gone"),)), samples, "not a project queue")
+
+    def test_queue_depths_never_read_or_read_too_long_ago_are_left_out(self) -> None:
+        samples = metric_samples(self.client.get(self.url).content)
+        self.assertFalse([key for key in samples if key[0] == "beans_queue_depth_messages"], "never read")
+        self.assertNotIn(("beans_queue_depth_age_seconds", ()), samples)
+
+        with mock.patch("reliability.ops.queues.queue_depths", return_value={"trades": 4}):
+            queue_depths_record()
+        QueueDepth.objects.update(observed_at=timezone.now() - timedelta(seconds=61))
+        with override_settings(RELIABILITY_QUEUE_DEPTH_MAX_AGE_S=60):
+            samples = metric_samples(self.client.get(self.url).content)
+        self.assertNotIn(("beans_queue_depth_messages", (("queue", "trades"),)), samples)
+        self.assertAlmostEqual(samples[("beans_queue_depth_age_seconds", ())], 61, delta=5)
 
 
 class MetricsAccessTests(TestCase):

@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
+from reliability.ops.queues import queue_depths_record
 from reliability.produce.publisher import publisher
 
 from ..web import browser_missing, chromium_start
@@ -50,6 +51,7 @@ class HealthPageBrowserTests(StaticLiveServerTestCase):
 
     def setUp(self) -> None:
         publisher().topology_declare()
+        queue_depths_record()  # what beat does every few seconds: the page reads the recorded depths
         pipeline_rows_write(self, now=timezone.now())
         User.objects.create_user("operator", password=PASSWORD, is_staff=True)
 
