@@ -20,7 +20,9 @@ trade per two message-log rows (a deduction and its outcome; 50 pending), dead l
 healed gaps (1 per 1,000 rows; 5 letters open, 2 gaps open, 1 escalated), the streams' counters
 and watermarks, and the library's own figures of that history (the message log's counters and
 the recorded queue depths, through the library's services, as the running pipeline would have
-kept them). Then ``VACUUM ANALYZE``, as autovacuum would have done.
+kept them), and the trades' settled counts (``TradeStatusCount``, recounted through the trade
+service's repair and spread over its shards, as the consumers would have kept them). Then
+``VACUUM ANALYZE``, as autovacuum would have done.
 
 It then times GETs of ``/metrics`` through Django's test client (the whole middleware and URL
 stack, as a loopback client), of the admin's pipeline health page (a staff user) and of each
@@ -200,6 +202,7 @@ def history_write(rows: int) -> None:
             [rows + 1, 3 + rows // 1000],
         )
     library_figures_write()
+    trade_figures_write()
     with connection.cursor() as cursor:
         for table in _tables():
             cursor.execute(f"VACUUM ANALYZE {table}")
@@ -229,6 +232,29 @@ def library_figures_write() -> None:
             [counter_shards()] * 3,
         )
     queue_depths_record()
+
+
+def trade_figures_write() -> None:
+    """The trades' settled counts of that history, as the outcome consumers would have kept them.
+
+    Recounted from the trades written by SQL (the trade service's repair), then spread over every
+    shard, as many consumers would have left them.
+    """
+    from django.db import connection
+
+    from trades.models import TRADE_STATUS_COUNT_SHARDS, TradeStatusCount
+    from trades.services import trade_status_counts_recount
+
+    trade_status_counts_recount()
+    table = TradeStatusCount._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"WITH old AS (DELETE FROM {table} RETURNING status, count) "  # noqa: S608
+            f"INSERT INTO {table} (status, shard, count) "
+            "SELECT status, s, count / %s + CASE WHEN s = 0 THEN count %% %s ELSE 0 END "
+            "FROM old, generate_series(0, %s - 1) AS s",
+            [TRADE_STATUS_COUNT_SHARDS] * 3,
+        )
 
 
 # --------------------------------------------------------------------------- two histories, side by side

@@ -3,12 +3,15 @@ the tests and the chaos checker). Project-level: it reads the trade service, the
 the reliability tables together, which neither app may do.
 """
 
+from collections import Counter
+
 from django.conf import settings
 
 from beans.selectors import deductions_by_message_id, ledger_totals_by_account
 from beans.services import DeductionOutcome
 from reliability.models import MessageLog, OutboxMessage
 from trades.models import Trade
+from trades.selectors import trade_counts_by_status
 
 from .contracts import DEDUCT_TASK
 
@@ -34,6 +37,13 @@ def pipeline_violations(*, in_flight_ok: bool = False) -> list[str]:
             violations.append(f"I9: trade {trade_id} was rejected but has {applied} ledger deductions")
         elif status == Trade.Status.PENDING and not in_flight_ok:
             violations.append(f"I1: trade {trade_id} is still pending ({applied} ledger deductions)")
+    # The figures /metrics shows are kept beside the trades, in the statement that settles them.
+    in_table = Counter(status for _, status, _, _ in trades)
+    for status, counted in trade_counts_by_status().items():
+        if counted != in_table.get(status, 0):
+            violations.append(
+                f"I5: {counted} trades counted {status} for /metrics, {in_table.get(status, 0)} in the table"
+            )
     for orphan in deductions.keys() - trade_messages:
         violations.append(f"I3: ledger deduction from message {orphan} matches no trade")
 

@@ -12,6 +12,10 @@ Design overview
 * ``idempotency_key`` is unique per API client (``client_id``, the API key that placed the
   trade; 0 for trades placed in-process): a repeated request returns the first trade, and two
   clients never see each other's.
+* ``TradeStatusCount`` keeps how many trades are settled in each status, so ``/metrics`` reads a
+  few rows however long the history: the statement that settles trades adds them to it, in the
+  same transaction (``trades.services``). Trades are never deleted, so its sums only grow and
+  equal the table's counts; pending trades, the backlog, are counted from the table itself.
 """
 
 from django.db import models
@@ -57,3 +61,35 @@ class Trade(models.Model):
 
     def __str__(self) -> str:
         return f"trade #{self.pk}: {self.beans} beans from account {self.account_id} ({self.status})"
+
+
+# A settling transaction adds to the row of its database session (pg_backend_pid() % this), so
+# concurrent consumers rarely wait on one row lock; a reader sums the shards.
+TRADE_STATUS_COUNT_SHARDS = 16
+
+
+class TradeStatusCount(models.Model):
+    """How many trades were settled in ``status``, one shard of it: ``trade_counts_by_status`` sums them."""
+
+    status = models.CharField(max_length=16, choices=Trade.Status.choices)
+    shard = models.SmallIntegerField()
+    count = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status", "shard"], name="trade_status_count_status_shard_unique"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[Trade.Status.DEDUCTED, Trade.Status.REJECTED]),
+                name="trade_status_count_settled_status",
+            ),
+            models.CheckConstraint(
+                condition=Q(shard__gte=0, shard__lt=TRADE_STATUS_COUNT_SHARDS),
+                name="trade_status_count_shard_in_range",
+            ),
+            models.CheckConstraint(condition=Q(count__gte=0), name="trade_status_count_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} trades {self.status} (shard {self.shard})"

@@ -13,7 +13,7 @@ from django.utils import timezone
 from beans.models import Account, LedgerEntry
 from reliability.ids import message_id_new
 from reliability.models import MessageLog, OutboxMessage, StreamCounter
-from trades.models import Trade
+from trades.models import Trade, TradeStatusCount
 
 
 def _account(balance: int = 100) -> Account:
@@ -139,6 +139,42 @@ class TradeConstraintTests(TestCase):
     def test_pending_trade_with_settled_at_is_refused(self) -> None:
         with self.assertRaisesMessage(IntegrityError, "trade_settled_iff_settled_at"), transaction.atomic():
             _trade(status=Trade.Status.PENDING, settled_at=timezone.now())
+
+
+class TradeStatusCountConstraintTests(TestCase):
+    def test_a_second_row_for_one_status_and_shard_is_refused(self) -> None:
+        TradeStatusCount.objects.create(status=Trade.Status.DEDUCTED, shard=3, count=1)
+        with (
+            self.assertRaisesMessage(IntegrityError, "trade_status_count_status_shard_unique"),
+            transaction.atomic(),
+        ):
+            TradeStatusCount.objects.create(status=Trade.Status.DEDUCTED, shard=3, count=1)
+
+    def test_one_shard_of_two_statuses_does_not_collide(self) -> None:
+        TradeStatusCount.objects.create(status=Trade.Status.DEDUCTED, shard=3, count=1)
+        TradeStatusCount.objects.create(status=Trade.Status.REJECTED, shard=3, count=1)
+        self.assertEqual(TradeStatusCount.objects.filter(shard=3).count(), 2)
+
+    def test_a_count_of_pending_trades_is_refused(self) -> None:
+        with (
+            self.assertRaisesMessage(IntegrityError, "trade_status_count_settled_status"),
+            transaction.atomic(),
+        ):
+            TradeStatusCount.objects.create(status=Trade.Status.PENDING, shard=0, count=1)
+
+    def test_a_shard_out_of_range_is_refused(self) -> None:
+        for shard in (-1, 16):
+            with (
+                self.subTest(shard=shard),
+                self.assertRaisesMessage(IntegrityError, "trade_status_count_shard_in_range"),
+                transaction.atomic(),
+            ):
+                TradeStatusCount.objects.create(status=Trade.Status.DEDUCTED, shard=shard, count=1)
+
+    def test_a_negative_count_is_refused(self) -> None:
+        row = TradeStatusCount.objects.create(status=Trade.Status.REJECTED, shard=0, count=0)
+        with self.assertRaisesMessage(IntegrityError, "trade_status_count_nonnegative"), transaction.atomic():
+            TradeStatusCount.objects.filter(pk=row.pk).update(count=-1)
 
 
 class OutboxConstraintTests(TestCase):
