@@ -5,7 +5,14 @@ snapshots is attributed to groups: the Celery subprocesses (by process group),
 the bench and its producers, the PostgreSQL backends serving the bench database,
 the rest of PostgreSQL (background processes, other databases), RabbitMQ (the whole node: other vhosts too),
 Redis (the whole server), and everything else on the machine. A process that exited between the two
-snapshots is missed, so the groups are lower bounds (``snapshot(previous)`` narrows that).
+snapshots is missed, so the groups are lower bounds (``snapshot(previous)`` narrows that), with one
+exception: PostgreSQL backends that exited are counted from their parent, the postmaster, which
+reaps them (its children's time), as ``postgres:exited``. A client that connects anew for every
+task leaves most of its database CPU there: Celery's Django fixup closes the connections before
+and after every task (``CELERY_DB_REUSE_MAX`` unset), so a worker that runs one task per message
+has a backend that lives for one task, which no snapshot sees. The postmaster does not say which
+database its children served: ``bench/run.py`` splits ``postgres:exited`` by the sessions each
+database opened (``pg_stat_database``).
 """
 
 import os
@@ -24,6 +31,7 @@ class ProcessTimes:
     pgrp: int
     ticks: int
     cmdline: str
+    child_ticks: int = 0  # of its children that exited and were waited for (cutime + cstime)
 
 
 @dataclass(frozen=True)
@@ -42,13 +50,14 @@ def _read(pid: int) -> ProcessTimes | None:
     # comm is in parentheses and may contain spaces: split after the last ')'.
     comm = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): ppid=4, pgrp=5, utime=14, stime=15.
+    # fields[0] is field 3 (state): ppid=4, pgrp=5, utime=14, stime=15, cutime=16, cstime=17.
     return ProcessTimes(
         comm=comm,
         ppid=int(fields[1]),
         pgrp=int(fields[2]),
         ticks=int(fields[11]) + int(fields[12]),
         cmdline=cmdline,
+        child_ticks=int(fields[13]) + int(fields[14]),
     )
 
 
@@ -95,7 +104,8 @@ def attribute(
     "worker", ...) where ``celery_groups`` lumps them as "celery"; with it the bench's own
     process is "bench" (no producers then). ``backends`` (backend pid -> name, from
     ``pg_stat_activity.application_name``) splits the bench database's PostgreSQL backends
-    into ``postgres:<name>``; its unnamed backends stay ``postgres:<database>``.
+    into ``postgres:<name>``; its unnamed backends stay ``postgres:<database>``. Backends that
+    exited meanwhile, of any database, are ``postgres:exited`` (the postmaster's children's time).
     """
     groups = set(celery_groups)
     named = {pgrp: name for name, pgrps in (named_groups or {}).items() for pgrp in pgrps}
@@ -108,6 +118,7 @@ def attribute(
             bench,
             *backend_groups,
             f"postgres:{database}",
+            "postgres:exited",
             "postgres:rest",
             "rabbitmq",
             "redis",
@@ -117,7 +128,11 @@ def attribute(
     )
     for pid, now in after.processes.items():
         then = before.processes.get(pid)
-        delta = now.ticks - (then.ticks if then is not None and then.comm == now.comm else 0)
+        same = then is not None and then.comm == now.comm
+        if now.comm == "postgres" and _is_postmaster(now, after) and same:
+            assert then is not None
+            seconds["postgres:exited"] += max(now.child_ticks - then.child_ticks, 0) / TICK
+        delta = now.ticks - (then.ticks if same and then is not None else 0)
         if delta <= 0:
             continue
         if now.pgrp in named:
@@ -141,5 +156,13 @@ def attribute(
             group = "other"
         seconds[group] = seconds.get(group, 0.0) + delta / TICK
     total = after.total_ticks - before.total_ticks
+    if not seconds["postgres:exited"]:
+        del seconds["postgres:exited"]  # no backend exited: nothing to say
     seconds["machine_busy_share"] = (after.busy_ticks - before.busy_ticks) / total if total > 0 else 0.0
     return seconds
+
+
+def _is_postmaster(times: ProcessTimes, snapshot: Snapshot) -> bool:
+    """The PostgreSQL server's main process: a ``postgres`` whose parent is not one."""
+    parent = snapshot.processes.get(times.ppid)
+    return parent is None or parent.comm != "postgres"

@@ -1,4 +1,5 @@
-"""The HTTP leg's load generator: ``POST /api/trades/``, one trade per request, many clients at once.
+"""The HTTP legs' load generator: ``POST /api/trades/`` (or an alternative's path), one trade per
+request, many clients at once.
 
 Two implementations with one contract (``LoadSpec`` in, the JSON of ``LoadResult`` out):
 
@@ -55,6 +56,9 @@ class LoadSpec:
     beans: int
     result_path: Path  # where the result JSON appears once every answer has arrived
     timeout_s: float  # bound of the whole run
+    # Where to POST: the pipeline's endpoint, or an alternative's under /bench/ (bench.settings);
+    # the request is the same everywhere (an endpoint without authentication ignores the key).
+    path: str = TRADES_PATH
 
 
 @dataclass
@@ -253,7 +257,7 @@ end
 
 
 def wrk_script(spec: LoadSpec) -> str:
-    for value in (spec.key, str(spec.result_path)):
+    for value in (spec.key, str(spec.result_path), spec.path):
         if any(ch in value for ch in '"\\\n\r'):
             raise ValueError(f"cannot put {value!r} in a Lua string")
     return (
@@ -261,7 +265,7 @@ def wrk_script(spec: LoadSpec) -> str:
         .replace("@QUOTA@", str(spec.requests))
         .replace("@BEANS@", str(spec.beans))
         .replace("@RESULT@", str(spec.result_path))
-        .replace("@PATH@", TRADES_PATH)
+        .replace("@PATH@", spec.path)
         .replace("@KEY@", spec.key)
     )
 
@@ -307,6 +311,7 @@ def python_argv(spec: LoadSpec, spec_path: Path) -> list[str]:
         "beans": spec.beans,
         "result_path": str(spec.result_path),
         "timeout_s": spec.timeout_s,
+        "path": spec.path,
     }
     _private_file(spec_path, json.dumps(payload))
     return [sys.executable, "-m", "bench.httpload", str(spec_path)]
@@ -320,7 +325,7 @@ class _Client:
         self.spec = spec
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.head = (
-            f"POST {TRADES_PATH} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {spec.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Authorization: Bearer {spec.key}\r\nContent-Type: application/json\r\n"
         )
         self.free: deque[int] = deque(spec.accounts)

@@ -3,7 +3,8 @@
 Usage (from the repository root; ``make bench`` runs it)::
 
     .venv/bin/python bench/run.py [--trades N] [--workers W] [--concurrency C] [--repeats R]
-                                  [--http-workers G] [--http-connections K] [--no-http]
+                                  [--http-workers G] [--http-connections K] [--http-trades H]
+                                  [--no-http] [--no-alternatives] [--alternatives NAME ...]
 
 Each repeat measures, one after the other on the same machine:
 
@@ -24,6 +25,19 @@ Each repeat measures, one after the other on the same machine:
   requests in all over the bench's accounts. The clock runs from the first request until
   the database shows every trade settled; request latency is the client's, request ->
   deducted comes from the database as above. Any answer but 201 fails the bench.
+* **the alternatives through HTTP** (``bench/alternatives/``), right after it, in this order,
+  on the same gunicorn (one per repeat, shared by its HTTP legs), the same API key, accounts,
+  load generator and client count, ``--http-trades`` requests each:
+  ``best_practice_celery`` (commit, then ``on_commit(delay)``; confirms, acks_late,
+  reject_on_worker_lost, a quorum queue; W ``celery -A bench.alternatives.best_practice
+  worker -c C``), ``django_celery_outbox`` (the trade and the library's outbox row in one
+  transaction; ``manage.py celery_outbox_relay`` publishes; W ``celery -A
+  bench.alternatives.outbox worker -c C``) and ``noop_view`` (parses the same request and
+  answers 201: no authentication, no database; the web tier's ceiling). The clock runs
+  until every trade is settled; each must be deducted, and deductions beyond one per trade
+  (an at-least-once redelivery applied twice) are counted and reported, not failed.
+  Every process of every HTTP leg, and the bench database's migrations, run with
+  ``DJANGO_SETTINGS_MODULE=bench.settings`` (the project's settings plus these apps).
 * **baseline**: the same producers send N plain ``apply_async`` messages (no outbox,
   no confirms) to W ``celery -A bench.baseline worker -c C`` whose task runs one
   conditional UPDATE; the clock stops when the balances show all N applied.
@@ -80,7 +94,19 @@ BEANS = 1
 POLL_S = 0.02
 
 # Queues the bench may declare or leave messages in; deleted before each measurement.
-QUEUES = ["beans", "trades", "housekeeping", "dead-letters", "bench-baseline", "bench-raw"]
+QUEUES = [
+    "beans",
+    "trades",
+    "housekeeping",
+    "dead-letters",
+    "bench-baseline",
+    "bench-raw",
+    "bench-best-practice",
+    "bench-outbox",
+]
+# Every process of the HTTP legs (and the migrations) runs with the project's settings plus the
+# alternatives (bench/settings.py), so all HTTP legs share one server configuration.
+BENCH_SETTINGS = {"DJANGO_SETTINGS_MODULE": "bench.settings"}
 
 
 def log(message: str) -> None:
@@ -94,9 +120,17 @@ def bench_env() -> dict[str, str]:
     return isolated_env(database_url=DATABASE_URL, broker_url=BROKER_URL, redis_url=REDIS_URL)
 
 
-def run(*argv: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run(
+    *argv: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        list(argv), check=check, capture_output=True, text=True, timeout=timeout, env=bench_env(), cwd=REPO
+        list(argv),
+        check=check,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**bench_env(), **(env or {})},
+        cwd=REPO,
     )
 
 
@@ -173,6 +207,25 @@ def consumer_counts(names: list[str]) -> dict[str, int]:
     return counts
 
 
+def queue_depths(names: list[str]) -> dict[str, int]:
+    """Return the messages ready in each queue (0 when it does not exist)."""
+    import amqp
+
+    depths: dict[str, int] = {}
+    connection = broker().connect()
+    try:
+        channel = connection.channel()
+        for name in names:
+            try:
+                depths[name] = channel.queue_declare(name, passive=True).message_count
+            except amqp.exceptions.NotFound:
+                depths[name] = 0
+                channel = connection.channel()
+    finally:
+        connection.close()
+    return depths
+
+
 def queues_reset() -> dict[str, int]:
     """Delete the bench's queues in the bench vhost; return the messages that were left in each.
 
@@ -219,7 +272,10 @@ def wait_consumers(queues: list[str], workers: int, children: list[Child], *, ti
 def database_create() -> None:
     log(f"creating database {DB_NAME} and running migrations")
     database_recreate(DATABASE_URL)
-    result = run(sys.executable, "manage.py", "migrate", "--noinput", timeout=300, check=False)
+    # bench.settings: the project's tables and the alternatives' (bench/alternatives/, django_celery_outbox).
+    result = run(
+        sys.executable, "manage.py", "migrate", "--noinput", timeout=300, check=False, env=BENCH_SETTINGS
+    )
     if result.returncode != 0:
         raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
 
@@ -420,6 +476,46 @@ class Http:
     client: str  # the load generator: "wrk debian/4.1.0-3+b2" (wrk -v) or "python"
     cpu_s: dict[str, float] = field(default_factory=dict)
     batch_sizes: dict[str, dict[str, float]] = field(default_factory=dict)
+    # PostgreSQL sessions opened during the measurement: to the bench database, and to all of them.
+    db_sessions: int = 0
+    db_sessions_all_databases: int = 0
+
+
+@dataclass
+class Alternative:
+    """An alternative through the same web tier (``bench/alternatives/``), one trade per request."""
+
+    name: str  # best_practice_celery, django_celery_outbox or noop_view
+    path: str
+    requests: int  # answered (warm-up not counted)
+    statuses: dict[str, int]
+    non_201: int
+    # First request sent -> the database shows every trade settled (the no-op view: -> last answer).
+    seconds: float
+    # Trades placed through HTTP and deducted, per second (the no-op view: requests answered per second).
+    per_s: float
+    request_per_s: float
+    request_p50_ms: float
+    request_p99_ms: float
+    request_max_ms: float
+    # Trade.created_at -> its first Deduction.created_at, in ms (None for the no-op view).
+    p50_ms: float | None
+    p99_ms: float | None
+    trades: int  # trade rows the measured requests wrote (0 for the no-op view)
+    deducted: int  # trades with at least one deduction
+    rejected: int
+    deductions: int  # deduction rows
+    duplicates: int  # deduction rows beyond one per trade: a redelivery applied twice (at-least-once)
+    beans_taken: int  # what the balances lost: deductions x beans when the books agree
+    left_in_queue: int | None  # messages still in its queue once its workers stopped (None: no queue)
+    outbox_left: int | None  # django-celery-outbox: celery_outbox rows left (unpublished or in flight)
+    outbox_dead_letters: int | None  # django-celery-outbox: celery_outbox_dead_letter rows
+    client: str
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    # PostgreSQL sessions opened during the measurement: to the bench database, and to all of them.
+    # Celery closes the database connections around every task (CELERY_DB_REUSE_MAX unset).
+    db_sessions: int = 0
+    db_sessions_all_databases: int = 0
 
 
 @dataclass
@@ -432,6 +528,8 @@ class Repeat:
     exactly_once_batched: ExactlyOnce | None = field(default=None)
     # The same pipeline with trades placed through the web tier, one per HTTP request.
     http: Http | None = field(default=None)
+    # The alternatives through the same web tier, by name, in the order they ran.
+    alternatives: dict[str, Alternative] = field(default_factory=dict)
 
 
 def cpu_usage(before: cpu.Snapshot, children: list[Child]) -> dict[str, float]:
@@ -449,6 +547,13 @@ def cpu_line(cpu_s: dict[str, float], items: int) -> str:
         if group != "machine_busy_share"
     ]
     return f"CPU ms/item: {', '.join(parts)}; machine busy {cpu_s.get('machine_busy_share', 0):.0%}"
+
+
+def sessions_line(ours: int, every: int, items: int) -> str:
+    return (
+        f"PostgreSQL sessions opened per item: {ours / items:.2f} to {DB_NAME}, "
+        f"{every / items:.2f} to all databases (postgres:exited is split in that proportion)"
+    )
 
 
 def percentiles(sql: str, params: list[Any]) -> tuple[float, float, float]:
@@ -513,12 +618,19 @@ def measure_placement(trades: int) -> dict[str, float]:
 
 
 def pipeline_start(
-    args: argparse.Namespace, children: Children, *, kind: str, name: str, appnames: bool = False
+    args: argparse.Namespace,
+    children: Children,
+    *,
+    kind: str,
+    name: str,
+    appnames: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[list[Child], Child]:
     """Start W ``celery -A project worker -c C`` and one beat; return them once every worker consumes.
 
     Logs ``<kind>-worker<i>-<name>.log`` and ``<kind>-beat-<name>.log``. With ``appnames`` they
-    connect to PostgreSQL as ``bench-worker`` and ``bench-beat`` (``backend_names``).
+    connect to PostgreSQL as ``bench-worker`` and ``bench-beat`` (``backend_names``); ``env``
+    goes on top of the bench's environment (``BENCH_SETTINGS`` for the HTTP leg).
     """
     schedule = RUN_DIR / f"beat-schedule-{name}"
     for path in RUN_DIR.glob(f"beat-schedule-{name}*"):
@@ -537,14 +649,14 @@ def pipeline_start(
                 "--without-gossip",
                 loglevel=args.loglevel,
             ),
-            env={"PGAPPNAME": "bench-worker"} if appnames else None,
+            env={**(env or {}), **({"PGAPPNAME": "bench-worker"} if appnames else {})},
         )
         for i in range(1, args.workers + 1)
     ]
     beat = children.start(
         f"{kind}-beat-{name}",
         celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel),
-        env={"PGAPPNAME": "bench-beat"} if appnames else None,
+        env={**(env or {}), **({"PGAPPNAME": "bench-beat"} if appnames else {})},
     )
     wait_consumers(["beans", "trades"], args.workers, [*workers, beat])
     return workers, beat
@@ -711,6 +823,9 @@ def measure_exactly_once(
 
 # Requests a second the bench's API key may send: far above anything two cores serve.
 HTTP_RATE_LIMIT_PER_S = 1_000_000
+# Requests of each HTTP leg unless --http-trades says otherwise: the web tier answers a few
+# hundred a second here, and there are four HTTP legs per repeat.
+HTTP_TRADES_DEFAULT_MAX = 1500
 
 
 def http_client(choice: str) -> tuple[str | None, str]:
@@ -736,11 +851,12 @@ def http_load(
     *,
     watch: list[Child],
     on_poll: Callable[[], None] = lambda: None,
-) -> tuple[LoadResult, float]:
+) -> tuple[LoadResult, float, int]:
     """Run the load generator (``name``.log) until its result appears; raise if it has none.
 
-    Return the result and the CPU seconds the generator used, read before it exits (a CPU
-    snapshot taken after the run would miss an exited process).
+    Return the result, the CPU seconds the generator used, read before it exits (a CPU
+    snapshot taken after the run would miss an exited process), and its pid (the process
+    group the CPU attribution names "load generator").
     """
     from bench.httpload import python_argv, result_read, wrk_argv, wrk_errors
 
@@ -774,7 +890,7 @@ def http_load(
         raise RuntimeError(f"{name} ended without a result (socket errors {errors}):\n{child.tail()}")
     result = result_read(spec.result_path)
     result.errors.update(errors)
-    return result, cpu_s if result.cpu_s is None else result.cpu_s
+    return result, cpu_s if result.cpu_s is None else result.cpu_s, child.pid
 
 
 def http_checked(result: LoadResult, expected: int, web: WebTier, what: str) -> None:
@@ -797,7 +913,9 @@ class CpuWatch:
     def __init__(self) -> None:
         self.before = self.last = cpu.snapshot()
         self.backends = backend_names()
+        self.sessions_before = database_sessions()
         self.at = time.monotonic()
+        self.sessions = (0, 0)  # set by attribute(): sessions opened meanwhile, (ours, all databases)
 
     def poll(self) -> None:
         if time.monotonic() - self.at >= 1:
@@ -809,6 +927,45 @@ class CpuWatch:
         self.at = time.monotonic()
         return self.last
 
+    def attribute(self, named_groups: dict[str, list[int]], load_cpu_s: float) -> dict[str, float]:
+        """CPU seconds per kind of process since the start; the load generator's own figure on top.
+
+        The CPU of PostgreSQL backends that exited meanwhile is known for all databases only
+        (``cpu.attribute``'s ``postgres:exited``); it is split by the sessions each side opened
+        meanwhile (``pg_stat_database.sessions``): ``postgres:exited`` keeps the bench database's
+        share, ``postgres:exited:others`` the rest (the other databases' short sessions, e.g. a
+        test suite running on the same server). An estimate: it takes every session to cost the same.
+        """
+        cpu_s = cpu.attribute(
+            self.before,
+            self.take(),
+            bench_pid=os.getpid(),
+            database=DB_NAME,
+            named_groups=named_groups,
+            backends=self.backends,
+        )
+        cpu_s["load generator"] = load_cpu_s  # it has exited: measured by http_load
+        ours, every = (
+            now - then for now, then in zip(database_sessions(), self.sessions_before, strict=True)
+        )
+        self.sessions = (ours, every)
+        exited = cpu_s.pop("postgres:exited", 0.0)
+        if exited:
+            share = min(ours / every, 1.0) if every > 0 else 0.0
+            cpu_s["postgres:exited"] = exited * share
+            cpu_s["postgres:exited:others"] = exited - exited * share
+        return cpu_s
+
+
+def database_sessions() -> tuple[int, int]:
+    """Sessions ever opened to the bench database, and to all databases (``pg_stat_database``)."""
+    ours, every = scalar_rows(
+        "SELECT coalesce(sum(sessions) FILTER (WHERE datname = %s), 0), coalesce(sum(sessions), 0) "
+        "FROM pg_stat_database",
+        [DB_NAME],
+    )[0]
+    return int(ours), int(every)
+
 
 def backend_names() -> dict[int, str]:
     """The bench database's PostgreSQL backends by the name their client gave (PGAPPNAME ``bench-<name>``)."""
@@ -819,23 +976,23 @@ def backend_names() -> dict[int, str]:
     return {int(pid): str(name).removeprefix("bench-") for pid, name in rows}
 
 
-def measure_http(
-    args: argparse.Namespace, children: Children, tag: str, wrk: str | None, client: str
-) -> Http:
-    """The pipeline through the web tier: ``--trades`` requests ``POST /api/trades/``, one trade each.
+@dataclass
+class WebServer:
+    """The web tier a repeat's HTTP legs share, and the bench's API key for it."""
 
-    The workers and beat of the exactly-once leg, a ``WebTier`` (gunicorn with
-    ``project/gunicorn.conf.py``, ``--http-workers`` x ``--http-threads``) and an API key of
-    the bench's own; ``--http-connections`` clients send one request at a time each, over
-    the bench's accounts. The clock runs from the first request until the database shows
-    every trade settled. Each process connects to PostgreSQL as ``bench-<kind>`` so the
-    CPU of its backends is told apart.
+    web: WebTier
+    key: str
+    client_id: int  # the key's ApiKey id, which trades record as client_id
+
+
+def web_start(args: argparse.Namespace, children: Children, tag: str) -> WebServer:
+    """Start the web tier as operators run it, with ``bench.settings``, and make an API key.
+
+    ``chaos.harness.WebTier``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers`` x
+    ``--http-threads``. Its processes connect to PostgreSQL as ``bench-gunicorn``.
     """
     from project.models import ApiKey
 
-    accounts = database_reset()
-    queues_reset()
-    workers, beat = pipeline_start(args, children, kind="http", name=tag, appnames=True)
     # The developer's WEB_*, API_* and GUNICORN_* settings stay out; the rate limit counts in the
     # bench's Redis database. No control socket: gunicorn's default path ($HOME/.gunicorn/gunicorn.ctl)
     # is one per user, and a second master takes it over from (and at exit deletes it under) the
@@ -847,6 +1004,7 @@ def measure_http(
         PGAPPNAME="bench-gunicorn",
         API_RATE_LIMIT_REDIS_URL=REDIS_URL,
         GUNICORN_CMD_ARGS="--no-control-socket",
+        **BENCH_SETTINGS,
     )
     web = WebTier(
         env=web_env,
@@ -857,58 +1015,93 @@ def measure_http(
     children.adopt(web.child)
     web.start(timeout=90)
     key = web.api_key(f"bench-{tag}", "trades:write", rate_limit_per_s=HTTP_RATE_LIMIT_PER_S)
-    client_id = ApiKey.objects.get(prefix=key.split("_")[1]).pk
+    return WebServer(web=web, key=key, client_id=ApiKey.objects.get(prefix=key.split("_")[1]).pk)
+
+
+def load_spec(
+    args: argparse.Namespace, server: WebServer, accounts: list[int], requests: int, name: str, path: str
+) -> LoadSpec:
+    return LoadSpec(
+        url=server.web.url(),
+        key=server.key,
+        accounts=accounts,
+        requests=requests,
+        connections=args.http_connections,
+        beans=BEANS,
+        result_path=RUN_DIR / f"{name}.json",
+        timeout_s=args.timeout,
+        path=path,
+    )
+
+
+def wait_until(
+    done: Callable[[], bool], *, timeout: float, what: str, on_poll: Callable[[], None] = lambda: None
+) -> float:
+    """Poll ``done`` every ``POLL_S`` until it holds; return the wall-clock time it did."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        on_poll()
+        time.sleep(POLL_S)
+    return time.time()
+
+
+def measure_http(
+    args: argparse.Namespace, children: Children, tag: str, server: WebServer, wrk: str | None, client: str
+) -> Http:
+    """The pipeline through the web tier: ``--http-trades`` requests ``POST /api/trades/``, one trade each.
+
+    The workers and beat of the exactly-once leg (with ``bench.settings``, like the web tier),
+    the repeat's web tier and API key; ``--http-connections`` clients send one request at a
+    time each, over the bench's accounts. The clock runs from the first request until the
+    database shows every trade settled. Each process connects to PostgreSQL as
+    ``bench-<kind>`` so the CPU of its backends is told apart.
+    """
+    from bench.httpload import TRADES_PATH
+
+    total = args.http_trades
+    accounts = database_reset()
+    queues_reset()
+    workers, beat = pipeline_start(args, children, kind="http", name=tag, appnames=True, env=BENCH_SETTINGS)
+    web = server.web
     processes = [*workers, beat, web.child]
     settled = pipeline_settled(processes)
 
-    def spec(requests: int, name: str) -> LoadSpec:
-        return LoadSpec(
-            url=web.url(),
-            key=key,
-            accounts=accounts,
-            requests=requests,
-            connections=args.http_connections,
-            beans=BEANS,
-            result_path=RUN_DIR / f"{name}.json",
-            timeout_s=args.timeout,
-        )
-
-    def wait_settled(what: str, on_poll: Callable[[], None] = lambda: None) -> float:
-        deadline = time.monotonic() + args.timeout
-        while not settled():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"timed out after {args.timeout:.0f}s waiting for {what}")
-            on_poll()
-            time.sleep(POLL_S)
-        return time.time()
-
     # Warm-up: every gunicorn worker and every worker child opens its connections once.
     warm = args.http_connections * 4
-    warm_result, _ = http_load(
-        children, wrk, spec(warm, f"load-warm-{tag}"), f"load-warm-{tag}", watch=processes
+    warm_result, _, _ = http_load(
+        children,
+        wrk,
+        load_spec(args, server, accounts, warm, f"load-warm-{tag}", TRADES_PATH),
+        f"load-warm-{tag}",
+        watch=processes,
     )
     http_checked(warm_result, warm, web, "warm-up requests")
-    wait_settled("warm-up trades")
+    wait_until(settled, timeout=args.timeout, what="warm-up trades")
     base_id = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
     watch = CpuWatch()
-    result, load_cpu_s = http_load(
-        children, wrk, spec(args.trades, f"load-{tag}"), f"load-{tag}", watch=processes, on_poll=watch.poll
+    result, load_cpu_s, load_pid = http_load(
+        children,
+        wrk,
+        load_spec(args, server, accounts, total, f"load-{tag}", TRADES_PATH),
+        f"load-{tag}",
+        watch=processes,
+        on_poll=watch.poll,
     )
-    http_checked(result, args.trades, web, f"{args.trades} requests")
-    finished = wait_settled(f"{args.trades} trades placed over HTTP to settle", watch.poll)
-    cpu_s = cpu.attribute(
-        watch.before,
-        watch.take(),
-        bench_pid=os.getpid(),
-        database=DB_NAME,
-        named_groups={
+    http_checked(result, total, web, f"{total} requests")
+    finished = wait_until(
+        settled, timeout=args.timeout, what=f"{total} trades placed over HTTP to settle", on_poll=watch.poll
+    )
+    cpu_s = watch.attribute(
+        {
             "gunicorn": [web.child.pid],
             "worker": [worker.pid for worker in workers],
             "beat": [beat.pid],
+            "load generator": [load_pid],
         },
-        backends=watch.backends,
+        load_cpu_s,
     )
-    cpu_s["load generator"] = load_cpu_s  # it has exited: measured by http_load
     seconds = finished - result.first_sent
     between = [base_id]
     p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, between)
@@ -925,15 +1118,17 @@ def measure_http(
         )
     )
     theirs = int(
-        scalar("SELECT count(*) FROM trades_trade WHERE id > %s AND client_id = %s", [base_id, client_id])
+        scalar(
+            "SELECT count(*) FROM trades_trade WHERE id > %s AND client_id = %s", [base_id, server.client_id]
+        )
     )
     window = [result.first_sent, finished]
     sizes = batch_sizes(window)
-    children.stop(web.child, *workers, beat)
+    children.stop(*workers, beat)
     deducted = counts.get("deducted", 0)
-    if trades != args.trades or theirs != trades or entries != deducted or deducted != trades:
+    if trades != total or theirs != trades or entries != deducted or deducted != trades:
         raise RuntimeError(
-            f"{args.trades} requests answered 201, but the database holds {trades} trades after them "
+            f"{total} requests answered 201, but the database holds {trades} trades after them "
             f"({theirs} placed with the bench's key): {counts}; {entries} ledger entries"
         )
     return Http(
@@ -960,6 +1155,268 @@ def measure_http(
         client=client,
         cpu_s=cpu_s,
         batch_sizes=sizes,
+        db_sessions=watch.sessions[0],
+        db_sessions_all_databases=watch.sessions[1],
+    )
+
+
+# --------------------------------------------------------------------------- the alternatives
+
+
+@dataclass(frozen=True)
+class AlternativeLeg:
+    """How to run one alternative: its endpoint, and the processes that deduct (none: the no-op)."""
+
+    path: str  # under /bench/ (bench/alternatives/api.py)
+    app: str | None = None  # celery -A <app> worker: its deduction workers
+    queue: str | None = None  # the queue those workers consume
+    relay: bool = False  # manage.py celery_outbox_relay publishes its outbox
+    what: str = ""
+
+
+# In the order they run, after the exactly-once HTTP leg.
+ALTERNATIVES: dict[str, AlternativeLeg] = {
+    "best_practice_celery": AlternativeLeg(
+        path="/bench/best-practice-celery/trades/",
+        app="bench.alternatives.best_practice",
+        queue="bench-best-practice",
+        what="commit, then on_commit(delay): confirms, acks_late, reject_on_worker_lost, a quorum queue",
+    ),
+    "django_celery_outbox": AlternativeLeg(
+        path="/bench/django-celery-outbox/trades/",
+        app="bench.alternatives.outbox",
+        queue="bench-outbox",
+        relay=True,
+        what="the trade and its outbox row in one transaction, manage.py celery_outbox_relay publishes",
+    ),
+    "noop_view": AlternativeLeg(
+        path="/bench/noop/trades/",
+        what="parse the same request, answer 201: no authentication, no database",
+    ),
+}
+ALTERNATIVE_TABLES = [
+    "bench_alternatives_deduction",
+    "bench_alternatives_trade",
+    "celery_outbox",
+    "celery_outbox_dead_letter",
+]
+ALT_TRADE_TO_DEDUCTED = (
+    "SELECT extract(epoch FROM min(d.created_at) - t.created_at) * 1000 AS ms "
+    "FROM bench_alternatives_trade t JOIN bench_alternatives_deduction d ON d.trade_id = t.id "
+    "WHERE t.id > %s GROUP BY t.id, t.created_at"
+)
+
+
+def alternative_line(alt: Alternative) -> str:
+    """One line of an alternative's figures."""
+    if alt.trades:
+        books = (
+            f"{alt.deducted} trades deducted by {alt.deductions} deductions ({alt.duplicates} duplicates), "
+            f"{alt.left_in_queue} messages left in its queue"
+            + (
+                f", {alt.outbox_left} outbox rows left, {alt.outbox_dead_letters} outbox dead letters"
+                if alt.outbox_left is not None
+                else ""
+            )
+        )
+        return (
+            f"{alt.name} {alt.per_s:.1f}/s placed and deducted in {alt.seconds:.2f}s "
+            f"({alt.request_per_s:.1f} requests/s answered), request p50 {alt.request_p50_ms:.0f} ms, "
+            f"p99 {alt.request_p99_ms:.0f} ms; request->deducted p50 {alt.p50_ms or 0:.0f} ms, "
+            f"p99 {alt.p99_ms or 0:.0f} ms; {alt.requests} requests, {alt.non_201} not 201; {books}"
+        )
+    return (
+        f"{alt.name} {alt.request_per_s:.1f} requests/s answered in {alt.seconds:.2f}s, "
+        f"request p50 {alt.request_p50_ms:.0f} ms, p99 {alt.request_p99_ms:.0f} ms; "
+        f"{alt.requests} requests, {alt.non_201} not 201"
+    )
+
+
+def alternatives_reset() -> None:
+    """Empty the alternatives' tables (database_reset's CASCADE does too: said here, not relied on)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(ALTERNATIVE_TABLES)} RESTART IDENTITY CASCADE")
+
+
+def alternative_start(
+    args: argparse.Namespace, children: Children, name: str, leg: AlternativeLeg, tag: str
+) -> tuple[list[Child], Child | None]:
+    """Start W ``celery -A <its app> worker -c C`` (and its relay); return them once every worker consumes."""
+    assert leg.app is not None and leg.queue is not None
+    env = {**BENCH_SETTINGS, "PGAPPNAME": "bench-worker"}
+    workers = [
+        children.start(
+            f"{name}-worker{i}-{tag}",
+            celery_argv(
+                leg.app,
+                "worker",
+                "-Q",
+                leg.queue,
+                "-n",
+                f"bench-{name}{i}@%h",
+                "-c",
+                str(args.concurrency),
+                "--without-mingle",
+                "--without-gossip",
+                loglevel=args.loglevel,
+            ),
+            env=env,
+        )
+        for i in range(1, args.workers + 1)
+    ]
+    relay = None
+    if leg.relay:
+        # As django-celery-outbox's README runs it, with its defaults (--batch-size 100,
+        # --idle-time 1.0: it sleeps a second after each batch of fewer than 100 rows).
+        relay = children.start(
+            f"{name}-relay-{tag}",
+            [sys.executable, "manage.py", "celery_outbox_relay"],
+            env={**BENCH_SETTINGS, "PGAPPNAME": "bench-relay"},
+        )
+    wait_consumers([leg.queue], args.workers, [*workers, *([relay] if relay else [])])
+    return workers, relay
+
+
+def measure_alternative(
+    args: argparse.Namespace,
+    children: Children,
+    tag: str,
+    name: str,
+    server: WebServer,
+    wrk: str | None,
+    client: str,
+) -> Alternative:
+    """An alternative through the repeat's web tier: ``--http-trades`` requests to its endpoint.
+
+    Like ``measure_http``: the same accounts, API key, load generator and clients, a warm-up,
+    then the clock from the first request until every trade is settled (its deduction
+    committed); the no-op view's clock stops at the last answer. Each trade must be deducted;
+    deductions beyond one per trade are counted as duplicates, not failed (at-least-once).
+    """
+    leg = ALTERNATIVES[name]
+    total = args.http_trades
+    accounts = database_reset()
+    alternatives_reset()
+    queues_reset()
+    web = server.web
+    workers, relay = alternative_start(args, children, name, leg, tag) if leg.app else ([], None)
+    deducting = [*workers, *([relay] if relay else [])]
+    processes = [web.child, *deducting]
+
+    def settled_after(base_id: int, count: int) -> Callable[[], bool]:
+        def settled() -> bool:
+            check_alive(processes)
+            done = scalar(
+                "SELECT count(*) FROM bench_alternatives_trade WHERE id > %s AND status <> 'pending'",
+                [base_id],
+            )
+            return int(done) >= count
+
+        return settled
+
+    warm = args.http_connections * 4
+    warm_result, _, _ = http_load(
+        children,
+        wrk,
+        load_spec(args, server, accounts, warm, f"load-warm-{name}-{tag}", leg.path),
+        f"load-warm-{name}-{tag}",
+        watch=processes,
+    )
+    http_checked(warm_result, warm, web, f"{name}: warm-up requests")
+    if deducting:
+        wait_until(settled_after(0, warm), timeout=args.timeout, what=f"{name}: warm-up trades")
+    base_id = int(scalar("SELECT coalesce(max(id), 0) FROM bench_alternatives_trade"))
+    balances_sql = "SELECT coalesce(sum(balance), 0) FROM beans_account"
+    balances_before = int(scalar(balances_sql))
+    watch = CpuWatch()
+    result, load_cpu_s, load_pid = http_load(
+        children,
+        wrk,
+        load_spec(args, server, accounts, total, f"load-{name}-{tag}", leg.path),
+        f"load-{name}-{tag}",
+        watch=processes,
+        on_poll=watch.poll,
+    )
+    http_checked(result, total, web, f"{name}: {total} requests")
+    if deducting:
+        finished = wait_until(
+            settled_after(base_id, total),
+            timeout=args.timeout,
+            what=f"{name}: {total} trades placed over HTTP to be deducted",
+            on_poll=watch.poll,
+        )
+    else:
+        finished = result.last_received
+    groups = {"gunicorn": [web.child.pid], "load generator": [load_pid]}
+    if workers:
+        groups["worker"] = [worker.pid for worker in workers]
+    if relay:
+        groups["relay"] = [relay.pid]
+    cpu_s = watch.attribute(groups, load_cpu_s)
+    between = [base_id]
+    counts = dict(
+        scalar_rows(
+            "SELECT status, count(*) FROM bench_alternatives_trade WHERE id > %s GROUP BY status", between
+        )
+    )
+    trades = sum(counts.values())
+    deductions, deducted = scalar_rows(
+        "SELECT count(*), count(DISTINCT trade_id) FROM bench_alternatives_deduction WHERE trade_id > %s",
+        between,
+    )[0]
+    p50 = p99 = None
+    if deducting:
+        p50, p99, _ = percentiles(ALT_TRADE_TO_DEDUCTED, between)
+    children.stop(*deducting)
+    # After the workers stopped (their unacknowledged messages are back in the queue): what a
+    # redelivery would still apply a second time. And what the balances lost, once nothing runs.
+    left = queue_depths([leg.queue])[leg.queue] if leg.queue else None
+    beans_taken = balances_before - int(scalar(balances_sql))
+    outbox_left = outbox_dead = None
+    if leg.relay:
+        outbox_left = int(scalar("SELECT count(*) FROM celery_outbox"))
+        outbox_dead = int(scalar("SELECT count(*) FROM celery_outbox_dead_letter"))
+    expected_trades = total if deducting else 0
+    if (
+        trades != expected_trades
+        or int(deducted) != expected_trades
+        or beans_taken != int(deductions) * BEANS
+    ):
+        raise RuntimeError(
+            f"{name}: {total} requests answered 201, but the database holds {trades} trades after them "
+            f"({counts}), {deducted} of them deducted by {deductions} deductions, and the balances "
+            f"lost {beans_taken} beans ({BEANS} per deduction)"
+        )
+    seconds = finished - result.first_sent
+    return Alternative(
+        name=name,
+        path=leg.path,
+        requests=result.requests,
+        statuses=result.statuses,
+        non_201=result.non_201,
+        seconds=seconds,
+        per_s=(trades if deducting else result.requests) / seconds,
+        request_per_s=result.per_s,
+        request_p50_ms=result.percentile(0.5),
+        request_p99_ms=result.percentile(0.99),
+        request_max_ms=max(result.latencies_ms, default=0.0),
+        p50_ms=p50,
+        p99_ms=p99,
+        trades=trades,
+        deducted=int(deducted),
+        rejected=counts.get("rejected", 0),
+        deductions=int(deductions),
+        duplicates=int(deductions) - int(deducted),
+        beans_taken=beans_taken,
+        left_in_queue=left,
+        outbox_left=outbox_left,
+        outbox_dead_letters=outbox_dead,
+        client=client,
+        cpu_s=cpu_s,
+        db_sessions=watch.sessions[0],
+        db_sessions_all_databases=watch.sessions[1],
     )
 
 
@@ -1125,7 +1582,61 @@ def settings_snapshot() -> dict[str, Any]:
     values = {name: getattr(settings, name, None) for name in names}
     values["DATABASE_CONN_MAX_AGE"] = settings.DATABASES["default"].get("CONN_MAX_AGE")
     values["beat_schedule"] = sorted(getattr(settings, "CELERY_BEAT_SCHEDULE", {}))
+    values["alternatives"] = alternatives_settings()
     return values
+
+
+def alternatives_settings() -> dict[str, Any]:
+    """What the alternatives run with: their Celery settings (both apps share them) and the library's version."""
+    from importlib.metadata import version
+
+    from bench.alternatives import best_practice
+
+    conf = best_practice.app.conf
+    queue = conf.task_queues[0]
+    return {
+        "broker_transport_options": conf.broker_transport_options,
+        "task_acks_late": conf.task_acks_late,
+        "task_reject_on_worker_lost": conf.task_reject_on_worker_lost,
+        "worker_prefetch_multiplier": conf.worker_prefetch_multiplier,
+        "queue_durable": queue.durable,
+        "queue_arguments": queue.queue_arguments,
+        "django_celery_outbox": version("django-celery-outbox"),
+        "relay": "manage.py celery_outbox_relay, its defaults (--batch-size 100 --idle-time 1.0)",
+    }
+
+
+def alternative_runs(repeats: list[Repeat], name: str) -> list[Alternative]:
+    return [r.alternatives[name] for r in repeats if name in r.alternatives]
+
+
+def alternatives_summary(repeats: list[Repeat]) -> dict[str, Any]:
+    """Per alternative: medians over the repeats, and the exactly-once HTTP leg's throughput over
+    the alternative's, each ratio taken within one repeat (both ran minutes apart on one server)."""
+    summary: dict[str, Any] = {}
+    for name in ALTERNATIVES:
+        runs = alternative_runs(repeats, name)
+        if not runs:
+            continue
+        summary[f"http_{name}_per_s"] = median([a.per_s for a in runs])
+        summary[f"ratio_http_vs_{name}"] = median(
+            [r.http.per_s / r.alternatives[name].per_s for r in repeats if r.http and name in r.alternatives]
+        )
+        summary[f"http_{name}_request_p50_ms"] = median([a.request_p50_ms for a in runs])
+        summary[f"http_{name}_request_p99_ms"] = median([a.request_p99_ms for a in runs])
+        if name != "noop_view":
+            summary[f"http_{name}_p50_ms"] = median([a.p50_ms for a in runs if a.p50_ms is not None])
+            summary[f"http_{name}_p99_ms"] = median([a.p99_ms for a in runs if a.p99_ms is not None])
+            summary[f"http_{name}_requests_per_s"] = median([a.request_per_s for a in runs])
+            summary[f"http_{name}_deducted"] = sum(a.deducted for a in runs)
+            summary[f"http_{name}_duplicates"] = sum(a.duplicates for a in runs)
+            summary[f"http_{name}_left_in_queue"] = sum(a.left_in_queue or 0 for a in runs)
+        summary[f"http_{name}_db_sessions_per_item"] = median(
+            [a.db_sessions / (a.trades or a.requests) for a in runs]
+        )
+        summary[f"http_{name}_requests"] = sum(a.requests for a in runs)
+        summary[f"http_{name}_non_201"] = sum(a.non_201 for a in runs)
+    return summary
 
 
 def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]:
@@ -1168,6 +1679,9 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
         "http_requests_per_s": median([h.request_per_s for h in https]),
         "http_requests": sum(h.requests for h in https) if https else None,
         "http_non_201": sum(h.non_201 for h in https) if https else None,
+        "http_db_sessions_per_item": median([h.db_sessions / h.trades for h in https]),
+        # The alternatives through the same web tier (bench/alternatives/), after the exactly-once leg.
+        **alternatives_summary(repeats),
         "raw_amqp_per_s": raw,
         "ratio_vs_baseline": eo / bl,
         "ratio_vs_raw_amqp": eo / raw if raw else None,
@@ -1215,6 +1729,14 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             ),
             "baseline": cpu_medians([(r.baseline.cpu_s, r.baseline.messages) for r in repeats]),
             "http": cpu_medians([(h.cpu_s, h.trades) for h in https]),
+            # Per trade; the no-op view's per request.
+            **{
+                f"http_{name}": cpu_medians(
+                    [(a.cpu_s, a.trades or a.requests) for a in alternative_runs(repeats, name)]
+                )
+                for name in ALTERNATIVES
+                if alternative_runs(repeats, name)
+            },
         },
         # Less sensitive to the machine's other load than the throughput ratio: CPU the bench's own
         # processes (producers, Celery, its PostgreSQL backends) spent per baseline message / per trade.
@@ -1243,10 +1765,14 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             "http": None
             if args.no_http
             else {
+                "requests_per_leg": args.http_trades,
                 "gunicorn_workers": args.http_workers,
                 "gunicorn_threads": args.http_threads,
                 "connections": args.http_connections,
                 "client": https[0].client if https else None,
+                "settings": BENCH_SETTINGS["DJANGO_SETTINGS_MODULE"],
+                "celery_db_reuse_max": args.celery_db_reuse_max,
+                "alternatives": args.alternatives,
             },
         },
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
@@ -1280,6 +1806,7 @@ def report(summary: dict[str, Any]) -> None:
         e, b, raw = r["exactly_once"], r["baseline"], r["raw_amqp"]
         raw_text = f" | raw {raw['per_s']:7.0f}/s" if raw else ""
         http_text = f" | http {r['http']['per_s']:7.1f}/s" if r.get("http") else ""
+        http_text += "".join(f" | {name} {alt['per_s']:7.1f}/s" for name, alt in r["alternatives"].items())
         print(
             f"  repeat {i}: exactly-once {e['per_s']:7.1f}/s (placed {e['placement_per_s']:6.1f}/s, "
             f"p50 {e['p50_ms']:6.0f} ms, p99 {e['p99_ms']:6.0f} ms) | baseline {b['per_s']:7.1f}/s "
@@ -1330,7 +1857,37 @@ def report(summary: dict[str, Any]) -> None:
             f"               request p50 {summary['http_request_p50_ms']:.0f} ms, "
             f"p99 {summary['http_request_p99_ms']:.0f} ms; request->deducted p50 {summary['http_p50_ms']:.0f} ms, "
             f"p99 {summary['http_p99_ms']:.0f} ms; {summary['http_requests']} requests, "
-            f"{summary['http_non_201']} not 201"
+            f"{summary['http_non_201']} not 201; {summary['http_db_sessions_per_item']:.2f} new database "
+            f"sessions per trade"
+        )
+    if any(f"http_{name}_per_s" in summary for name in ALTERNATIVES):
+        print(
+            f"alternatives through the same web tier ({p['http']['requests_per_leg']} requests each, "
+            f"the same clients; ratio = exactly-once through HTTP / the alternative, within each repeat):"
+        )
+    for name in ALTERNATIVES:
+        if f"http_{name}_per_s" not in summary:
+            continue
+        ratio = summary[f"ratio_http_vs_{name}"]
+        requests = (
+            f"request p50 {summary[f'http_{name}_request_p50_ms']:.0f} ms, "
+            f"p99 {summary[f'http_{name}_request_p99_ms']:.0f} ms"
+        )
+        if name == "noop_view":
+            print(
+                f"  {name:21s}: {summary[f'http_{name}_per_s']:9.1f} requests/s answered; {requests}; "
+                f"ratio {ratio:.3f}"
+            )
+            continue
+        print(
+            f"  {name:21s}: {summary[f'http_{name}_per_s']:9.1f} trades/s placed and deducted "
+            f"({summary[f'http_{name}_requests_per_s']:.1f} requests/s answered); ratio {ratio:.3f}"
+        )
+        print(
+            f"  {'':21s}  {requests}; request->deducted p50 {summary[f'http_{name}_p50_ms']:.0f} ms, "
+            f"p99 {summary[f'http_{name}_p99_ms']:.0f} ms; {summary[f'http_{name}_deducted']} deducted, "
+            f"{summary[f'http_{name}_duplicates']} duplicates, {summary[f'http_{name}_non_201']} not 201; "
+            f"{summary[f'http_{name}_db_sessions_per_item']:.2f} new database sessions per trade"
         )
     print(f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)")
     if summary["raw_amqp_per_s"]:
@@ -1354,6 +1911,9 @@ def report(summary: dict[str, Any]) -> None:
         print(f"ratio exactly_once/raw_amqp = {summary['ratio_vs_raw_amqp']:.4f}")
     if summary["ratio_http_vs_baseline"]:
         print(f"ratio http_exactly_once/baseline = {summary['ratio_http_vs_baseline']:.3f}")
+    for name in ALTERNATIVES:
+        if summary.get(f"ratio_http_vs_{name}"):
+            print(f"ratio http_exactly_once/{name} = {summary[f'ratio_http_vs_{name}']:.3f}")
     print(
         f"goals: >= 3x baseline: {summary['ratio_vs_baseline']:.2f}x; "
         f">= 50% of raw AMQP: {100 * (summary['ratio_vs_raw_amqp'] or 0):.1f}%; "
@@ -1449,10 +2009,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="load generator: wrk (installed with apt-get when missing, as root), Python, or auto: "
         "wrk when it can be had",
     )
+    parser.add_argument(
+        "--http-trades",
+        type=int,
+        help="requests (one trade each) of every HTTP leg, the exactly-once one and each alternative "
+        f"(default: --trades, at most {HTTP_TRADES_DEFAULT_MAX}: the HTTP legs are the slowest)",
+    )
+    parser.add_argument(
+        "--no-alternatives",
+        action="store_true",
+        help="skip the alternatives through HTTP (best-practice Celery, django-celery-outbox, no-op view)",
+    )
+    parser.add_argument(
+        "--alternatives",
+        nargs="+",
+        choices=list(ALTERNATIVES),
+        default=list(ALTERNATIVES),
+        metavar="NAME",
+        help=f"which alternatives to run after the exactly-once HTTP leg, always in this order: "
+        f"{', '.join(ALTERNATIVES)} (default: all)",
+    )
+    parser.add_argument(
+        "--celery-db-reuse-max",
+        type=int,
+        default=0,
+        help="CELERY_DB_REUSE_MAX for every Celery worker of the HTTP legs (bench.settings): Celery "
+        "closes the database connections around every task unless it is set (0, the default: "
+        "Celery's default, a new connection per task)",
+    )
     parser.add_argument("--loglevel", default="warning", help="log level of the Celery workers and beat")
     args = parser.parse_args(argv)
+    if args.http_trades is None:
+        args.http_trades = min(args.trades, HTTP_TRADES_DEFAULT_MAX)
+    if args.no_alternatives or args.no_http:
+        args.alternatives = []
+    else:
+        args.alternatives = [name for name in ALTERNATIVES if name in args.alternatives]
     if args.timeout is None:
-        args.timeout = max(300.0, args.trades / 2)
+        args.timeout = max(300.0, args.trades / 2, args.http_trades / 2)
     if not 0 <= args.placement_batch <= 100:
         parser.error("--placement-batch must be from 0 to 100 (TRADES_BATCH_MAX at its default)")
     if args.paced_trades < 0 or not 0 < args.paced_share <= 1:
@@ -1468,6 +2062,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "raw_messages",
         "http_workers",
         "http_threads",
+        "http_trades",
     ):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -1493,6 +2088,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in [key for key in os.environ if _foreign(key)]:
         del os.environ[key]
     os.environ.update(bench_env())
+    # Read by bench.settings only (the HTTP legs' processes), inherited by every subprocess.
+    os.environ["BENCH_CELERY_DB_REUSE_MAX"] = str(max(args.celery_db_reuse_max, 0))
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1570,22 +2167,40 @@ def main(argv: list[str] | None = None) -> int:
                         f"p50 {batched.paced['p50_ms']:.0f} ms, p99 {batched.paced['p99_ms']:.0f} ms"
                     )
             http = None
+            alternatives: dict[str, Alternative] = {}
             if not args.no_http:
-                log(
-                    f"repeat {r}/{args.repeats}: exactly-once through HTTP, {args.trades} requests "
-                    f"POST /api/trades/ ({args.http_connections} clients, {client}; gunicorn "
-                    f"{args.http_workers} x {args.http_threads})"
-                )
-                http = measure_http(args, children, tag, wrk, client)
-                log(
-                    f"  HTTP {http.per_s:.1f}/s placed and deducted in {http.seconds:.2f}s "
-                    f"({http.request_per_s:.1f} requests/s answered), request p50 {http.request_p50_ms:.0f} ms, "
-                    f"p99 {http.request_p99_ms:.0f} ms; request->deducted p50 {http.p50_ms:.0f} ms, "
-                    f"p99 {http.p99_ms:.0f} ms; {http.requests} requests, {http.non_201} not 201"
-                )
-                for what, size in http.batch_sizes.items():
-                    log(f"  messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
-                log(f"  {cpu_line(http.cpu_s, http.trades)}")
+                server = web_start(args, children, tag)
+                try:
+                    log(
+                        f"repeat {r}/{args.repeats}: exactly-once through HTTP, {args.http_trades} requests "
+                        f"POST /api/trades/ ({args.http_connections} clients, {client}; gunicorn "
+                        f"{args.http_workers} x {args.http_threads})"
+                    )
+                    http = measure_http(args, children, tag, server, wrk, client)
+                    log(
+                        f"  HTTP {http.per_s:.1f}/s placed and deducted in {http.seconds:.2f}s "
+                        f"({http.request_per_s:.1f} requests/s answered), request p50 {http.request_p50_ms:.0f} ms, "
+                        f"p99 {http.request_p99_ms:.0f} ms; request->deducted p50 {http.p50_ms:.0f} ms, "
+                        f"p99 {http.p99_ms:.0f} ms; {http.requests} requests, {http.non_201} not 201"
+                    )
+                    for what, size in http.batch_sizes.items():
+                        log(f"  messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
+                    log(f"  {cpu_line(http.cpu_s, http.trades)}")
+                    log(f"  {sessions_line(http.db_sessions, http.db_sessions_all_databases, http.trades)}")
+                    for name in args.alternatives:
+                        log(
+                            f"repeat {r}/{args.repeats}: {name} through HTTP, {args.http_trades} requests "
+                            f"POST {ALTERNATIVES[name].path} ({ALTERNATIVES[name].what})"
+                        )
+                        alt = alternatives[name] = measure_alternative(
+                            args, children, tag, name, server, wrk, client
+                        )
+                        log(f"  {alternative_line(alt)}")
+                        log(f"  {cpu_line(alt.cpu_s, alt.trades or alt.requests)}")
+                        items = alt.trades or alt.requests
+                        log(f"  {sessions_line(alt.db_sessions, alt.db_sessions_all_databases, items)}")
+                finally:
+                    children.stop(server.web.child)
             log(f"repeat {r}/{args.repeats}: baseline, {args.trades} messages")
             bl = measure_baseline(args, children, tag)
             log(f"  baseline {bl.per_s:.1f}/s in {bl.seconds:.2f}s (sent {bl.placement_per_s:.0f}/s)")
@@ -1603,6 +2218,7 @@ def main(argv: list[str] | None = None) -> int:
                     placement=placement,
                     exactly_once_batched=batched,
                     http=http,
+                    alternatives=alternatives,
                 )
             )
         summary = summarize(args, repeats)
