@@ -131,8 +131,9 @@ def worker_steps_install(app: Any) -> None:
     """Wire the library into a Celery app (``project/celery.py`` does, after ``config_from_object``).
 
     Adds the relay loop's worker step; makes ``DeadLetteringConsumer`` the worker's consumer
-    unless the configuration names one of its own (``worker_consumer``); and refuses to start a
-    worker whose configuration fails the reliability system checks.
+    unless the configuration names one of its own (``worker_consumer``); refuses to start a
+    worker whose configuration fails the reliability system checks; and around each task closes
+    the database connections Django would close around a request (for ``CELERY_DB_REUSE_MAX``).
     """
     app.steps["worker"].add(OutboxRelayStep)
 
@@ -142,6 +143,20 @@ def worker_steps_install(app: Any) -> None:
 
     app.on_after_configure.connect(consumer_install, weak=False)
     signals.worker_init.connect(_configuration_refuse_unsafe, weak=False)
+    signals.task_prerun.connect(_connections_unusable_close, weak=False)
+    signals.task_postrun.connect(_connections_unusable_close, weak=False)
+
+
+def _connections_unusable_close(**kwargs: Any) -> None:
+    """Around each task, what Django does around each request: close the database connections
+    that failed (health check), were left outside autocommit, or are older than CONN_MAX_AGE.
+
+    With ``CELERY_DB_REUSE_MAX`` set, Celery keeps a task's connections for the next one; this
+    keeps a broken one (a partition, a terminated backend) from being handed on.
+    """
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 def _configuration_refuse_unsafe(**kwargs: Any) -> None:
