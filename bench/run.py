@@ -188,42 +188,33 @@ def broker() -> Any:
     )
 
 
-def consumer_counts(names: list[str]) -> dict[str, int]:
-    """Return the consumer count of each queue (0 when it does not exist yet)."""
+def _queue_figures(names: list[str], figure: str) -> dict[str, int]:
+    """Each queue's ``figure`` (``consumer_count``, ``message_count``) from a passive declare; 0 when absent."""
     import amqp
 
-    counts: dict[str, int] = {}
+    figures: dict[str, int] = {}
     connection = broker().connect()
     try:
         channel = connection.channel()
         for name in names:
             try:
-                counts[name] = channel.queue_declare(name, passive=True).consumer_count
+                figures[name] = getattr(channel.queue_declare(name, passive=True), figure)
             except amqp.exceptions.NotFound:
-                counts[name] = 0
-                channel = connection.channel()
+                figures[name] = 0
+                channel = connection.channel()  # a failed passive declare closes the channel
     finally:
         connection.close()
-    return counts
+    return figures
+
+
+def consumer_counts(names: list[str]) -> dict[str, int]:
+    """Return the consumer count of each queue (0 when it does not exist yet)."""
+    return _queue_figures(names, "consumer_count")
 
 
 def queue_depths(names: list[str]) -> dict[str, int]:
     """Return the messages ready in each queue (0 when it does not exist)."""
-    import amqp
-
-    depths: dict[str, int] = {}
-    connection = broker().connect()
-    try:
-        channel = connection.channel()
-        for name in names:
-            try:
-                depths[name] = channel.queue_declare(name, passive=True).message_count
-            except amqp.exceptions.NotFound:
-                depths[name] = 0
-                channel = connection.channel()
-    finally:
-        connection.close()
-    return depths
+    return _queue_figures(names, "message_count")
 
 
 def queues_reset() -> dict[str, int]:

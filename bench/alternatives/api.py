@@ -58,15 +58,7 @@ def trade_json(trade: Trade) -> dict[str, Any]:
 )
 @decorate_view(max_body_bytes(MAX_BODY_BYTES))
 def trade_create_best_practice_celery(request: HttpRequest, order: Order) -> tuple[int, dict[str, Any]]:
-    try:
-        trade = produce.trade_place_best_practice_celery(
-            account_id=order.account,
-            beans=order.beans,
-            client_id=request.auth.pk,  # type: ignore[attr-defined]
-        )
-    except produce.AccountNotFound as exc:
-        return 404, {"error": str(exc)}
-    return 201, trade_json(trade)
+    return _placed(produce.trade_place_best_practice_celery, request, order)
 
 
 @router.post(
@@ -78,12 +70,13 @@ def trade_create_best_practice_celery(request: HttpRequest, order: Order) -> tup
 )
 @decorate_view(max_body_bytes(MAX_BODY_BYTES))
 def trade_create_django_celery_outbox(request: HttpRequest, order: Order) -> tuple[int, dict[str, Any]]:
+    return _placed(produce.trade_place_django_celery_outbox, request, order)
+
+
+def _placed(place: Any, request: HttpRequest, order: Order) -> tuple[int, dict[str, Any]]:
+    """Place ``order`` with one alternative's service; 201 with the trade, or 404."""
     try:
-        trade = produce.trade_place_django_celery_outbox(
-            account_id=order.account,
-            beans=order.beans,
-            client_id=request.auth.pk,  # type: ignore[attr-defined]
-        )
+        trade = place(account_id=order.account, beans=order.beans, client_id=request.auth.pk)  # type: ignore[attr-defined]
     except produce.AccountNotFound as exc:
         return 404, {"error": str(exc)}
     return 201, trade_json(trade)
