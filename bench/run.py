@@ -217,6 +217,16 @@ def queue_depths(names: list[str]) -> dict[str, int]:
     return _queue_figures(names, "message_count")
 
 
+def _pipeline_tallies() -> dict[str, int]:
+    """The dead letters and the duplicates the message log suppressed, as a leg ends."""
+    return {
+        "dead_letters": int(scalar("SELECT count(*) FROM reliability_deadletter")),
+        "duplicates_suppressed": int(
+            scalar("SELECT coalesce(sum(redeliveries), 0) FROM reliability_messagelog")
+        ),
+    }
+
+
 def queues_reset() -> dict[str, int]:
     """Delete the bench's queues in the bench vhost; return the messages that were left in each.
 
@@ -799,10 +809,7 @@ def measure_exactly_once(
         max_ms=smax,
         deducted=deducted,
         rejected=counts.get("rejected", 0),
-        dead_letters=int(scalar("SELECT count(*) FROM reliability_deadletter")),
-        duplicates_suppressed=int(
-            scalar("SELECT coalesce(sum(redeliveries), 0) FROM reliability_messagelog")
-        ),
+        **_pipeline_tallies(),
         relayed_by_sweep=relayed,
         publish_delay_ms=publish_delay,
         cpu_s=cpu_s,
@@ -1139,10 +1146,7 @@ def measure_http(
         settled_p99_ms=s99,
         deducted=deducted,
         rejected=counts.get("rejected", 0),
-        dead_letters=int(scalar("SELECT count(*) FROM reliability_deadletter")),
-        duplicates_suppressed=int(
-            scalar("SELECT coalesce(sum(redeliveries), 0) FROM reliability_messagelog")
-        ),
+        **_pipeline_tallies(),
         client=client,
         cpu_s=cpu_s,
         batch_sizes=sizes,
