@@ -12,7 +12,9 @@ Two implementations with one contract (``LoadSpec`` in, the JSON of ``LoadResult
   lines) so the cost stays visible. ``wrk_ensure`` installs wrk with apt-get when it is
   missing and we are root.
 * **Python** (``python -m bench.httpload SPEC``): asyncio streams and a hand-written
-  HTTP/1.1 exchange, no dependency; the fallback where wrk cannot be had.
+  HTTP/1.1 exchange, no dependency; the fallback where wrk cannot be had, and the only one
+  that paces (``LoadSpec.rate_per_s``: an open-loop schedule, for latency at a given share of
+  the peak; Debian's wrk 4 has no rate option, and wrk2 is not packaged).
 
 Both do exactly what the bench needs and wrk alone does not: exactly ``requests``
 requests (not a duration), each answered before the run ends; the first request's wall-clock
@@ -59,6 +61,10 @@ class LoadSpec:
     # Where to POST: the pipeline's endpoint, or an alternative's under /bench/ (bench.settings);
     # the request is the same everywhere (an endpoint without authentication ignores the key).
     path: str = TRADES_PATH
+    # Open loop at this many requests a second (0: closed loop, each client sends its next
+    # request when the last is answered). Paced requests are sent on a fixed schedule, and
+    # their latency counts from the scheduled instant, so a late send is not hidden.
+    rate_per_s: float = 0.0
 
 
 @dataclass
@@ -272,6 +278,8 @@ def wrk_script(spec: LoadSpec) -> str:
 
 def wrk_argv(wrk: str, spec: LoadSpec, script: Path) -> list[str]:
     """wrk with one thread (one is plenty, and the cores are the server's) and the run's script."""
+    if spec.rate_per_s:
+        raise ValueError("wrk 4 cannot pace its requests: a paced run takes the Python client")
     _private_file(script, wrk_script(spec))
     return [
         wrk,
@@ -312,6 +320,7 @@ def python_argv(spec: LoadSpec, spec_path: Path) -> list[str]:
         "result_path": str(spec.result_path),
         "timeout_s": spec.timeout_s,
         "path": spec.path,
+        "rate_per_s": spec.rate_per_s,
     }
     _private_file(spec_path, json.dumps(payload))
     return [sys.executable, "-m", "bench.httpload", str(spec_path)]
@@ -334,19 +343,24 @@ class _Client:
         self.errors: dict[str, int] = {}
         self.latencies: list[float] = []
         self.first_sent = self.last_received = 0.0
+        self.schedule_start = 0.0  # monotonic; request i is due at schedule_start + i / rate_per_s
 
     async def connection(self) -> None:
         reader: asyncio.StreamReader | None = None
         writer: asyncio.StreamWriter | None = None
         try:
             while self.reserved < self.spec.requests:
-                self.reserved += 1
+                index, self.reserved = self.reserved, self.reserved + 1
+                due = 0.0
+                if self.spec.rate_per_s:
+                    due = self.schedule_start + index / self.spec.rate_per_s
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
                 if writer is None:
                     reader, writer = await asyncio.open_connection(self.host, self.port)
                 assert reader is not None
                 account = self.free.popleft()
                 body = f'{{"account": {account}, "beans": {self.spec.beans}}}'.encode()
-                started = time.monotonic()
+                started = min(due, time.monotonic()) if due else time.monotonic()
                 if not self.first_sent:
                     self.first_sent = time.time()
                 writer.write(f"{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
@@ -376,6 +390,7 @@ class _Client:
         return status, headers.get("connection", "").lower() == "close"
 
     async def run(self) -> None:
+        self.schedule_start = time.monotonic()
         tasks = [asyncio.create_task(self.connection()) for _ in range(self.spec.connections)]
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=self.spec.timeout_s)
 
