@@ -1,36 +1,125 @@
-"""PostgreSQL: DATABASE_URL (and BEANS_DATABASE_URL) read by dj-database-url, with deadlines."""
+"""PostgreSQL: DATABASE_URL (and BEANS_DATABASE_URL) read by dj-database-url, with deadlines;
+DATABASE_POOLER when those URLs lead to a transaction pooler (pgbouncer), and the direct URLs of
+the connections that need a session of their own."""
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from psycopg.conninfo import conninfo_to_dict
 
-from project.environment import DEFAULT_DATABASE_URL
+from project.environment import DEFAULT_DATABASE_URL, libpq_url
 
 from .env import env_float, env_int, env_str
 
 
-def database_from_url(url: str, *, test_name: str = "") -> dict[str, Any]:
+# DATABASE_POOLER's values: "" (the URLs lead to PostgreSQL itself) or the pooler they lead to.
+POOLER_PGBOUNCER_TRANSACTION = "pgbouncer-transaction"
+POOLERS = ("", POOLER_PGBOUNCER_TRANSACTION)
+
+
+def database_from_url(url: str, *, test_name: str = "", pooler: str = "") -> dict[str, Any]:
     """Turn a PostgreSQL URL into a DATABASES entry (dj-database-url), with the session deadlines.
 
     Query parameters reach the driver as they are (``?sslmode=require&connect_timeout=3``,
     ``?host=/var/run/postgresql`` for the socket); they override the deadlines' defaults,
     and ``-c name=value`` items of ``options`` are merged with ours.
+
+    ``pooler`` names what the URL leads to when it is not PostgreSQL itself
+    (``database_pooled``); the URL may then carry no ``options``.
     """
+    conn_max_age = env_int("DATABASE_CONN_MAX_AGE", 60)
     try:
-        config: dict[str, Any] = dict(
-            dj_database_url.parse(
-                url, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60), conn_health_checks=True
-            )
-        )
+        if "," in urlsplit(url).netloc:
+            config = _multi_host_database(url, conn_max_age=conn_max_age)
+        else:
+            config = dict(dj_database_url.parse(url, conn_max_age=conn_max_age, conn_health_checks=True))
     except ValueError as exc:
         raise ImproperlyConfigured(f"cannot read the database URL {url!r}: {exc}") from exc
     if config.get("ENGINE") != "django.db.backends.postgresql":
         raise ImproperlyConfigured(f"only PostgreSQL database URLs are supported, got {url!r}")
     # Persistent connections (CONN_MAX_AGE above): workers and the relay run many short transactions.
-    config["OPTIONS"] = database_session_options(dict(config.get("OPTIONS") or {}))
+    given = dict(config.get("OPTIONS") or {})
+    if pooler:
+        config = database_pooled(config, given, pooler=pooler, url=url)
+    else:
+        config["OPTIONS"] = database_session_options(given)
     config["TEST"] = {"NAME": test_name or None}
     return config
+
+
+def database_pooled(config: dict[str, Any], given: dict[str, Any], *, pooler: str, url: str) -> dict[str, Any]:
+    """A DATABASES entry whose URL leads to a transaction pooler (``DATABASE_POOLER``).
+
+    In transaction pooling each transaction (each statement, in autocommit) may run on another
+    server session, shared with other clients, so nothing may outlive a transaction:
+
+    * ``DISABLE_SERVER_SIDE_CURSORS``: ``QuerySet.iterator()`` would otherwise declare a cursor
+      WITH HOLD in one session and fetch from it in another (Django's docs, "Transaction pooling
+      and server-side cursors").
+    * No libpq ``options`` (``-c name=value`` session settings): pgbouncer refuses the startup
+      parameter, and a session setting would reach other clients of the same server connection.
+      The server-side deadlines they carried (``database_session_options``) then come from the
+      pooler: ``scripts/pgbouncer`` sets ``idle_transaction_timeout`` (the client idle in a
+      transaction is disconnected, its server connection closed and its locks released),
+      ``idle_in_transaction_session_timeout`` on each server connection (``connect_query``) and
+      its own TCP keepalives towards the server, from the same DATABASE_* variables; with another
+      pooler, set them there or on the role (``ALTER ROLE ... SET
+      idle_in_transaction_session_timeout``). The client's own deadlines (connect timeout,
+      keepalives, ``tcp_user_timeout``, towards the pooler) stay.
+    * Prepared statements stay off: Django turns psycopg's off unless ``prepare_threshold`` is
+      given, and pgbouncer 1.18 cannot carry them from one transaction to the next.
+
+    A URL that asks for ``options`` or ``prepare_threshold`` is refused rather than quietly
+    changed.
+    """
+    if pooler not in POOLERS:
+        raise ImproperlyConfigured(
+            f"DATABASE_POOLER must be one of {', '.join(repr(p) for p in POOLERS)}, got {pooler!r}"
+        )
+    refused = sorted({"options", "prepare_threshold"} & given.keys())
+    if refused:
+        raise ImproperlyConfigured(
+            f"the database URL {url!r} leads to a transaction pooler (DATABASE_POOLER={pooler}), "
+            f"which cannot keep what {' and '.join(refused)} set up for a session: leave them out"
+        )
+    options = database_session_options(given)
+    options.pop("options")
+    return {**config, "OPTIONS": options, "DISABLE_SERVER_SIDE_CURSORS": True}
+
+
+def database_direct(url: str) -> dict[str, Any]:
+    """How to reach a database without the pooler: the parts of a DATABASES entry that say
+    where and as whom (the database's name stays the pooled entry's, test databases included),
+    and the session deadlines a direct connection carries."""
+    config = database_from_url(url)
+    return {key: config[key] for key in ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")}
+
+
+def _multi_host_database(url: str, *, conn_max_age: int) -> dict[str, Any]:
+    """A libpq multi-host URL (``postgresql://a:5441,b:5442/db?target_session_attrs=read-write``).
+
+    dj-database-url reads one host only; libpq's own parser (through psycopg) reads the list,
+    which Django hands to the driver as it is (``host=a,b port=5441,5442``). libpq then tries
+    the hosts in turn and, with ``target_session_attrs=read-write``, keeps the one that takes
+    writes: after a failover every new connection finds the new primary by itself
+    (``scripts/postgres-cluster urls``; README, "A highly available database").
+    """
+    if urlsplit(url).scheme not in ("postgres", "postgresql"):
+        raise ValueError("a multi-host URL must be postgres:// or postgresql://")
+    params = conninfo_to_dict(libpq_url(url))
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": params.pop("dbname", ""),
+        "USER": params.pop("user", ""),
+        "PASSWORD": params.pop("password", ""),
+        "HOST": params.pop("host", ""),
+        "PORT": params.pop("port", ""),
+        "CONN_MAX_AGE": conn_max_age,
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": params,
+    }
 
 
 def _server_options(text: str) -> dict[str, str]:
@@ -82,10 +171,16 @@ def database_session_options(given: dict[str, Any]) -> dict[str, Any]:
 # No user or password by default: libpq connects as this OS user, with the password that
 # scripts/ensure-services keeps in ~/.pgpass (project/environment.py says why).
 DATABASE_URL = env_str("DATABASE_URL", DEFAULT_DATABASE_URL)
+# What DATABASE_URL and BEANS_DATABASE_URL lead to: "" (PostgreSQL itself) or
+# "pgbouncer-transaction" (pgbouncer in transaction pooling mode, scripts/pgbouncer), for a
+# process whose work is single transactions, as the web tier's is. The one knob: it disables
+# server-side cursors and leaves the session settings out of both entries (database_pooled).
+DATABASE_POOLER = env_str("DATABASE_POOLER", "").strip()
 DATABASES = {
     "default": database_from_url(
         DATABASE_URL,
         test_name=env_str("DATABASE_TEST_NAME", ""),
+        pooler=DATABASE_POOLER,
     ),
 }
 # The bean service in a database of its own (optional): its accounts, ledger, outbox
@@ -93,8 +188,24 @@ DATABASES = {
 BEANS_DATABASE_URL = env_str("BEANS_DATABASE_URL", "")
 if BEANS_DATABASE_URL:
     DATABASES["beans"] = database_from_url(
-        BEANS_DATABASE_URL, test_name=env_str("BEANS_DATABASE_TEST_NAME", "")
+        BEANS_DATABASE_URL, test_name=env_str("BEANS_DATABASE_TEST_NAME", ""), pooler=DATABASE_POOLER
     )
+# The same databases without the pooler, for the connections that need a session of their own
+# whatever DATABASE_URL leads to: the relay loop's listener in every worker holds a session
+# advisory lock (its leadership) and LISTENs (reliability/produce/relay.py), and through a
+# transaction pooler both would stay behind on a shared server connection. Empty: those
+# connections are made like the others (DATABASE_URL must then lead to PostgreSQL itself in
+# the workers). Only the host, port, user, password and options are taken; the name is the
+# entry's.
+DATABASE_DIRECT_URL = env_str("DATABASE_DIRECT_URL", "")
+BEANS_DATABASE_DIRECT_URL = env_str("BEANS_DATABASE_DIRECT_URL", "")
+if BEANS_DATABASE_DIRECT_URL and not BEANS_DATABASE_URL:
+    raise ImproperlyConfigured("BEANS_DATABASE_DIRECT_URL is set without BEANS_DATABASE_URL")
+DATABASES_DIRECT = {
+    alias: database_direct(url)
+    for alias, url in (("default", DATABASE_DIRECT_URL), ("beans", BEANS_DATABASE_DIRECT_URL))
+    if url
+}
 BEANS_DATABASE = "beans" if BEANS_DATABASE_URL else "default"
 DATABASE_ROUTERS = ["project.routers.ServiceDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -190,8 +190,38 @@ class DatabaseUrlTests(TestCase):
         config = database_from_url("postgres:///beans?host=/var/run/postgresql")
         self.assertEqual(config["OPTIONS"]["host"], "/var/run/postgresql")
 
+    def test_a_multi_host_url_keeps_every_host_and_the_session_attributes(self) -> None:
+        config = database_from_url(
+            "postgresql://app:p%40ss@10.0.0.1:5441,10.0.0.2:5442/beans"
+            "?target_session_attrs=read-write&connect_timeout=2"
+        )
+        self.assertEqual(
+            (config["NAME"], config["USER"], config["PASSWORD"], config["HOST"], config["PORT"]),
+            ("beans", "app", "p@ss", "10.0.0.1,10.0.0.2", "5441,5442"),
+        )
+        options = config["OPTIONS"]
+        self.assertEqual((options["target_session_attrs"], options["connect_timeout"]), ("read-write", "2"))
+        self.assertIn("-c tcp_user_timeout=15000", options["options"], "the deadlines apply to every host")
+        self.assertTrue(config["CONN_HEALTH_CHECKS"], "a connection to a dead primary is replaced")
+
+    def test_a_multi_host_url_connects_to_the_first_host_that_takes_writes(self) -> None:
+        current = connection.settings_dict
+        host, port = current["HOST"] or "127.0.0.1", current["PORT"] or 5432
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: the connection is refused
+        self.addCleanup(closed.close)
+        url = (
+            f"postgresql://{current['USER']}@127.0.0.1:{closed.getsockname()[1]},{host}:{port}/"
+            f"{current['NAME']}?target_session_attrs=read-write"
+        )
+        wrapper = DatabaseWrapper({**current, **database_from_url(url)}, alias="multi-host-test")
+        self.addCleanup(wrapper.close)
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT inet_server_port(), pg_is_in_recovery()")
+            self.assertEqual(cursor.fetchone(), (int(port), False))
+
     def test_other_databases_are_refused(self) -> None:
-        for url in ("mysql://u@h/db", "nosuch://h/db"):
+        for url in ("mysql://u@h/db", "nosuch://h/db", "mysql://u@h1,h2/db"):
             with self.subTest(url), self.assertRaises(ImproperlyConfigured):
                 database_from_url(url)
 
