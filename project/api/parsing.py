@@ -6,14 +6,18 @@ that says why: 400 (the request is malformed), 401, 403, 404, 405, 409, 429, 503
 
 import functools
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 from ninja.parser import Parser
+
+logger = logging.getLogger(__name__)
 
 # A body larger than this is refused before it is parsed, unless the operation sets its own.
 DEFAULT_MAX_BODY_BYTES = 4096
@@ -106,9 +110,24 @@ def error_handlers_install(api: NinjaAPI) -> None:
         # Beyond DATA_UPLOAD_MAX_MEMORY_SIZE Django does not even read the body.
         return error_response(400, "request body is too large")
 
+    def on_database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
+        # A lost or refused database connection (a failover, a partition): the statement may
+        # or may not have committed, so the client is told to repeat the request as it was.
+        # Django closes the broken connection when the request ends; the next request's
+        # connection finds the primary again (a multi-host DATABASE_URL).
+        logger.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            503,
+            "the database is unavailable right now: the request may or may not have taken effect; "
+            "repeat it with the same Idempotency-Key after Retry-After seconds",
+            **{"Retry-After": "1"},
+        )
+
     api.add_exception_handler(HttpError, on_http_error)
     api.add_exception_handler(ValidationError, on_validation_error)
     api.add_exception_handler(RequestDataTooBig, on_body_too_big)
+    api.add_exception_handler(OperationalError, on_database_unavailable)
+    api.add_exception_handler(InterfaceError, on_database_unavailable)
 
 
 class ApiRefusalsAsJson:

@@ -6,8 +6,10 @@ runs and these tests need no broker.
 
 import json
 from typing import Any
+from unittest import mock
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.test import TestCase
 
 from beans.services import account_create
@@ -46,6 +48,18 @@ class TradeApiTests(TestCase):
         self.assertEqual((body["account"], body["beans"], body["status"]), (self.account.pk, 30, "pending"))
         self.assertEqual(body["message_id"], str(trade.deduction_message_id))
         self.assertEqual(str(OutboxMessage.objects.get().message_id), body["message_id"])
+
+    def test_a_lost_database_connection_is_a_503_that_says_to_repeat_the_request(self) -> None:
+        # A narrow unit test: the failover test (tests/e2e/test_pgcluster_integration.py) cuts a
+        # real connection; here the statement fails as psycopg reports a vanished server.
+        for error in (OperationalError, InterfaceError):
+            with self.subTest(error.__name__), mock.patch(
+                "trades.services.trade_place", side_effect=error("server closed the connection unexpectedly")
+            ):
+                response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
+                self._assert_refused(response, 503)
+                self.assertEqual(response["Retry-After"], "1")
+                self.assertIn("same Idempotency-Key", response.json()["error"])
 
     def test_json_content_type_with_charset_is_accepted(self) -> None:
         response = self._post(
