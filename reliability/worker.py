@@ -159,6 +159,29 @@ def _connections_unusable_close(**kwargs: Any) -> None:
     close_old_connections()
 
 
+def _relay_through_pooler() -> list[str]:
+    """The relay loop's databases that lead to a transaction pooler: the loop cannot work there.
+
+    Its leadership is a session advisory lock and it LISTENs; through a transaction pooler both
+    stay behind on a shared server connection when the loop's session ends, and no loop leads
+    again. Django's documented sign of a transaction pooler is ``DISABLE_SERVER_SIDE_CURSORS``.
+    """
+    from django.db import connections
+
+    from reliability.conf import settings
+    from reliability.ops.reconciler import reliability_databases
+
+    if not settings.RELIABILITY_RELAY_LOOP:
+        return []
+    return [
+        f"database {alias!r} leads to a transaction pooler (DISABLE_SERVER_SIDE_CURSORS), but the "
+        "relay loop needs a session of its own: connect workers to PostgreSQL directly, or set "
+        "RELIABILITY_RELAY_LOOP=false"
+        for alias in reliability_databases()
+        if connections[alias].settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+    ]
+
+
 def _configuration_refuse_unsafe(**kwargs: Any) -> None:
     """A worker applies and relays messages: with an unsafe configuration it must not start.
 
@@ -167,7 +190,7 @@ def _configuration_refuse_unsafe(**kwargs: Any) -> None:
     """
     from reliability.checks import reliability_errors
 
-    errors = reliability_errors()
+    errors = [*reliability_errors(), *_relay_through_pooler()]
     if errors:
         raise SystemExit(
             "reliability: this configuration is unsafe, the worker will not start:\n"

@@ -1,6 +1,5 @@
 """PostgreSQL: DATABASE_URL (and BEANS_DATABASE_URL) read by dj-database-url, with deadlines;
-DATABASE_POOLER when those URLs lead to a transaction pooler (pgbouncer), and the direct URLs of
-the connections that need a session of their own."""
+and DATABASE_POOLER when those URLs lead to a transaction pooler (pgbouncer)."""
 
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,7 +11,6 @@ from psycopg.conninfo import conninfo_to_dict
 from project.environment import DEFAULT_DATABASE_URL, libpq_url
 
 from .env import env_float, env_int, env_str
-
 
 # DATABASE_POOLER's values: "" (the URLs lead to PostgreSQL itself) or the pooler they lead to.
 POOLER_PGBOUNCER_TRANSACTION = "pgbouncer-transaction"
@@ -49,7 +47,9 @@ def database_from_url(url: str, *, test_name: str = "", pooler: str = "") -> dic
     return config
 
 
-def database_pooled(config: dict[str, Any], given: dict[str, Any], *, pooler: str, url: str) -> dict[str, Any]:
+def database_pooled(
+    config: dict[str, Any], given: dict[str, Any], *, pooler: str, url: str
+) -> dict[str, Any]:
     """A DATABASES entry whose URL leads to a transaction pooler (``DATABASE_POOLER``).
 
     In transaction pooling each transaction (each statement, in autocommit) may run on another
@@ -87,14 +87,6 @@ def database_pooled(config: dict[str, Any], given: dict[str, Any], *, pooler: st
     options = database_session_options(given)
     options.pop("options")
     return {**config, "OPTIONS": options, "DISABLE_SERVER_SIDE_CURSORS": True}
-
-
-def database_direct(url: str) -> dict[str, Any]:
-    """How to reach a database without the pooler: the parts of a DATABASES entry that say
-    where and as whom (the database's name stays the pooled entry's, test databases included),
-    and the session deadlines a direct connection carries."""
-    config = database_from_url(url)
-    return {key: config[key] for key in ("USER", "PASSWORD", "HOST", "PORT", "OPTIONS")}
 
 
 def _multi_host_database(url: str, *, conn_max_age: int) -> dict[str, Any]:
@@ -190,22 +182,6 @@ if BEANS_DATABASE_URL:
     DATABASES["beans"] = database_from_url(
         BEANS_DATABASE_URL, test_name=env_str("BEANS_DATABASE_TEST_NAME", ""), pooler=DATABASE_POOLER
     )
-# The same databases without the pooler, for the connections that need a session of their own
-# whatever DATABASE_URL leads to: the relay loop's listener in every worker holds a session
-# advisory lock (its leadership) and LISTENs (reliability/produce/relay.py), and through a
-# transaction pooler both would stay behind on a shared server connection. Empty: those
-# connections are made like the others (DATABASE_URL must then lead to PostgreSQL itself in
-# the workers). Only the host, port, user, password and options are taken; the name is the
-# entry's.
-DATABASE_DIRECT_URL = env_str("DATABASE_DIRECT_URL", "")
-BEANS_DATABASE_DIRECT_URL = env_str("BEANS_DATABASE_DIRECT_URL", "")
-if BEANS_DATABASE_DIRECT_URL and not BEANS_DATABASE_URL:
-    raise ImproperlyConfigured("BEANS_DATABASE_DIRECT_URL is set without BEANS_DATABASE_URL")
-DATABASES_DIRECT = {
-    alias: database_direct(url)
-    for alias, url in (("default", DATABASE_DIRECT_URL), ("beans", BEANS_DATABASE_DIRECT_URL))
-    if url
-}
 BEANS_DATABASE = "beans" if BEANS_DATABASE_URL else "default"
 DATABASE_ROUTERS = ["project.routers.ServiceDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

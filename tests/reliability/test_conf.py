@@ -123,9 +123,8 @@ class SystemCheckTests(SimpleTestCase):
 
 @tag("integration")
 class WorkerRefusesUnsafeConfigurationTests(SimpleTestCase):
-    def test_a_worker_with_an_unsafe_configuration_does_not_start(self) -> None:
-        env = {**os.environ, "RELIABILITY_RELAY_CLAIM_S": "1", "DJANGO_SETTINGS_MODULE": "project.settings"}
-        done = subprocess.run(
+    def worker_run(self, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -139,11 +138,22 @@ class WorkerRefusesUnsafeConfigurationTests(SimpleTestCase):
                 "1",
             ],
             cwd=REPO,
-            env=env,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", **env},
             capture_output=True,
             text=True,
             timeout=120,
         )
+
+    def test_a_worker_with_an_unsafe_configuration_does_not_start(self) -> None:
+        done = self.worker_run(RELIABILITY_RELAY_CLAIM_S="1")
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("reliability.E005", done.stderr)
+        self.assertIn("the worker will not start", done.stderr)
+
+    def test_a_worker_whose_relay_would_go_through_a_transaction_pooler_does_not_start(self) -> None:
+        # The relay's advisory lock and LISTEN need a session of their own (README, "Connection
+        # pooling"); the web tier may go through pgbouncer, the workers may not.
+        done = self.worker_run(DATABASE_POOLER="pgbouncer-transaction")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("relay loop needs a session of its own", done.stderr)
         self.assertIn("the worker will not start", done.stderr)
