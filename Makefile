@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate web demo test test-fast library-test schema check audit cluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv services browser migrate web demo test test-fast library-test schema check audit cluster-test pgcluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -79,7 +79,7 @@ else
 endif
 
 # The inner loop: everything but the slow tiers and the tests that stop the shared broker.
-FAST_EXCLUDED_TAGS := cluster chaos browser broker_restart partition
+FAST_EXCLUDED_TAGS := cluster pgcluster chaos browser broker_restart partition
 
 test-fast: venv services ## The suite without the cluster, chaos, browser, partition and broker-restart tests (a few minutes)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
@@ -123,6 +123,9 @@ check: venv ## What CI checks before the tests: lint, format, types, import cont
 
 audit: venv ## Check the pinned requirements for known vulnerabilities (says so, and passes, when the vulnerability service is unreachable)
 	$(PY) scripts/audit-requirements.py
+
+pgcluster-test: venv services ## Kill -9 the PostgreSQL primary of a local Patroni cluster under 5,000 deductions, and the async negative control
+	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag pgcluster tests.e2e.test_pgcluster_integration
 
 cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node cluster under 5,000 deductions (3-6 min)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.e2e.test_cluster_integration

@@ -53,8 +53,12 @@ class TradeApiTests(TestCase):
         # A narrow unit test: the failover test (tests/e2e/test_pgcluster_integration.py) cuts a
         # real connection; here the statement fails as psycopg reports a vanished server.
         for error in (OperationalError, InterfaceError):
-            with self.subTest(error.__name__), mock.patch(
-                "trades.services.trade_place", side_effect=error("server closed the connection unexpectedly")
+            with (
+                self.subTest(error.__name__),
+                mock.patch(
+                    "trades.services.trade_place",
+                    side_effect=error("server closed the connection unexpectedly"),
+                ),
             ):
                 response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
                 self._assert_refused(response, 503)
