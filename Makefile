@@ -133,8 +133,8 @@ cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node clust
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)
 
-chaos: venv services ## Seeded faults under load, then check I1-I10 (N=10000: CI tier, the default; N=100000: full; SEED=... replays)
-	PYTHONUNBUFFERED=1 $(PY) chaos/run.py $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED))
+chaos: venv services ## Seeded faults under load, then check I1-I10 (N=10000: CI tier, the default; N=100000: full; SEED=... replays; CHAOS_ARGS=--pg-cluster: on a Patroni cluster)
+	PYTHONUNBUFFERED=1 $(PY) chaos/run.py $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 lint: venv ## Run ruff (lint + format check)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from chaos.partition import SilentProxy
-from project.environment import broker_url, database_recreate, database_url
+from project.environment import broker_url, database_recreate, database_url, libpq_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -196,11 +196,34 @@ def orphans(names: Iterable[str], pattern: str) -> list[str]:
 # --------------------------------------------------------------------------- silent partitions
 
 
-def url_via(url: str, port: int) -> str:
-    """``url`` with its host and port replaced by ``127.0.0.1:port`` (user, password, vhost kept)."""
+def url_via(url: str, *ports: int) -> str:
+    """``url`` with its hosts and ports replaced by ``127.0.0.1:port`` (user, password, vhost kept).
+
+    Several ports make a libpq multi-host URL (``127.0.0.1:p1,127.0.0.1:p2``), one per host of a
+    database cluster's URL.
+    """
     parts = urlsplit(url)
     auth = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}"))
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return urlunsplit(parts._replace(netloc=f"{auth}@{hosts}" if auth else hosts))
+
+
+def database_hosts(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a PostgreSQL URL, several for a multi-host one (libpq's parser).
+
+    A socket directory counts as 127.0.0.1 at the same port: the proxies speak TCP.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(libpq_url(url))
+    hosts = str(params.get("host") or "127.0.0.1").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    return [
+        ("127.0.0.1" if host.startswith("/") else host, int(port))
+        for host, port in zip(hosts, ports, strict=True)
+    ]
 
 
 def partition_drops_packets() -> bool:
@@ -212,7 +235,8 @@ class WorkerProxies:
     """The silent proxies one worker reaches the broker and the database through, for a whole run.
 
     One ``SilentProxy`` per broker node (the URL may list several, ``;``-separated, on
-    the cluster) and one for PostgreSQL, all in the controller's process.
+    the cluster) and one per PostgreSQL host (several on a Patroni cluster), all in the
+    controller's process.
     ``partition("broker")`` cuts the proxied worker off from every broker node at once,
     ``partition("database")`` from PostgreSQL; ``heal_all()`` undoes whatever is cut.
     The broker side only stops moving bytes (the AMQP heartbeats must notice); the
@@ -231,15 +255,11 @@ class WorkerProxies:
                 parts.hostname or "127.0.0.1", parts.port or 5672, name=f"chaos-broker-proxy-{n}"
             )
             self.sides["broker"].append(proxy)
-        db = urlsplit(database_url)
-        self.sides["database"].append(
-            SilentProxy(
-                db.hostname or "127.0.0.1",
-                db.port or 5432,
-                name="chaos-db-proxy",
-                drop_packets=drop_database_packets,
+        # One per database host: on a Patroni cluster the worker follows the primary through them.
+        for n, (host, port) in enumerate(database_hosts(database_url)):
+            self.sides["database"].append(
+                SilentProxy(host, port, name=f"chaos-db-proxy-{n}", drop_packets=drop_database_packets)
             )
-        )
         self.drop_database_packets = drop_database_packets
 
     def start(self) -> "WorkerProxies":
@@ -256,7 +276,7 @@ class WorkerProxies:
         )
         return {
             "CELERY_BROKER_URL": broker,
-            "DATABASE_URL": url_via(self.database_url, self.sides["database"][0].port),
+            "DATABASE_URL": url_via(self.database_url, *(proxy.port for proxy in self.sides["database"])),
         }
 
     def partition(self, side: str) -> None:

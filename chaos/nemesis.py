@@ -69,6 +69,8 @@ class Nemesis:
         self.broker_stopped: str | None = None  # "system" or a cluster node
         self.redis_stopped = False
         self.cluster: Any = None
+        self.pg_cluster: Any = None  # tests.pgcluster.PostgresCluster with --pg-cluster
+        self.pg_killed: str | None = None  # a database node killed and not restarted yet
         self.poison_n = 0
         self.proxies: WorkerProxies | None = None  # set by the run: the proxied worker's proxies
         self.partitions: list[dict[str, Any]] = []  # one record per partition fault that ran
@@ -91,6 +93,8 @@ class Nemesis:
             notes.append(self._broker_start())
         if self.redis_stopped:
             notes.append(self._redis_start())
+        if self.pg_killed:
+            notes.append(self._pg_restart())
         if self.cluster is not None:
             for node in sorted(self.cluster.down_nodes):
                 try:
@@ -309,6 +313,37 @@ class Nemesis:
         began = time.monotonic()
         self.cluster.restart(leader)
         fault.notes.append(f"restarted {leader} ({time.monotonic() - began:.1f}s)")
+
+    # ---- database
+
+    def fault_db_primary_kill(self, fault: Fault, until: float) -> None:
+        """SIGKILL the database primary's postmaster; Patroni promotes the synchronous standby.
+
+        Every process must find the new primary through the multi-host URL; the killed node
+        rejoins as a replica at heal.
+        """
+        if self.pg_cluster is None:
+            fault.notes.append("skipped: no database cluster (--pg-cluster)")
+            return
+        began = time.monotonic()
+        leader = self.pg_cluster.kill("leader")
+        self.pg_killed = leader
+        new_leader = self.pg_cluster.wait_for_new_leader(leader)
+        fault.notes.append(
+            f"kill -9 the postmaster of {leader}, the database primary; {new_leader} promoted "
+            f"{time.monotonic() - began:.1f}s later"
+        )
+        sleep_until(until)
+        fault.notes.append(self._pg_restart())
+
+    def _pg_restart(self) -> str:
+        began = time.monotonic()
+        try:
+            self.pg_cluster.restart(self.pg_killed)
+        except Exception as exc:  # noqa: BLE001 - reported; heal_all tries again
+            return f"could not restart database node {self.pg_killed}: {exc}"
+        node, self.pg_killed = self.pg_killed, None
+        return f"database node {node} back as a replica ({time.monotonic() - began:.1f}s)"
 
     def fault_duplicate_publish(self, fault: Fault, until: float) -> None:
         """Sent messages, signed as the relay signed them, published again straight to their queue."""

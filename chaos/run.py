@@ -103,7 +103,14 @@ from chaos.load import (  # noqa: E402
     producer_jobs,
 )
 from chaos.nemesis import Nemesis  # noqa: E402
-from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, TIERS, Fault, schedule_make  # noqa: E402
+from chaos.schedule import (  # noqa: E402
+    CLUSTER_FAULT_KINDS,
+    DB_CLUSTER_FAULT_KINDS,
+    FAULT_KINDS,
+    TIERS,
+    Fault,
+    schedule_make,
+)
 from project.broker_admin import broker_admin  # noqa: E402
 from project.environment import broker_user, database_drop  # noqa: E402
 
@@ -199,6 +206,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run on a private 3-node RabbitMQ cluster and kill the queue leader (default: full tier only)",
     )
     parser.add_argument(
+        "--pg-cluster",
+        action="store_true",
+        help="run on a private 3-node PostgreSQL cluster (Patroni, synchronous replication; "
+        "scripts/postgres-cluster) and kill the database primary (db_primary_kill)",
+    )
+    parser.add_argument(
         "--http",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -253,6 +266,8 @@ def planned(args: argparse.Namespace) -> tuple[int, int, float, list[Fault]]:
     load = args.deductions - probe
     duration = load / args.rate
     kinds = CLUSTER_FAULT_KINDS if args.cluster else FAULT_KINDS
+    if args.pg_cluster:
+        kinds = (*kinds, *DB_CLUSTER_FAULT_KINDS)
     return (
         load,
         probe,
@@ -269,6 +284,8 @@ def replay_command(args: argparse.Namespace) -> str:
         extra.append(f"--tier {args.tier}")
     if args.cluster != (tier_of(args) == "full"):
         extra.append("--cluster" if args.cluster else "--no-cluster")
+    if args.pg_cluster:
+        extra.append("--pg-cluster")
     if args.http != (tier_of(args) == "full"):
         extra.append("--http" if args.http else "--no-http")
     if args.http and args.http_timeout != HTTP_TIMEOUT_S:
@@ -554,7 +571,8 @@ def report(
     say()
     say("=" * 100)
     say(f"seed {args.seed}, tier {tier} ({cadence.describe()}), {args.deductions} deductions at {args.rate:g}/s, "
-        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}, {producer_kind(args)}")  # fmt: skip
+        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}, "
+        f"{'3-node PostgreSQL cluster' if args.pg_cluster else 'single PostgreSQL node'}, {producer_kind(args)}")  # fmt: skip
     say(f"replay: {replay_command(args)}")
     say()
     say("schedule (seconds after the load started):")
@@ -611,6 +629,7 @@ def report(
         "deductions": args.deductions,
         "rate_per_s": args.rate,
         "cluster": on_cluster,
+        "pg_cluster": args.pg_cluster,
         "producers": args.producers,
         "producer_kind": producer_kind(args),
         "http": args.http,
@@ -709,6 +728,26 @@ def check_only(args: argparse.Namespace) -> int:
     return 0 if verdict.passed else 1
 
 
+def pg_cluster_up() -> Any:
+    """Start a private Patroni cluster and make its multi-host URL this run's DATABASE_URL.
+
+    Before the run's environment is made: the run's database is then created on the cluster, and
+    every process it starts (web, workers, beat, producers) connects through that URL.
+    """
+    from tests.pgcluster import PostgresCluster
+
+    PostgresCluster.reap_stale()
+    cluster = PostgresCluster.private()
+    log("starting a private 3-node PostgreSQL cluster (Patroni, synchronous replication)")
+    try:
+        os.environ["DATABASE_URL"] = cluster.up()
+    except BaseException:
+        cluster.down()
+        raise
+    log(f"database cluster up: {os.environ['DATABASE_URL']}")
+    return cluster
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_only:
@@ -727,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stale.unlink()
     os.chdir(REPO)
+    pg_cluster = pg_cluster_up() if args.pg_cluster else None
     env = chaos_env(names, names.broker_url)
     # Settings read the environment once: it must be ours before django.setup().
     for key in [key for key in os.environ if _foreign(key)]:
@@ -747,6 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     pipeline = Pipeline(env=env, run_dir=names.run_dir, workers=args.workers, concurrency=args.concurrency)
     nemesis = Nemesis(pipeline=pipeline, names=names, env=env, args=args)
+    nemesis.pg_cluster = pg_cluster
     outcome = Outcome()
     vhost_made = False
     cluster = None
@@ -916,6 +957,11 @@ def main(argv: list[str] | None = None) -> int:
                 database_drop(names.database_url)
             except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
                 log(f"could not drop database {names.db}: {exc}")
+        if pg_cluster is not None:
+            try:
+                pg_cluster.down()
+            except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
+                log(f"could not stop the database cluster: {exc}")
         if result.get("error") and faults:
             result["schedule"] = [fault.as_json() for fault in faults]
             result["partitions"] = nemesis.partitions

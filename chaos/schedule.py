@@ -33,6 +33,8 @@ FAULT_KINDS = (
 PARTITION_KINDS = ("partition_broker", "partition_database")
 # On the private 3-node cluster, also:
 CLUSTER_FAULT_KINDS = (*FAULT_KINDS, "leader_kill")  # kill -9 the beans queue's leader node
+# On a private Patroni cluster for the database (--pg-cluster), also:
+DB_CLUSTER_FAULT_KINDS = ("db_primary_kill",)  # kill -9 the primary's postmaster: a failover
 
 RELAY_FAULT_POINTS = ("relay.before_publish", "relay.after_publish", "relay.before_mark_sent")
 POISON_KINDS = ("not_json", "forged", "unsigned", "unknown_account")
@@ -127,6 +129,8 @@ def _params(kind: str, rng: random.Random) -> dict[str, Any]:
         return {"kinds": kinds[: rng.randint(1, len(kinds))], "offset": round(rng.random(), 4)}
     if kind == "leader_kill":
         return {"queue": "beans"}
+    if kind == "db_primary_kill":
+        return {}
     if kind in PARTITION_KINDS:
         # Most of the time the cut-off worker is made the relay's leader first: the lead must move.
         return {"relay_lead": rng.random() < 0.7}

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-
 from chaos.harness import orphans
 
-SCRIPT = Path(settings.BASE_DIR) / "scripts" / "rabbitmq-cluster"
+# Not from Django settings: chaos/run.py drives clusters before it sets Django up.
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "rabbitmq-cluster"
 
 
 class ClusterError(RuntimeError):

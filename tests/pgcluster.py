@@ -11,12 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from django.conf import settings
-
 from chaos.harness import orphans
 from tests.cluster import ClusterError, free_ports
 
-SCRIPT = Path(settings.BASE_DIR) / "scripts" / "postgres-cluster"
+# Not from Django settings: chaos/run.py drives clusters before it sets Django up.
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres-cluster"
 
 
 class PostgresCluster:

@@ -302,6 +302,20 @@ class ChaosScheduleTests(SimpleTestCase):
         )
         self.assertIn("partition_database", {fault.kind for fault in faults})
 
+    def test_on_a_database_cluster_the_primary_is_killed_and_the_proxies_front_every_node(self) -> None:
+        from chaos.harness import database_hosts, url_via
+        from chaos.run import parse_args, planned
+
+        args = parse_args(["--deductions", "10000", "--seed", "7", "--pg-cluster"])
+        *_, faults = planned(args)
+        self.assertIn("db_primary_kill", {fault.kind for fault in faults})
+        url = "postgresql://app@10.0.0.1:5441,10.0.0.2:5442/beans?target_session_attrs=read-write"
+        self.assertEqual(database_hosts(url), [("10.0.0.1", 5441), ("10.0.0.2", 5442)])
+        self.assertEqual(
+            url_via(url, 7001, 7002),
+            "postgresql://app@127.0.0.1:7001,127.0.0.1:7002/beans?target_session_attrs=read-write",
+        )
+
 
 class LoopbackServer:
     """A server on 127.0.0.1 that reads each HTTP request and then ``answer``s, closes or says nothing."""
