@@ -322,6 +322,8 @@ class Nemesis:
         Every process must find the new primary through the multi-host URL; the killed node
         rejoins as a replica at heal.
         """
+        from django.db import connections
+
         if self.pg_cluster is None:
             fault.notes.append("skipped: no database cluster (--pg-cluster)")
             return
@@ -329,6 +331,8 @@ class Nemesis:
         leader = self.pg_cluster.kill("leader")
         self.pg_killed = leader
         new_leader = self.pg_cluster.wait_for_new_leader(leader)
+        # The controller's own session died with the primary; its next query opens one on the new.
+        connections.close_all()
         fault.notes.append(
             f"kill -9 the postmaster of {leader}, the database primary; {new_leader} promoted "
             f"{time.monotonic() - began:.1f}s later"

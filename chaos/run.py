@@ -63,6 +63,7 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -921,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = "interrupted"
         code = 130
     except Exception as exc:  # noqa: BLE001 - any failure of the harness: reported, exit 2
-        log(f"the run failed: {type(exc).__name__}: {exc}")
+        log(f"the run failed: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         result["error"] = f"{type(exc).__name__}: {exc}"
         code = 2
     finally:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
@@ -111,15 +111,19 @@ def error_handlers_install(api: NinjaAPI) -> None:
         return error_response(400, "request body is too large")
 
     def on_database_unavailable(request: HttpRequest, exc: Any) -> HttpResponse:
-        # A lost or refused database connection (a failover, a partition): the statement may
-        # or may not have committed, so the client is told to repeat the request as it was.
-        # Django closes the broken connection when the request ends; the next request's
-        # connection finds the primary again (a multi-host DATABASE_URL).
+        # The database went away (a failover, a partition). Django closes the broken connection
+        # when the request ends, and the next one finds the primary again (a multi-host
+        # DATABASE_URL). What the client may assume depends on whether anything reached it.
         logger.warning("database unavailable during %s %s: %s", request.method, request.path, exc)
+        if database_outcome_unknown():
+            return error_response(
+                500,
+                "the database connection was lost during the request: it may or may not have taken "
+                "effect; repeat it with the same Idempotency-Key",
+            )
         return error_response(
             503,
-            "the database is unavailable right now: the request may or may not have taken effect; "
-            "repeat it with the same Idempotency-Key after Retry-After seconds",
+            "the database is unavailable right now, nothing was written: retry after Retry-After seconds",
             **{"Retry-After": "1"},
         )
 
@@ -128,6 +132,18 @@ def error_handlers_install(api: NinjaAPI) -> None:
     api.add_exception_handler(RequestDataTooBig, on_body_too_big)
     api.add_exception_handler(OperationalError, on_database_unavailable)
     api.add_exception_handler(InterfaceError, on_database_unavailable)
+
+
+def database_outcome_unknown() -> bool:
+    """Whether a statement of this request may have reached a database whose connection then failed.
+
+    A connection that could not be opened (Django leaves ``connection`` unset) sent nothing, so
+    the API's 503 ("nothing was written") holds; one that failed once open may have committed.
+    """
+    return any(
+        wrapper.connection is not None and wrapper.errors_occurred
+        for wrapper in connections.all(initialized_only=True)
+    )
 
 
 class ApiRefusalsAsJson:

@@ -9,10 +9,11 @@ from typing import Any
 from unittest import mock
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.test import TestCase
 
 from beans.services import account_create
+from project.api.parsing import database_outcome_unknown
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
@@ -49,21 +50,36 @@ class TradeApiTests(TestCase):
         self.assertEqual(body["message_id"], str(trade.deduction_message_id))
         self.assertEqual(str(OutboxMessage.objects.get().message_id), body["message_id"])
 
-    def test_a_lost_database_connection_is_a_503_that_says_to_repeat_the_request(self) -> None:
-        # A narrow unit test: the failover test (tests/e2e/test_pgcluster_integration.py) cuts a
-        # real connection; here the statement fails as psycopg reports a vanished server.
+    def test_a_database_that_cannot_be_reached_is_a_503_nothing_written(self) -> None:
+        # Narrow unit tests: the failover tests (tests/e2e/test_pgcluster_integration.py) cut real
+        # connections. Here the placement fails as psycopg reports a server it cannot reach.
         for error in (OperationalError, InterfaceError):
             with (
                 self.subTest(error.__name__),
-                mock.patch(
-                    "trades.services.trade_place",
-                    side_effect=error("server closed the connection unexpectedly"),
-                ),
+                mock.patch("trades.services.trade_place", side_effect=error("connection failed")),
+                mock.patch("project.api.parsing.database_outcome_unknown", return_value=False),
             ):
                 response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
                 self._assert_refused(response, 503)
                 self.assertEqual(response["Retry-After"], "1")
-                self.assertIn("same Idempotency-Key", response.json()["error"])
+                self.assertIn("nothing was written", response.json()["error"])
+
+    def test_a_connection_lost_mid_request_is_a_500_that_says_to_repeat_it_with_its_key(self) -> None:
+        with (
+            mock.patch(
+                "trades.services.trade_place", side_effect=OperationalError("server closed the connection")
+            ),
+            mock.patch("project.api.parsing.database_outcome_unknown", return_value=True),
+        ):
+            response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
+        self._assert_refused(response, 500)
+        self.assertIn("same Idempotency-Key", response.json()["error"])
+
+    def test_the_outcome_is_unknown_only_on_a_connection_that_was_open_and_failed(self) -> None:
+        self.assertFalse(database_outcome_unknown(), "open and healthy")
+        connection.errors_occurred = True
+        self.addCleanup(setattr, connection, "errors_occurred", False)
+        self.assertTrue(database_outcome_unknown(), "open, then failed")
 
     def test_json_content_type_with_charset_is_accepted(self) -> None:
         response = self._post(
