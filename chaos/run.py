@@ -769,6 +769,13 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)
     pg_cluster = pg_cluster_up() if args.pg_cluster else None
     env = chaos_env(names, names.broker_url)
+    if args.pg_cluster:
+        # The library's default requeue pause, not the soak's 0.05 s: a delivery that failed
+        # because the primary was gone is requeued after a pause growing to this, so its 20
+        # deliveries outlast a failover (about 76 s of outage). At 0.05 s they were spent within
+        # one, and the broker dead-lettered messages whose trades then waited for a replay
+        # (README, "Known limits").
+        env["RELIABILITY_REQUEUE_PAUSE_MAX_S"] = "5.0"
     # Settings read the environment once: it must be ours before django.setup().
     for key in [key for key in os.environ if _foreign(key)]:
         del os.environ[key]
