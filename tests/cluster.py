@@ -24,6 +24,30 @@ class ClusterError(RuntimeError):
     """The cluster script failed; the message carries its output."""
 
 
+def stale_private_dirs(suffix: str) -> list[tuple[str, Path]]:
+    """(name, directory) of the private clusters (``beans-t<pid>-<suffix>``) whose test process is gone."""
+    stale = []
+    for directory in sorted(Path(tempfile.gettempdir()).glob(f"beans-t*-{suffix}")):
+        name = directory.name.removesuffix(f"-{suffix}")
+        if orphans([name.removeprefix("beans-t")], r"(\d+)"):
+            stale.append((name, directory))
+    return stale
+
+
+def script_run(script: Path, *args: str, env: dict[str, str], timeout: float) -> str:
+    """Run a cluster script; its output, or ClusterError with what it printed."""
+    what = f"{script.name} {' '.join(args)}"
+    try:
+        completed = subprocess.run(
+            [str(script), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{what} timed out after {exc.timeout}s") from exc
+    if completed.returncode != 0:
+        raise ClusterError(f"{what} exited {completed.returncode}:\n{completed.stdout}\n{completed.stderr}")
+    return completed.stdout
+
+
 class RabbitCluster:
     """Three RabbitMQ nodes on this host, named ``c1``..``c3`` (``beans-c1@localhost`` ...)."""
 
@@ -58,33 +82,13 @@ class RabbitCluster:
     def reap_stale(cls) -> list[str]:
         """Stop the private clusters of test processes that no longer run (killed mid-test)."""
         reaped = []
-        for directory in sorted(Path(tempfile.gettempdir()).glob("beans-t*-rabbitmq-cluster")):
-            name = directory.name.removesuffix("-rabbitmq-cluster")
-            pid = name.removeprefix("beans-t")
-            if not orphans([pid], r"(\d+)"):
-                continue
+        for name, directory in stale_private_dirs("rabbitmq-cluster"):
             cls(env={"RABBITMQ_CLUSTER_NAME": name, "RABBITMQ_CLUSTER_DIR": str(directory)}).down()
             reaped.append(name)
         return reaped
 
     def _run(self, *args: str, timeout: float | None = None) -> str:
-        try:
-            completed = subprocess.run(
-                [str(SCRIPT), *args],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout or self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"rabbitmq-cluster {' '.join(args)} timed out after {exc.timeout}s") from exc
-        if completed.returncode != 0:
-            raise ClusterError(
-                f"rabbitmq-cluster {' '.join(args)} exited {completed.returncode}:\n"
-                f"{completed.stdout}\n{completed.stderr}"
-            )
-        return completed.stdout
+        return script_run(SCRIPT, *args, env=self.env, timeout=timeout or self.timeout)
 
     @staticmethod
     def short(node: str) -> str:

@@ -6,13 +6,11 @@ configuration; this class only shells out to it and parses what it prints.
 
 import getpass
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from chaos.harness import orphans
-from tests.cluster import ClusterError, free_ports
+from tests.cluster import ClusterError, free_ports, script_run, stale_private_dirs
 
 # Not from Django settings: chaos/run.py drives clusters before it sets Django up.
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres-cluster"
@@ -64,33 +62,13 @@ class PostgresCluster:
     def reap_stale(cls) -> list[str]:
         """Stop the private clusters of test processes that no longer run (killed mid-test)."""
         reaped = []
-        for directory in sorted(Path(tempfile.gettempdir()).glob("beans-t*-postgres-cluster")):
-            name = directory.name.removesuffix("-postgres-cluster")
-            pid = name.removeprefix("beans-t")
-            if not orphans([pid], r"(\d+)"):
-                continue
+        for name, directory in stale_private_dirs("postgres-cluster"):
             cls(env={"POSTGRES_CLUSTER_NAME": name, "POSTGRES_CLUSTER_DIR": str(directory)}).down()
             reaped.append(name)
         return reaped
 
     def _run(self, *args: str, timeout: float | None = None) -> str:
-        try:
-            completed = subprocess.run(
-                [str(SCRIPT), *args],
-                env=self.env,
-                capture_output=True,
-                text=True,
-                timeout=timeout or self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"postgres-cluster {' '.join(args)} timed out after {exc.timeout}s") from exc
-        if completed.returncode != 0:
-            raise ClusterError(
-                f"postgres-cluster {' '.join(args)} exited {completed.returncode}:\n"
-                f"{completed.stdout}\n{completed.stderr}"
-            )
-        return completed.stdout
+        return script_run(SCRIPT, *args, env=self.env, timeout=timeout or self.timeout)
 
     @property
     def nodes(self) -> tuple[str, ...]:
