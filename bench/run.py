@@ -63,7 +63,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ if str(REPO) not in sys.path:
 
 from bench import cpu  # noqa: E402 - needs the repository on sys.path
 from bench.httpload import LoadResult, LoadSpec  # noqa: E402
+from bench.profile import Profiles  # noqa: E402
 from chaos.harness import Child, WebTier, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
 from chaos.harness import wait_for as poll_until  # noqa: E402
 from project.broker_admin import BrokerAdminError, broker_admin  # noqa: E402
@@ -1083,18 +1084,23 @@ def measure_http(
     wait_until(settled, timeout=args.timeout, what="warm-up trades")
     base_id = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
     watch = CpuWatch()
-    result, load_cpu_s, load_pid = http_load(
-        children,
-        wrk,
-        load_spec(args, server, accounts, total, f"load-{tag}", TRADES_PATH),
-        f"load-{tag}",
-        watch=processes,
-        on_poll=watch.poll,
-    )
-    http_checked(result, total, web, f"{total} requests")
-    finished = wait_until(
-        settled, timeout=args.timeout, what=f"{total} trades placed over HTTP to settle", on_poll=watch.poll
-    )
+    profiled = {"gunicorn": [web.child.pid], "worker": [worker.pid for worker in workers], "beat": [beat.pid]}
+    with Profiles(args.profile / tag, profiled) if args.profile else nullcontext():
+        result, load_cpu_s, load_pid = http_load(
+            children,
+            wrk,
+            load_spec(args, server, accounts, total, f"load-{tag}", TRADES_PATH),
+            f"load-{tag}",
+            watch=processes,
+            on_poll=watch.poll,
+        )
+        http_checked(result, total, web, f"{total} requests")
+        finished = wait_until(
+            settled,
+            timeout=args.timeout,
+            what=f"{total} trades placed over HTTP to settle",
+            on_poll=watch.poll,
+        )
     cpu_s = watch.attribute(
         {
             "gunicorn": [web.child.pid],
@@ -2122,6 +2128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CELERY_DB_REUSE_MAX for every Celery worker of the HTTP legs (bench.settings): Celery "
         "closes the database connections around every task unless it is set (0, the default: "
         "Celery's default, a new connection per task)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="py-spy the exactly-once HTTP leg's gunicorn, worker and beat into DIR/<repeat>/ "
+        "(collapsed stacks and a summary per process kind; the profiler costs CPU, so read "
+        "where the time goes, not the figures, from such a run)",
     )
     parser.add_argument("--loglevel", default="warning", help="log level of the Celery workers and beat")
     args = parser.parse_args(argv)

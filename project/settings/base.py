@@ -134,6 +134,9 @@ METRICS_COLLECTORS = ["trades.metrics.TradesCollector"]
 API_RATE_LIMIT_PER_S = env_int("API_RATE_LIMIT_PER_S", 100)
 API_RATE_LIMIT_REDIS_URL = env_str("API_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/2")
 API_RATE_LIMIT_REDIS_TIMEOUT_S = env_float("API_RATE_LIMIT_REDIS_TIMEOUT_S", 0.25)
+# How long a web process trusts an API key it has read (0: read it on every request). A key revoked
+# by `api_keys revoke` or the admin is refused by every other process within this many seconds.
+API_KEY_CACHE_S = env_float("API_KEY_CACHE_S", 5.0)
 
 LOGGING = {
     "version": 1,

@@ -226,6 +226,59 @@ class ApiKeyAuthenticateTests(TestCase):
         self.assertIsNotNone(found.revoked_at)
 
 
+class ApiKeyMemoryTests(ApiTestCase):
+    """A process remembers a key that authenticated for API_KEY_CACHE_S, and no longer."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.api_key, self.key = api_key_create(name="remembered", scopes=ApiScope.values)
+
+    def revoked_by_another_process(self) -> None:
+        # What this process sees of `api_keys revoke` run elsewhere: the row changes, nothing more.
+        ApiKey.objects.filter(pk=self.api_key.pk).update(revoked_at=timezone.now())
+
+    def test_a_key_that_authenticated_is_not_read_again_within_the_cache_time(self) -> None:
+        self.assertEqual(api_key_authenticate(self.key), self.api_key)
+        with self.assertNumQueries(0):
+            self.assertEqual(api_key_authenticate(self.key), self.api_key)
+        with self.assertNumQueries(1):
+            self.assertIsNone(api_key_authenticate(key_with_another_secret(self.key)), "a wrong secret")
+
+    def test_a_key_revoked_elsewhere_is_refused_once_the_cache_time_passed(self) -> None:
+        with override_settings(API_KEY_CACHE_S=0.3):
+            self.assertEqual(
+                post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)).status_code, 201
+            )
+            self.revoked_by_another_process()
+            self.assertEqual(
+                post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)).status_code, 201
+            )
+            time.sleep(0.35)
+            self.assert_refused(post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)), 401)
+
+    def test_with_no_cache_time_a_key_revoked_elsewhere_is_refused_at_once(self) -> None:
+        with override_settings(API_KEY_CACHE_S=0):
+            self.assertEqual(
+                post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)).status_code, 201
+            )
+            self.revoked_by_another_process()
+            self.assert_refused(post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)), 401)
+
+    def test_a_key_revoked_in_this_process_is_refused_at_once(self) -> None:
+        self.assertEqual(
+            post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)).status_code, 201
+        )
+        api_key_revoke(name_or_prefix="remembered")
+        self.assert_refused(post_json(self.client, TRADES_URL, self.order(), **bearer(self.key)), 401)
+
+    def test_keys_that_do_not_authenticate_are_not_remembered(self) -> None:
+        for _ in range(50):
+            self.assertIsNone(api_key_authenticate(key_with_another_secret(self.key)))
+            self.assertIsNone(api_key_authenticate(f"bk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"))
+        with self.assertNumQueries(1):
+            self.assertIsNone(api_key_authenticate(key_with_another_secret(self.key)))
+
+
 class IdempotencyPerClientTests(ApiTestCase):
     """An Idempotency-Key names a request of one client (API key), not of everybody."""
 
