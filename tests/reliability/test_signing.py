@@ -33,7 +33,7 @@ from reliability.envelope import (
 )
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamGap, StreamWatermark
 from reliability.produce.heartbeat import stream_heartbeat_send
-from reliability.produce.publisher import publisher
+from reliability.produce.publisher import Publish, publisher
 from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
@@ -65,6 +65,16 @@ def consume_as_outcome(envelope: Any) -> str:
 
 def verify(envelope: dict[str, Any], *, task: str = DEDUCT, kind: str = MESSAGE) -> None:
     envelope_verify(envelope, task=task, kind=kind)
+
+
+def heartbeats_captured(*, using: str) -> list[Publish]:
+    """The heartbeats ``stream_heartbeat_send`` would publish, each as if confirmed."""
+    with mock.patch("reliability.produce.heartbeat.publisher") as captured:
+        captured.return_value.publish_many.side_effect = lambda items: [None] * len(items)
+        sent = stream_heartbeat_send(using=using)
+    heartbeats = [item for call in captured.return_value.publish_many.call_args_list for item in call.args[0]]
+    assert sent == len(heartbeats)
+    return heartbeats
 
 
 class SignatureTests(TestCase):
@@ -262,13 +272,9 @@ class MisaddressedConsumeTests(TestCase):
         self.assertEqual(Account.objects.get(pk=self.account).balance, 900)
 
     def test_a_heartbeat_delivered_to_another_task_is_unauthentic_and_leaves_no_position(self) -> None:
-        with mock.patch("reliability.produce.heartbeat.publisher") as publisher_of:
-            self.assertEqual(stream_heartbeat_send(using="default"), 1)
-        sent = publisher_of.return_value.publish.call_args.kwargs
-        heartbeat = roundtrip(sent["envelope"])
-        self.assertEqual(
-            (sent["task_name"], heartbeat["task"], heartbeat["kind"]), (DEDUCT, DEDUCT, HEARTBEAT)
-        )
+        (sent,) = heartbeats_captured(using="default")
+        heartbeat = roundtrip(sent.envelope)
+        self.assertEqual((sent.task_name, heartbeat["task"], heartbeat["kind"]), (DEDUCT, DEDUCT, HEARTBEAT))
         with self.assertLogs("reliability", level="ERROR"):
             self.assertEqual(consume_as_outcome(heartbeat), "dead-lettered")
         (letter,) = self.unauthentic_letters(OUTCOME)
@@ -409,14 +415,12 @@ class MisaddressedMessagesIntegrationTests(PipelineTestCase):
         for n in range(20):
             trade_place(account_id=accounts[n % 2], beans=10)
         row = OutboxMessage.objects.filter(task_name=DEDUCT).latest("seq")  # a late seq: many phantom gaps
-        with mock.patch("reliability.produce.heartbeat.publisher") as captured:
-            stream_heartbeat_send(using="default")
-        heartbeats = [call.kwargs for call in captured.return_value.publish.call_args_list]
+        heartbeats = heartbeats_captured(using="default")
         self.assertTrue(heartbeats)
-        self.assertTrue(all(sent["task_name"] == DEDUCT for sent in heartbeats))
+        self.assertTrue(all(sent.task_name == DEDUCT for sent in heartbeats))
         # A routing mistake: the deduction and the heartbeats, authentic, go to the outcome task.
         misrouted = [(str(row.message_id), outbox_envelope(row))]
-        misrouted += [(sent["message_id"], sent["envelope"]) for sent in heartbeats]
+        misrouted += [(sent.task_id, sent.envelope) for sent in heartbeats]
         for message_id, envelope in misrouted:
             publisher().publish(task_name=OUTCOME, queue="trades", message_id=message_id, envelope=envelope)
         self.start_worker()
@@ -428,17 +432,11 @@ class MisaddressedMessagesIntegrationTests(PipelineTestCase):
             what="each misaddressed message to be dead-lettered as unauthentic",
         )
         # And the other way: an outcome stream's heartbeat, authentic, to the deduction task.
-        with mock.patch("reliability.produce.heartbeat.publisher") as captured:
-            stream_heartbeat_send(using=BEANS)
-        outcome_heartbeats = [
-            call.kwargs
-            for call in captured.return_value.publish.call_args_list
-            if call.kwargs["task_name"] == OUTCOME
-        ]
+        outcome_heartbeats = [sent for sent in heartbeats_captured(using=BEANS) if sent.task_name == OUTCOME]
         self.assertTrue(outcome_heartbeats)
         for sent in outcome_heartbeats:
             publisher().publish(
-                task_name=DEDUCT, queue=row.queue, message_id=sent["message_id"], envelope=sent["envelope"]
+                task_name=DEDUCT, queue=row.queue, message_id=sent.task_id, envelope=sent.envelope
             )
         self.wait_for(
             lambda: len(self.unauthentic(DEDUCT)) == len(outcome_heartbeats),
