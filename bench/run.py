@@ -577,6 +577,19 @@ TRADE_TO_DEDUCTED = (
     "FROM trades_trade t JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id "
     "WHERE t.id > %s"
 )
+# Request -> deducted in two stages: placed -> relayed (the outbox row marked sent, after the
+# broker's confirm) and relayed -> deducted (delivery and the consumer's transaction). The mark
+# can land after the deduction, so the second stage may be negative.
+TRADE_TO_RELAYED = (
+    "SELECT extract(epoch FROM o.sent_at - t.created_at) * 1000 AS ms "
+    "FROM trades_trade t JOIN reliability_outboxmessage o ON o.message_id = t.deduction_message_id "
+    "WHERE t.id > %s"
+)
+RELAYED_TO_DEDUCTED = (
+    "SELECT extract(epoch FROM l.created_at - o.sent_at) * 1000 AS ms "
+    "FROM trades_trade t JOIN reliability_outboxmessage o ON o.message_id = t.deduction_message_id "
+    "JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id WHERE t.id > %s"
+)
 TRADE_TO_SETTLED = (
     "SELECT extract(epoch FROM t.settled_at - t.created_at) * 1000 AS ms FROM trades_trade t WHERE t.id > %s"
 )
@@ -1197,6 +1210,8 @@ def http_paced(
     http_checked(result, args.http_paced_trades, server.web, f"{args.http_paced_trades} paced requests")
     wait_until(settled, timeout=args.timeout, what="paced trades placed over HTTP to settle")
     p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, [base_id])
+    relayed_p50, relayed_p99, _ = percentiles(TRADE_TO_RELAYED, [base_id])
+    consumed_p50, consumed_p99, _ = percentiles(RELAYED_TO_DEDUCTED, [base_id])
     return {
         "rate_per_s": rate,
         "offered_per_s": result.per_s,
@@ -1205,6 +1220,10 @@ def http_paced(
         "request_p99_ms": result.percentile(0.99),
         "p50_ms": p50,
         "p99_ms": p99,
+        "relayed_p50_ms": relayed_p50,
+        "relayed_p99_ms": relayed_p99,
+        "relayed_to_deducted_p50_ms": consumed_p50,
+        "relayed_to_deducted_p99_ms": consumed_p99,
     }
 
 
@@ -1727,7 +1746,15 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
         # The latency goal is at half of peak: the paced run through HTTP (when there is one).
         **{
             f"http_paced_{figure}": median([h.paced[figure] for h in https if h.paced])
-            for figure in ("rate_per_s", "request_p50_ms", "request_p99_ms", "p50_ms", "p99_ms")
+            for figure in (
+                *("rate_per_s", "request_p50_ms", "request_p99_ms", "p50_ms", "p99_ms"),
+                *(
+                    "relayed_p50_ms",
+                    "relayed_p99_ms",
+                    "relayed_to_deducted_p50_ms",
+                    "relayed_to_deducted_p99_ms",
+                ),
+            )
         },
         "http_requests_per_s": median([h.request_per_s for h in https]),
         "http_requests": sum(h.requests for h in https) if https else None,
@@ -1947,6 +1974,12 @@ def report(summary: dict[str, Any]) -> None:
                 f"request p50 {summary['http_paced_request_p50_ms']:.0f} ms, "
                 f"p99 {summary['http_paced_request_p99_ms']:.0f} ms; request->deducted "
                 f"p50 {summary['http_paced_p50_ms']:.0f} ms, p99 {summary['http_paced_p99_ms']:.0f} ms"
+            )
+            print(
+                f"               of which placed -> relayed (confirmed, marked sent) "
+                f"p50 {summary['http_paced_relayed_p50_ms']:.0f} ms, p99 {summary['http_paced_relayed_p99_ms']:.0f} ms; "
+                f"relayed -> deducted p50 {summary['http_paced_relayed_to_deducted_p50_ms']:.0f} ms, "
+                f"p99 {summary['http_paced_relayed_to_deducted_p99_ms']:.0f} ms"
             )
     if any(f"http_{name}_per_s" in summary for name in ALTERNATIVES):
         print(
