@@ -654,6 +654,10 @@ def pipeline_start(
     schedule = RUN_DIR / f"beat-schedule-{name}"
     for path in RUN_DIR.glob(f"beat-schedule-{name}*"):
         path.unlink()
+    worker_env = {**(env or {}), **({"PGAPPNAME": "bench-worker"} if appnames else {})}
+    # The README's layout: the periodic tasks on a worker of their own, so that their burst every
+    # few seconds does not hold the pool processes the deductions wait for.
+    queues = ("-X", "housekeeping") if args.housekeeping_worker else ()
     workers = [
         children.start(
             f"{kind}-worker{i}-{name}",
@@ -664,14 +668,30 @@ def pipeline_start(
                 f"bench-{kind}{i}@%h",
                 "-c",
                 str(args.concurrency),
+                *queues,
                 "--without-mingle",
                 "--without-gossip",
                 loglevel=args.loglevel,
             ),
-            env={**(env or {}), **({"PGAPPNAME": "bench-worker"} if appnames else {})},
+            env=worker_env,
         )
         for i in range(1, args.workers + 1)
     ]
+    if args.housekeeping_worker:
+        housekeeping = celery_argv(
+            "project",
+            "worker",
+            "-n",
+            f"bench-{kind}-housekeeping@%h",
+            "-c",
+            "1",
+            "-Q",
+            "housekeeping",
+            "--without-mingle",
+            "--without-gossip",
+            loglevel=args.loglevel,
+        )
+        workers.append(children.start(f"{kind}-housekeeping-{name}", housekeeping, env=worker_env))
     beat = children.start(
         f"{kind}-beat-{name}",
         celery_argv("project", "beat", "--schedule", str(schedule), loglevel=args.loglevel),
@@ -1837,6 +1857,7 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
             "raw_messages": args.raw_messages,
             "paced_trades": args.paced_trades,
             "paced_share": args.paced_share,
+            "housekeeping_worker": args.housekeeping_worker,
             "http_paced_trades": args.http_paced_trades,
             "placement_batch": args.placement_batch,
             "batched_trades": args.batched_trades,
@@ -1905,7 +1926,8 @@ def report(summary: dict[str, Any]) -> None:
     print()
     print("=" * 78)
     print(
-        f"N={p['trades']} trades, W={p['workers']} worker(s) x C={p['concurrency']}, "
+        f"N={p['trades']} trades, W={p['workers']} worker(s) x C={p['concurrency']}"
+        f"{' + a housekeeping worker x 1' if p.get('housekeeping_worker') else ''}, "
         f"{p['producers']} producer processes, cpu_count={summary['cpu_count']}, "
         f"repeats={p['repeats']} (medians below)"
     )
@@ -2161,6 +2183,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="CELERY_DB_REUSE_MAX for every Celery worker of the HTTP legs (bench.settings): Celery "
         "closes the database connections around every task unless it is set (0, the default: "
         "Celery's default, a new connection per task)",
+    )
+    parser.add_argument(
+        "--housekeeping-worker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the library's periodic tasks on a worker of their own (-Q housekeeping -c 1; the "
+        "others -X housekeeping), as the README's layouts do (default: on)",
     )
     parser.add_argument(
         "--profile",
