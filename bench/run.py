@@ -73,7 +73,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import cpu  # noqa: E402 - needs the repository on sys.path
+from bench import cpu, metrics_scrape  # noqa: E402 - needs the repository on sys.path
 from bench.httpload import LoadResult, LoadSpec  # noqa: E402
 from bench.profile import Profiles  # noqa: E402
 from chaos.harness import Child, WebTier, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
@@ -2185,6 +2185,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "Celery's default, a new connection per task)",
     )
     parser.add_argument(
+        "--metrics-scrape-rows",
+        type=int,
+        default=1_000_000,
+        help="time a /metrics scrape with this many message-log rows against one with 1,000 "
+        "(bench/metrics_scrape.py, a database of its own; 0: skip)",
+    )
+    parser.add_argument("--metrics-scrapes", type=int, default=40, help="timed scrapes per size (median)")
+    parser.add_argument(
         "--housekeeping-worker",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -2384,6 +2392,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         summary = summarize(args, repeats)
+        if args.metrics_scrape_rows:
+            log(f"/metrics scrape: 1000 and {args.metrics_scrape_rows} message-log rows")
+            summary.update(
+                metrics_scrape.measure(1000, args.metrics_scrape_rows, scrapes=args.metrics_scrapes)
+            )
+            log(
+                f"  /metrics {summary['metrics_scrape_ms_1k']:.1f} ms at 1k rows, "
+                f"{summary['metrics_scrape_ms_1m']:.1f} ms at {args.metrics_scrape_rows}: "
+                f"ratio {summary['metrics_scrape_ratio_1m_vs_1k']:.2f}"
+            )
         summary["elapsed_s"] = time.monotonic() - started
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(rounded(summary), indent=2) + "\n")
