@@ -48,6 +48,7 @@ class SilentProxy:
         self._rules_on = False
         self._flowing = threading.Event()
         self._flowing.set()
+        self._refusing = threading.Event()
         self._closing = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self._listener.settimeout(_POLL_S)
@@ -77,10 +78,21 @@ class SilentProxy:
             self._rules_on = True
         logger.warning("%s: partitioned (silent drop, connections kept open)", self.name)
 
+    def refuse(self) -> None:
+        """Be a server that is down: close every connection, and each new one as it comes."""
+        self._refusing.set()
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), set()
+        for sock in sockets:
+            with suppress(OSError):
+                sock.close()
+        logger.warning("%s: down (connections closed, new ones refused)", self.name)
+
     def heal(self) -> None:
         if self._rules_on:
             self._iptables("-D")
             self._rules_on = False
+        self._refusing.clear()
         self._flowing.set()
         logger.warning("%s: healed", self.name)
 
@@ -123,6 +135,9 @@ class SilentProxy:
                 continue
             except OSError:
                 return
+            if self._refusing.is_set():
+                client.close()
+                continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
             except OSError:

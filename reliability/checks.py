@@ -124,6 +124,25 @@ def databases_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
 
 
 @register(TAG)
+def database_wait_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.conf import settings as django_settings
+
+    wait_s = settings.RELIABILITY_DATABASE_WAIT_MAX_S
+    soft_limit_s = getattr(django_settings, "CELERY_TASK_SOFT_TIME_LIMIT", None)
+    if wait_s >= 0 and (not soft_limit_s or wait_s < soft_limit_s):
+        return []
+    return [
+        Error(
+            f"RELIABILITY_DATABASE_WAIT_MAX_S ({wait_s:g}s) must be at least 0 and below "
+            f"CELERY_TASK_SOFT_TIME_LIMIT ({soft_limit_s}s): a delivery waiting for its database must "
+            "go back to the queue before its time limit ends the task.",
+            hint="Lower RELIABILITY_DATABASE_WAIT_MAX_S.",
+            id="reliability.E009",
+        )
+    ]
+
+
+@register(TAG)
 def fault_injection_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not settings.RELIABILITY_FAULT_INJECTION:
         return []

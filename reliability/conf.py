@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     # --- the consumer
     # Longest pause before a message that failed transiently goes back to the queue.
     "RELIABILITY_REQUEUE_PAUSE_MAX_S": 5.0,
+    # A delivery that failed because its database cannot be reached waits up to this long for it
+    # to answer again before going back: an outage spends one delivery per wait, not twenty in a
+    # minute. Below the task's soft time limit and the broker's consumer_timeout.
+    "RELIABILITY_DATABASE_WAIT_MAX_S": 60.0,
     # A message older than this is dead-lettered, not applied (it may be past the dedupe window).
     "RELIABILITY_MAX_MESSAGE_AGE_S": 3 * DAY_S,
     # --- streams and the reconciler

@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Reject
-from django.db import DatabaseError, DataError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from reliability.conf import settings
@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 _TRANSIENT_ERRORS = (OperationalError, InterfaceError, ClockMovedBackwards, WorkerIdUnavailable)
 # SQLSTATE classes worth retrying: serialization failure, deadlock.
 _TRANSIENT_SQLSTATES = {"40001", "40P01"}
+_DATABASE_POLL_S = 1.0  # how often a delivery waiting for its database asks it again
 
 
 Handler = Callable[[Message], str | None]
@@ -142,8 +143,13 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
 
 
-def _requeue(task: Task, exc: Exception, *, what: str) -> NoReturn:
-    """Hand the delivery back to the broker after a pause that grows with its deliveries."""
+def _requeue(task: Task, exc: Exception, *, what: str, using: str) -> NoReturn:
+    """Hand the delivery back to the broker after a pause that grows with its deliveries.
+
+    If the failure was the database being away and it still does not answer, wait for it
+    first (up to ``RELIABILITY_DATABASE_WAIT_MAX_S``): requeued at once, a message would spend
+    its deliveries on the outage and the broker would dead-letter it on the delivery limit.
+    """
     deliveries = delivery_count(task)
     pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
     log = logger.warning if _is_transient(exc) else logger.error
@@ -156,8 +162,50 @@ def _requeue(task: Task, exc: Exception, *, what: str) -> NoReturn:
         type(exc).__name__,
         exc,
     )
-    time.sleep(pause)
+    if (
+        settings.RELIABILITY_DATABASE_WAIT_MAX_S > 0
+        and _connection_lost(exc)
+        and not _database_answers(using)
+    ):
+        _database_wait(using, task=task)
+    else:
+        time.sleep(pause)
     raise Reject(exc, requeue=True) from exc
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """An error a database that went away raises (not a conflict such as a deadlock)."""
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return isinstance(exc, OperationalError | InterfaceError) and sqlstate not in _TRANSIENT_SQLSTATES
+
+
+def _database_answers(using: str) -> bool:
+    """Whether database ``using`` answers a query now, on a new connection."""
+    connection = connections[using]
+    if connection.in_atomic_block:  # not ours to close: leave the decision to the caller's pause
+        return True
+    try:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except DatabaseError:
+        connection.close()
+        return False
+    return True
+
+
+def _database_wait(using: str, *, task: Task) -> None:
+    """Poll database ``using`` every second until it answers or the wait's bound passes."""
+    bound = settings.RELIABILITY_DATABASE_WAIT_MAX_S
+    logger.warning(
+        "database %s unreachable: %s waits up to %.0fs for it before requeueing", using, task.name, bound
+    )
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        time.sleep(min(_DATABASE_POLL_S, max(0.0, deadline - time.monotonic())))
+        if _database_answers(using):
+            logger.warning("database %s answers again: requeueing", using)
+            return
 
 
 def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
@@ -368,7 +416,7 @@ def message_consume(
             # Maybe transient (a database hiccup), maybe a bug: requeue after a pause that
             # grows with the deliveries. The queue's delivery limit bounds the loop and
             # dead-letters what keeps failing; the drain records it with the reason.
-            _requeue(task, exc, what=f"message {message.message_id}")
+            _requeue(task, exc, what=f"message {message.message_id}", using=using)
         return _dead_letter(
             task,
             message,
@@ -425,7 +473,7 @@ def batch_consume(
         logger.info("batch of %d for %s applied one by one: %s", len(items), task.name, reason)
     except Exception as exc:  # noqa: BLE001 - requeued if transient, else applied one by one
         if _is_transient(exc):
-            _requeue(task, exc, what=f"batch of {len(items)}")
+            _requeue(task, exc, what=f"batch of {len(items)}", using=using)
         logger.info(
             "batch of %d for %s failed (%s: %s); applying it one by one",
             len(items),
@@ -561,7 +609,7 @@ def exactly_once_task(
                 # letter) meet the same database hiccups. Escaping, the error would fail the
                 # task and the broker would dead-letter a message that only had to wait.
                 if _is_transient(exc):
-                    _requeue(task, exc, what="delivery")
+                    _requeue(task, exc, what="delivery", using=using)
                 raise
 
         consume.__name__ = handler.__name__

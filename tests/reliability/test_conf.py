@@ -107,6 +107,7 @@ class SystemCheckTests(SimpleTestCase):
             "reliability.E005": {"RELIABILITY_RELAY_CLAIM_S": 1.0},
             "reliability.E006": {"RELIABILITY_ID_GENERATOR": "uuid4"},
             "reliability.E008": {"RELIABILITY_DATABASES": ["default", "nowhere"]},
+            "reliability.E009": {"RELIABILITY_DATABASE_WAIT_MAX_S": 240.0},
         }
         for check_id, overrides in cases.items():
             with self.subTest(check_id), override_settings(**overrides):
