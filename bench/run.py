@@ -590,6 +590,11 @@ RELAYED_TO_DEDUCTED = (
     "FROM trades_trade t JOIN reliability_outboxmessage o ON o.message_id = t.deduction_message_id "
     "JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id WHERE t.id > %s"
 )
+# What each paced HTTP run reports, and the summary its median (``http_paced_<figure>``).
+PACED_FIGURES = (
+    *("rate_per_s", "request_p50_ms", "request_p99_ms", "p50_ms", "p99_ms"),
+    *("relayed_p50_ms", "relayed_p99_ms", "relayed_to_deducted_p50_ms", "relayed_to_deducted_p99_ms"),
+)
 TRADE_TO_SETTLED = (
     "SELECT extract(epoch FROM t.settled_at - t.created_at) * 1000 AS ms FROM trades_trade t WHERE t.id > %s"
 )
@@ -655,42 +660,34 @@ def pipeline_start(
     for path in RUN_DIR.glob(f"beat-schedule-{name}*"):
         path.unlink()
     worker_env = {**(env or {}), **({"PGAPPNAME": "bench-worker"} if appnames else {})}
+
+    def worker_argv(node: str, concurrency: int, *queues: str) -> list[str]:
+        return celery_argv(
+            "project",
+            "worker",
+            "-n",
+            f"{node}@%h",
+            "-c",
+            str(concurrency),
+            *queues,
+            "--without-mingle",
+            "--without-gossip",
+            loglevel=args.loglevel,
+        )
+
     # The README's layout: the periodic tasks on a worker of their own, so that their burst every
     # few seconds does not hold the pool processes the deductions wait for.
     queues = ("-X", "housekeeping") if args.housekeeping_worker else ()
     workers = [
         children.start(
             f"{kind}-worker{i}-{name}",
-            celery_argv(
-                "project",
-                "worker",
-                "-n",
-                f"bench-{kind}{i}@%h",
-                "-c",
-                str(args.concurrency),
-                *queues,
-                "--without-mingle",
-                "--without-gossip",
-                loglevel=args.loglevel,
-            ),
+            worker_argv(f"bench-{kind}{i}", args.concurrency, *queues),
             env=worker_env,
         )
         for i in range(1, args.workers + 1)
     ]
     if args.housekeeping_worker:
-        housekeeping = celery_argv(
-            "project",
-            "worker",
-            "-n",
-            f"bench-{kind}-housekeeping@%h",
-            "-c",
-            "1",
-            "-Q",
-            "housekeeping",
-            "--without-mingle",
-            "--without-gossip",
-            loglevel=args.loglevel,
-        )
+        housekeeping = worker_argv(f"bench-{kind}-housekeeping", 1, "-Q", "housekeeping")
         workers.append(children.start(f"{kind}-housekeeping-{name}", housekeeping, env=worker_env))
     beat = children.start(
         f"{kind}-beat-{name}",
@@ -1117,8 +1114,8 @@ def measure_http(
     wait_until(settled, timeout=args.timeout, what="warm-up trades")
     base_id = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
     watch = CpuWatch()
-    profiled = {"gunicorn": [web.child.pid], "worker": [worker.pid for worker in workers], "beat": [beat.pid]}
-    with Profiles(args.profile / tag, profiled) if args.profile else nullcontext():
+    groups = {"gunicorn": [web.child.pid], "worker": [worker.pid for worker in workers], "beat": [beat.pid]}
+    with Profiles(args.profile / tag, groups) if args.profile else nullcontext():
         result, load_cpu_s, load_pid = http_load(
             children,
             wrk,
@@ -1135,12 +1132,7 @@ def measure_http(
             on_poll=watch.poll,
         )
     cpu_s = watch.attribute(
-        {
-            "gunicorn": [web.child.pid],
-            "worker": [worker.pid for worker in workers],
-            "beat": [beat.pid],
-            "load generator": [load_pid],
-        },
+        {**groups, "load generator": [load_pid]},
         load_cpu_s,
     )
     seconds = finished - result.first_sent
@@ -1766,15 +1758,7 @@ def summarize(args: argparse.Namespace, repeats: list[Repeat]) -> dict[str, Any]
         # The latency goal is at half of peak: the paced run through HTTP (when there is one).
         **{
             f"http_paced_{figure}": median([h.paced[figure] for h in https if h.paced])
-            for figure in (
-                *("rate_per_s", "request_p50_ms", "request_p99_ms", "p50_ms", "p99_ms"),
-                *(
-                    "relayed_p50_ms",
-                    "relayed_p99_ms",
-                    "relayed_to_deducted_p50_ms",
-                    "relayed_to_deducted_p99_ms",
-                ),
-            )
+            for figure in PACED_FIGURES
         },
         "http_requests_per_s": median([h.request_per_s for h in https]),
         "http_requests": sum(h.requests for h in https) if https else None,

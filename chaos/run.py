@@ -770,11 +770,11 @@ def main(argv: list[str] | None = None) -> int:
     pg_cluster = pg_cluster_up() if args.pg_cluster else None
     env = chaos_env(names, names.broker_url)
     if args.pg_cluster:
-        # The library's default requeue pause, not the soak's 0.05 s: a delivery that failed
-        # because the primary was gone is requeued after a pause growing to this, so its 20
-        # deliveries outlast a failover (about 76 s of outage). At 0.05 s they were spent within
-        # one, and the broker dead-lettered messages whose trades then waited for a replay
-        # (README, "Known limits").
+        # The library's default requeue pause, not the soak's 0.05 s: the setting the full tier on
+        # a cluster was measured with. It was needed then (at 0.05 s a failover spent a message's
+        # 20 deliveries and the broker dead-lettered it); deliveries now wait for the database
+        # instead, and the failover tests run at 0.05 s (README, "A delivery that fails because
+        # the database is away waits for it").
         env["RELIABILITY_REQUEUE_PAUSE_MAX_S"] = "5.0"
     # Settings read the environment once: it must be ours before django.setup().
     for key in [key for key in os.environ if _foreign(key)]:

@@ -118,14 +118,12 @@ def _relay_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-PENDING = OutboxMessage.Status.PENDING.value
-_OUTBOX_COLUMNS = [field.attname for field in OutboxMessage._meta.concrete_fields]
 _OUTBOX_TABLE = OutboxMessage._meta.db_table
 _CLAIM = (
     f"WITH claimable AS (SELECT id FROM {_OUTBOX_TABLE} WHERE {{conditions}} "  # noqa: S608 - no input in it
     "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED) "
     f"UPDATE {_OUTBOX_TABLE} o SET claimed_by = %s, claim_expires_at = %s FROM claimable "
-    f"WHERE o.id = claimable.id RETURNING {', '.join(f'o.{column}' for column in _OUTBOX_COLUMNS)}"
+    "WHERE o.id = claimable.id RETURNING o.*"
 )
 
 
@@ -148,7 +146,7 @@ def outbox_claim(
     now = timezone.now()
     conditions, params = (
         ["status = %s", "(claim_expires_at IS NULL OR claim_expires_at < %s)"],
-        [PENDING, now],
+        [OutboxMessage.Status.PENDING.value, now],
     )
     if ids is not None:
         conditions.append("id = ANY(%s::bigint[])")
