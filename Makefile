@@ -8,35 +8,54 @@ PY = $(VENV)/bin/python
 TEST_ARGS ?=
 BENCH_ARGS ?=
 
-# requirements-dev.txt is optional; the stamp is rebuilt when any of these change.
-REQUIREMENTS := requirements.txt $(wildcard requirements-dev.txt)
+# Installs come from the hashed locks (requirements.txt: the runtime; requirements-dev.txt: it plus
+# the tools, tests, demo client and bench), which `make lock` compiles from the hand-written *.in
+# files with uv. The venv is rebuilt when a lock changes.
+LOCKS := requirements.txt requirements-dev.txt
 STAMP := $(VENV)/.installed
+# How both locks are compiled: one Python (the oldest we support), universal markers, every hash.
+# UV_CUSTOM_COMPILE_COMMAND makes the lock's header name `make lock`, whatever the output path.
+UV_COMPILE = UV_CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/uv pip compile --quiet --generate-hashes \
+	--python-version 3.11 --universal
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv services browser migrate web demo test test-fast library-test schema check audit cluster-test pgcluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv lock check-locks services browser migrate web demo test test-fast library-test schema check audit cluster-test pgcluster-test bench chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
 	     /^[A-Za-z0-9_.-]+:.*## / { printf "  %-12s %s\n", $$1, $$2 }' \
 	     $(MAKEFILE_LIST)
 
-venv: $(STAMP) ## Create $(VENV) and install the requirements (re-runs only when they change)
+venv: $(STAMP) ## Create $(VENV) and install the locked requirements, hashes checked (re-runs only when a lock changes)
 	@:
 
 $(PY):
 	scripts/ensure-python $(PYTHON)
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(REQUIREMENTS) | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install $(addprefix -r ,$(REQUIREMENTS))
+# requirements-dev.txt holds every runtime pin too (compiled with -c requirements.txt). Hash-checking
+# mode refuses any package, transitive ones included, that the lock does not pin with a hash.
+$(STAMP): $(LOCKS) | $(PY)
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.txt
 	@touch $@
 
-requirements.txt:
-	@echo "requirements.txt is missing: it is needed to build $(VENV)" >&2
-	@exit 1
+lock: venv ## Recompile the hashed locks from requirements*.in (newest releases the ranges allow; commit both)
+	$(UV_COMPILE) --upgrade requirements.in -o requirements.txt
+	$(UV_COMPILE) --upgrade requirements-dev.in -o requirements-dev.txt
+
+# Compile each lock again into a copy of itself (uv keeps the copy's pins where the inputs still allow
+# them) and compare: an input added, removed or narrowed, or a lock edited by hand, shows as a diff.
+check-locks: venv ## Fail when a lock no longer matches its requirements*.in inputs (make check runs it)
+	@set -e; work="$$(mktemp -d)"; trap 'rm -rf "$$work"' EXIT; \
+	for lock in $(LOCKS); do \
+	    cp "$$lock" "$$work/$$lock"; \
+	    $(UV_COMPILE) "$${lock%.txt}.in" -o "$$work/$$lock"; \
+	    diff -u "$$lock" "$$work/$$lock" >&2 \
+	        || { echo "$$lock no longer matches $${lock%.txt}.in: run make lock and commit both" >&2; exit 1; }; \
+	done; \
+	echo "the locks match their inputs"
 
 services: ## Make sure PostgreSQL, RabbitMQ and Redis are running (installs them if missing and root)
 	scripts/ensure-services
@@ -85,9 +104,11 @@ test-fast: venv services ## The suite without the cluster, chaos, browser, parti
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
 
 # The library as another project gets it: a wheel built from a copy of the sources (setuptools
-# writes build/ and *.egg-info/ next to them), installed with examples/orders/requirements.txt
-# into a venv made afresh, and the example's exactly-once tests run with that venv's Python from
-# examples/orders, so that only the installed wheel provides `reliability`.
+# writes build/ and *.egg-info/ next to them), installed into a venv made afresh on the runtime
+# lock (so the versions are the locked ones, not the day's; it holds what examples/orders needs),
+# `pip check` proving that the wheel's own ranges admit them, and the example's
+# exactly-once tests run with that venv's Python from examples/orders, so that only the installed
+# wheel provides `reliability`.
 LIBRARY_VENV := .run/library-venv
 
 library-test: venv services ## Build the wheel, install it in a fresh venv with examples/orders, run the example's exactly-once tests (1-2 min)
@@ -98,10 +119,12 @@ library-test: venv services ## Build the wheel, install it in a fresh venv with 
 	    --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ -cf - . \
 	    | tar -C "$$work/source" -xf -; \
 	echo "building the wheel"; \
-	$(PY) -m pip wheel --no-deps -q -w "$$work/dist" "$$work/source"; \
+	$(PY) -m pip wheel --no-deps --no-build-isolation -q -w "$$work/dist" "$$work/source"; \
 	$(PY) -m venv $(LIBRARY_VENV); \
-	echo "installing $$(basename "$$work"/dist/*.whl) and examples/orders/requirements.txt into $(LIBRARY_VENV)"; \
-	$(LIBRARY_VENV)/bin/python -m pip install -q "$$work"/dist/*.whl -r examples/orders/requirements.txt
+	echo "installing requirements.txt (hashes checked), then $$(basename "$$work"/dist/*.whl) into $(LIBRARY_VENV)"; \
+	$(LIBRARY_VENV)/bin/python -m pip install -q --require-hashes -r requirements.txt; \
+	$(LIBRARY_VENV)/bin/python -m pip install -q --no-deps "$$work"/dist/*.whl; \
+	$(LIBRARY_VENV)/bin/python -m pip check
 	cd examples/orders && env -u PYTHONPATH PYTHONUNBUFFERED=1 $(abspath $(LIBRARY_VENV))/bin/python \
 	    manage.py test --noinput --settings=orders_project.test_settings
 
@@ -112,7 +135,7 @@ OPENAPI_EXPORT = $(PY) manage.py export_openapi_schema --api project.api.routes.
 schema: venv ## Write the API's OpenAPI document to project/api/openapi.json (commit it)
 	$(OPENAPI_EXPORT) > $(OPENAPI_SCHEMA)
 
-check: venv ## What CI checks before the tests: lint, format, types, import contracts, missing migrations, the committed API schema
+check: venv check-locks ## What CI checks before the tests: the locks, lint, format, types, import contracts, missing migrations, the committed API schema
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .

@@ -123,7 +123,7 @@ def browser_missing() -> str:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium is not installed: .venv/bin/pip install -r requirements-dev.txt"
+        return "selenium is not installed: make venv (it installs requirements-dev.txt)"
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
         return (
