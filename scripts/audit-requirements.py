@@ -1,7 +1,10 @@
 """Audit the pinned requirements for known vulnerabilities: ``make audit`` (and ``make test``).
 
-Runs pip-audit on requirements.txt (resolved, so the transitive pins are audited too) against
-the PyPI vulnerability service. Exit 1 on a known vulnerability that is not explained in
+Runs pip-audit on both hashed locks, requirements.txt (the runtime) and requirements-dev.txt (the
+tools, tests and bench), exactly as locked: every package, transitive ones included, at its
+locked version, with no resolution of its own (``--disable-pip --no-deps``), against the
+vulnerability data of PyPI's JSON API (``/pypi/<name>/<version>/json``, which carries the OSV
+advisories). Exit 1 on a known vulnerability that is not explained in
 ``EXPLAINED`` below and in README, "Dependencies audit". When the service cannot be reached, or
 answers for none of the packages, the audit says so plainly and exits 0: an audit that could
 not run is reported, never passed off as clean and never a reason for a red build.
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = "requirements.txt"
+LOCKS = ("requirements.txt", "requirements-dev.txt")
 SERVICE = "pypi"
 TIMEOUT_S = 600
 
@@ -42,8 +45,9 @@ def audit_report() -> dict[str, Any] | None:
     ignores = [f"--ignore-vuln={vuln_id}" for vuln_id in EXPLAINED]
     try:
         result = pip_audit(
-            "--requirement",
-            REQUIREMENTS,
+            *(argument for lock in LOCKS for argument in ("--requirement", lock)),
+            "--disable-pip",
+            "--no-deps",
             "--vulnerability-service",
             SERVICE,
             "--format",
