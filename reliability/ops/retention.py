@@ -1,10 +1,16 @@
-"""Retention: delete old outbox, message-log and gap rows in bounded batches.
+"""Retention: drop the outbox's and the message log's partitions past their window; delete the
+rest (small tables, the default partitions) in bounded batches.
 
 A message-log row is the only thing that recognises a redelivery, so it must
 outlive every way a message can come back: sitting in a queue (``max message
 age``), the reconciler's re-publishes (grace x attempts), and a dead-letter
 replay. ``retention_horizons_check`` refuses settings that break that rule, and
 the consumer refuses (dead-letters) a message older than the dedupe window.
+
+The outbox and the message log are partitioned by the time in their message ids
+(``reliability.ops.partitions``). A partition goes only when its *whole* slice is past
+the window, so a row is kept for its window and at most one partition width more: the
+width adds to retention, never takes from it, and the horizons checked above hold.
 """
 
 import logging
@@ -13,16 +19,26 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from reliability.conf import settings
-from reliability.consume.message_log import message_log_delete
+from reliability.consume.message_log import message_log_delete, message_log_partition_count_purged
 from reliability.models import MessageLog, OutboxMessage, ReconcileRun, StreamGap
+from reliability.ops.partitions import (
+    Partition,
+    partitions_default_table,
+    partitions_drop,
+    partitions_ensure,
+    partitions_list,
+)
 
-__all__ = ["retention_horizons_check", "retention_purge"]
+__all__ = ["retention_horizons_check", "retention_partitions_ensure", "retention_purge"]
 
 logger = logging.getLogger(__name__)
+
+PARTITIONED = (OutboxMessage, MessageLog)
 
 
 def _delete_in_batches(
@@ -48,29 +64,102 @@ def _delete_in_batches(
     return deleted
 
 
+def _default_partition_rows(queryset: QuerySet[Model]) -> QuerySet[Model]:
+    """``queryset`` narrowed to the rows of its table's default partition (no time slice holds them)."""
+    table = queryset.model._meta.db_table
+    default = partitions_default_table(table)
+    # tableoid names the partition a row is stored in: the batches never touch a time slice.
+    return queryset.extra(where=[f"{table}.tableoid = '{default}'::regclass"])  # noqa: S610
+
+
+def retention_partitions_ensure(*, using: str = "default", since_ms: int | None = None) -> int:
+    """Make the partitions ahead of now (``RELIABILITY_PARTITIONS_AHEAD``); return how many were made."""
+    now_ms = int(timezone.now().timestamp() * 1000)
+    return sum(
+        len(
+            partitions_ensure(
+                table=model._meta.db_table,
+                now_ms=now_ms,
+                since_ms=since_ms,
+                width_s=settings.RELIABILITY_PARTITION_WIDTH_S,
+                ahead=settings.RELIABILITY_PARTITIONS_AHEAD,
+                using=using,
+            )
+        )
+        for model in PARTITIONED
+    )
+
+
+def _outbox_all_sent(cursor: CursorWrapper, partition: Partition) -> bool:
+    # A row still pending past the retention (the broker refused it for weeks) keeps its whole
+    # partition: it is still to be published. The partial index on pending rows answers this.
+    cursor.execute(f"SELECT 1 FROM {partition.name} WHERE status = 'pending' LIMIT 1")  # noqa: S608
+    if cursor.fetchone() is None:
+        return True
+    logger.warning("partition %s kept past its retention: it holds pending outbox rows", partition.name)
+    return False
+
+
+def _message_log_counted(using: str) -> Callable[[CursorWrapper, Partition], bool]:
+    def count(cursor: CursorWrapper, partition: Partition) -> bool:
+        message_log_partition_count_purged(partition=partition.name, using=using)
+        return True
+
+    return count
+
+
+def _partitions_past(*, table: str, cutoff_ms: int, using: str) -> list[Partition]:
+    return [p for p in partitions_list(table=table, using=using) if p.to_ms <= cutoff_ms]
+
+
 def retention_purge(
     *, using: str = "default", batch_size: int = 1000, max_batches: int = 50
 ) -> dict[str, int]:
-    """Delete rows past their retention; each table at most ``batch_size x max_batches`` per call.
+    """Drop partitions past their retention, make the next ones, and delete old rows of the small
+    tables and of the default partitions, ``batch_size x max_batches`` per table at most per call.
 
-    Message-log rows go through ``message_log_delete``, which counts them as purged in the same
-    statement, so the figures of the rows now stay right.
+    Returns rows deleted per table, and partitions dropped and made. Message-log rows are counted
+    as purged in the transaction that drops or deletes them, so the figures of the rows now stay
+    right.
     """
     now = timezone.now()
     dedupe_cutoff = now - timedelta(seconds=settings.RELIABILITY_DEDUPE_WINDOW_S)
     outbox_cutoff = now - timedelta(seconds=settings.RELIABILITY_OUTBOX_RETENTION_S)
-    targets: dict[str, QuerySet[Model]] = {
-        "outbox": OutboxMessage.objects.using(using).filter(
-            status=OutboxMessage.Status.SENT, created_at__lt=outbox_cutoff
+    outbox_table, log_table = OutboxMessage._meta.db_table, MessageLog._meta.db_table
+    dropped = partitions_drop(
+        table=outbox_table,
+        partitions=_partitions_past(
+            table=outbox_table, cutoff_ms=int(outbox_cutoff.timestamp() * 1000), using=using
         ),
-        "message_log": MessageLog.objects.using(using).filter(applied_at__lt=dedupe_cutoff),
+        before=_outbox_all_sent,
+        using=using,
+    ) + partitions_drop(
+        table=log_table,
+        partitions=_partitions_past(
+            table=log_table, cutoff_ms=int(dedupe_cutoff.timestamp() * 1000), using=using
+        ),
+        before=_message_log_counted(using),
+        using=using,
+    )
+    made = retention_partitions_ensure(using=using)
+    targets: dict[str, QuerySet[Model]] = {
+        "outbox": _default_partition_rows(
+            OutboxMessage.objects.using(using).filter(
+                status=OutboxMessage.Status.SENT, created_at__lt=outbox_cutoff
+            )
+        ),
+        "message_log": _default_partition_rows(
+            MessageLog.objects.using(using).filter(applied_at__lt=dedupe_cutoff)
+        ),
         "healed_gaps": StreamGap.objects.using(using).filter(
             status=StreamGap.Status.HEALED, healed_at__lt=dedupe_cutoff
         ),
         "reconcile_runs": ReconcileRun.objects.using(using).filter(started_at__lt=dedupe_cutoff),
     }
     deleters: dict[str, Callable[[list[Any]], int]] = {
-        "message_log": lambda ids: message_log_delete(ids=ids, using=using),
+        "message_log": lambda ids: message_log_delete(
+            ids=ids, table=partitions_default_table(log_table), using=using
+        ),
     }
     counts = {
         name: _delete_in_batches(
@@ -78,8 +167,10 @@ def retention_purge(
         )
         for name, queryset in targets.items()
     }
+    counts["partitions_dropped"] = len(dropped)
+    counts["partitions_made"] = made
     if any(counts.values()):
-        logger.info("retention on %s deleted %s", using, counts)
+        logger.info("retention on %s: %s (dropped %s)", using, counts, ", ".join(dropped) or "none")
     return counts
 
 
