@@ -14,8 +14,9 @@ width adds to retention, never takes from it, and the horizons checked above hol
 """
 
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import transaction
@@ -34,7 +35,13 @@ from reliability.ops.partitions import (
     partitions_list,
 )
 
-__all__ = ["retention_horizons_check", "retention_partitions_ensure", "retention_purge"]
+__all__ = [
+    "retention_cutoffs",
+    "retention_horizons_check",
+    "retention_message_made_at",
+    "retention_partitions_ensure",
+    "retention_purge",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +179,29 @@ def retention_purge(
     if any(counts.values()):
         logger.info("retention on %s: %s (dropped %s)", using, counts, ", ".join(dropped) or "none")
     return counts
+
+
+def retention_cutoffs(*, now: datetime | None = None) -> dict[str, datetime]:
+    """For ``"outbox"`` and ``"message_log"``: messages made before this time may have been removed
+    by retention (and nothing made since has been), as ``retention_message_made_at`` dates them.
+
+    For checkers: a row that is missing and older than this was purged, not lost.
+    """
+    now = now or timezone.now()
+    return {
+        "outbox": now - timedelta(seconds=settings.RELIABILITY_OUTBOX_RETENTION_S),
+        "message_log": now - timedelta(seconds=settings.RELIABILITY_DEDUPE_WINDOW_S),
+    }
+
+
+def retention_message_made_at(message_id: uuid.UUID | str, *, otherwise: datetime) -> datetime:
+    """When retention considers ``message_id`` made: the millisecond in a UUIDv7 (its partition),
+    else ``otherwise``, a time no later than its rows' own (``created_at``, ``applied_at``), such as
+    that of the business row written with it."""
+    value = message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))
+    if value.version == 7:
+        return datetime.fromtimestamp((value.int >> 80) / 1000, tz=UTC)
+    return otherwise
 
 
 def retention_horizons_check(
