@@ -46,7 +46,7 @@ def purge_old_rows() -> dict[str, dict[str, int]]:
     """
     if degrade.pipeline_degraded():
         return {
-            alias: {"partitions_made": retention.retention_partitions_ensure(using=alias)}
+            alias: retention.retention_partitions_maintain(using=alias, drop=False)
             for alias in reconciler.reliability_databases()
         }
     return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}

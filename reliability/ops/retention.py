@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.backends.utils import CursorWrapper
 from django.db.models import Model, QuerySet
 from django.utils import timezone
@@ -40,6 +40,7 @@ __all__ = [
     "retention_horizons_check",
     "retention_message_made_at",
     "retention_partitions_ensure",
+    "retention_partitions_maintain",
     "retention_purge",
 ]
 
@@ -115,8 +116,47 @@ def _message_log_counted(using: str) -> Callable[[CursorWrapper, Partition], boo
     return count
 
 
-def _partitions_past(*, table: str, cutoff_ms: int, using: str) -> list[Partition]:
+def _partitions_past(*, table: str, cutoff: datetime, using: str) -> list[Partition]:
+    """The slices of ``table`` wholly before ``cutoff``: only those may go."""
+    cutoff_ms = int(cutoff.timestamp() * 1000)
     return [p for p in partitions_list(table=table, using=using) if p.to_ms <= cutoff_ms]
+
+
+def retention_partitions_maintain(*, using: str = "default", drop: bool = True) -> dict[str, int]:
+    """Drop the partitions past retention (unless not ``drop``) and make the ones ahead; return how
+    many of each.
+
+    DDL: the role must own the tables. Where the app role may not (README, "Least privilege"),
+    this logs what to do and returns zeros; ``manage.py partitions``, run as the owner, does it.
+    """
+    cutoffs = retention_cutoffs()
+    outbox_table, log_table = OutboxMessage._meta.db_table, MessageLog._meta.db_table
+    dropped: list[str] = []
+    try:
+        if drop:
+            dropped += partitions_drop(
+                table=outbox_table,
+                partitions=_partitions_past(table=outbox_table, cutoff=cutoffs["outbox"], using=using),
+                before=_outbox_all_sent,
+                using=using,
+            )
+            dropped += partitions_drop(
+                table=log_table,
+                partitions=_partitions_past(table=log_table, cutoff=cutoffs["message_log"], using=using),
+                before=_message_log_counted(using),
+                using=using,
+            )
+        made = retention_partitions_ensure(using=using)
+    except DatabaseError as exc:
+        # Not the owner of the tables (or the DDL failed otherwise): inserts still land, in the
+        # slices made so far and then in the default partitions; nothing is lost.
+        logger.error(
+            "partitions on %s not maintained (%s): run manage.py partitions as the tables' owner", using, exc
+        )
+        return {"partitions_dropped": len(dropped), "partitions_made": 0, "partitions_failed": 1}
+    if dropped:
+        logger.info("retention on %s dropped %s", using, ", ".join(dropped))
+    return {"partitions_dropped": len(dropped), "partitions_made": made, "partitions_failed": 0}
 
 
 def retention_purge(
@@ -129,26 +169,10 @@ def retention_purge(
     as purged in the transaction that drops or deletes them, so the figures of the rows now stay
     right.
     """
-    now = timezone.now()
-    dedupe_cutoff = now - timedelta(seconds=settings.RELIABILITY_DEDUPE_WINDOW_S)
-    outbox_cutoff = now - timedelta(seconds=settings.RELIABILITY_OUTBOX_RETENTION_S)
-    outbox_table, log_table = OutboxMessage._meta.db_table, MessageLog._meta.db_table
-    dropped = partitions_drop(
-        table=outbox_table,
-        partitions=_partitions_past(
-            table=outbox_table, cutoff_ms=int(outbox_cutoff.timestamp() * 1000), using=using
-        ),
-        before=_outbox_all_sent,
-        using=using,
-    ) + partitions_drop(
-        table=log_table,
-        partitions=_partitions_past(
-            table=log_table, cutoff_ms=int(dedupe_cutoff.timestamp() * 1000), using=using
-        ),
-        before=_message_log_counted(using),
-        using=using,
-    )
-    made = retention_partitions_ensure(using=using)
+    partitions = retention_partitions_maintain(using=using)
+    cutoffs = retention_cutoffs()
+    dedupe_cutoff, outbox_cutoff = cutoffs["message_log"], cutoffs["outbox"]
+    log_table = MessageLog._meta.db_table
     targets: dict[str, QuerySet[Model]] = {
         "outbox": _default_partition_rows(
             OutboxMessage.objects.using(using).filter(
@@ -174,10 +198,9 @@ def retention_purge(
         )
         for name, queryset in targets.items()
     }
-    counts["partitions_dropped"] = len(dropped)
-    counts["partitions_made"] = made
+    counts.update(partitions)
     if any(counts.values()):
-        logger.info("retention on %s: %s (dropped %s)", using, counts, ", ".join(dropped) or "none")
+        logger.info("retention on %s: %s", using, counts)
     return counts
 
 

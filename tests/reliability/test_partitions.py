@@ -5,8 +5,11 @@ import itertools
 import random
 import uuid
 from datetime import timedelta
+from io import StringIO
+from unittest import mock
 
-from django.db import connection, transaction
+from django.core.management import CommandError, call_command
+from django.db import ProgrammingError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
@@ -148,6 +151,35 @@ class PartitionTests(TestCase):
         self.assertEqual(counts["message_log"], 1)
         self.assertEqual(list(MessageLog.objects.values_list("message_id", flat=True)), [fresh])
         self.assertEqual(message_log_stats()["purged"], 1)
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_the_partitions_command_drops_and_makes_for_the_owner(self) -> None:
+        log(uuid7_at(now_ms() - 8 * DAY_MS))
+        out = StringIO()
+        with override_settings(RELIABILITY_PARTITIONS_AHEAD=6):
+            call_command("partitions", stdout=out)
+        self.assertRegex(out.getvalue(), r"default: [1-9]\d* partitions dropped, [1-9]\d* made")
+        self.assertFalse(MessageLog.objects.exists())
+
+    @override_settings(RELIABILITY_PARTITIONS_AHEAD=9)  # slices to make: the DDL runs
+    def test_retention_without_the_right_to_run_ddl_logs_what_to_do_and_goes_on(self) -> None:
+        with (
+            mock.patch(
+                "reliability.ops.partitions._create", side_effect=ProgrammingError("permission denied")
+            ),
+            self.assertLogs("reliability.ops.retention", level="ERROR") as logs,
+        ):
+            counts = retention_purge()
+        self.assertIn("run manage.py partitions as the tables' owner", logs.output[0])
+        self.assertEqual(counts["partitions_failed"], 1)
+        with (
+            mock.patch(
+                "reliability.ops.partitions._create", side_effect=ProgrammingError("permission denied")
+            ),
+            self.assertLogs("reliability.ops.retention", level="ERROR"),
+            self.assertRaisesMessage(CommandError, "could not be maintained"),
+        ):
+            call_command("partitions", stdout=StringIO())
 
     def test_a_slice_made_late_takes_its_rows_from_the_default_partition(self) -> None:
         ahead = uuid7_at(now_ms() + 10 * DAY_MS)  # past the slices made so far (a clock far ahead)
