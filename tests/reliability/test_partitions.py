@@ -8,8 +8,9 @@ from datetime import timedelta
 from io import StringIO
 from unittest import mock
 
+from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import ProgrammingError, connection, transaction
+from django.db import ProgrammingError, connection, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
@@ -25,6 +26,8 @@ DAY_S = 86_400
 DAY_MS = DAY_S * 1000
 LOG, OUTBOX = MessageLog._meta.db_table, OutboxMessage._meta.db_table
 HANDLER = "tests.handler"
+# The consumer's side: the bean service's database when it has one of its own.
+BEANS = settings.BEANS_DATABASE
 # Windows of 4 days that the system checks accept (each above every redelivery horizon).
 FOUR_DAY_WINDOWS = {
     "RELIABILITY_DEDUPE_WINDOW_S": 4 * DAY_S,
@@ -45,16 +48,16 @@ def uuid7_at(ms: int) -> uuid.UUID:
     )
 
 
-def partition_of(table: str, message_id: uuid.UUID) -> str:
-    with connection.cursor() as cursor:
+def partition_of(table: str, message_id: uuid.UUID, using: str = "default") -> str:
+    with connections[using].cursor() as cursor:
         cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE message_id = %s", [message_id])  # noqa: S608
         row = cursor.fetchone()
     return row[0] if row else ""
 
 
 def log(message_id: uuid.UUID, seq: int = 1) -> None:
-    with transaction.atomic():
-        assert message_log_insert(handler=HANDLER, message_id=message_id, stream="s", seq=seq)
+    with transaction.atomic(using=BEANS):
+        assert message_log_insert(handler=HANDLER, message_id=message_id, stream="s", seq=seq, using=BEANS)
 
 
 def outbox(message_id: uuid.UUID, *, seq: int, sent: bool = True) -> None:
@@ -72,25 +75,37 @@ def outbox(message_id: uuid.UUID, *, seq: int, sent: bool = True) -> None:
 
 
 class PartitionTests(TestCase):
+    databases = "__all__"
+
     def setUp(self) -> None:
         # Daily slices from ten days ago, so that some lie past the four-day windows.
-        for table in (LOG, OUTBOX):
-            partitions_ensure(
-                table=table, now_ms=now_ms(), since_ms=now_ms() - 10 * DAY_MS, width_s=DAY_S, ahead=3
-            )
+        for alias in sorted({"default", BEANS}):
+            for table in (LOG, OUTBOX):
+                partitions_ensure(
+                    table=table,
+                    now_ms=now_ms(),
+                    since_ms=now_ms() - 10 * DAY_MS,
+                    width_s=DAY_S,
+                    ahead=3,
+                    using=alias,
+                )
 
     def test_slices_cover_the_past_and_are_made_ahead(self) -> None:
-        slices = partitions_list(table=LOG)
+        slices = partitions_list(table=LOG, using=BEANS)
         self.assertLessEqual(slices[0].from_ms, now_ms() - 10 * DAY_MS)
         self.assertGreaterEqual(slices[-1].to_ms, now_ms() + 3 * DAY_MS)
         for earlier, later in itertools.pairwise(slices):
             self.assertEqual(earlier.to_ms, later.from_ms, "no hole between slices")
         message_id = message_id_new()
         log(message_id)
-        self.assertRegex(partition_of(LOG, message_id), rf"^{LOG}_p\d+$", "a UUIDv7 goes to its time slice")
+        self.assertRegex(
+            partition_of(LOG, message_id, BEANS), rf"^{LOG}_p\d+$", "a UUIDv7 goes to its time slice"
+        )
         other = uuid.uuid4()
         log(other)
-        self.assertEqual(partition_of(LOG, other), f"{LOG}_default", "any other id to the default partition")
+        self.assertEqual(
+            partition_of(LOG, other, BEANS), f"{LOG}_default", "any other id to the default partition"
+        )
 
     @override_settings(**FOUR_DAY_WINDOWS)
     def test_retention_drops_whole_slices_past_the_window_and_counts_what_went(self) -> None:
@@ -98,22 +113,26 @@ class PartitionTests(TestCase):
         recent = [uuid7_at(now_ms() - 2 * DAY_MS), message_id_new()]
         for seq, message_id in enumerate(old + recent, start=1):
             log(message_id, seq)
-        with transaction.atomic():
-            message_log_count_redelivery(handler=HANDLER, message_id=old[0])
-            message_log_count_redelivery(handler=HANDLER, message_id=recent[0])
-        slices_before = len(partitions_list(table=LOG))
+        with transaction.atomic(using=BEANS):
+            message_log_count_redelivery(handler=HANDLER, message_id=old[0], using=BEANS)
+            message_log_count_redelivery(handler=HANDLER, message_id=recent[0], using=BEANS)
+        slices_before = len(partitions_list(table=LOG, using=BEANS))
 
         with self.assertLogs("reliability.ops.retention", level="INFO"):
-            counts = retention_purge()
+            counts = retention_purge(using=BEANS)
 
         self.assertEqual(counts["message_log"], 0, "nothing deleted row by row")
         self.assertGreaterEqual(counts["partitions_dropped"], 5, "days -10 to -5 of both tables")
         self.assertEqual(
-            set(MessageLog.objects.values_list("message_id", flat=True)), set(recent), "old slices dropped"
+            set(MessageLog.objects.using(BEANS).values_list("message_id", flat=True)),
+            set(recent),
+            "old slices dropped",
         )
         cutoff = now_ms() - 4 * DAY_MS
-        self.assertTrue(all(p.to_ms > cutoff for p in partitions_list(table=LOG)), "only past slices go")
-        self.assertLess(len(partitions_list(table=LOG)), slices_before)
+        self.assertTrue(
+            all(p.to_ms > cutoff for p in partitions_list(table=LOG, using=BEANS)), "only past slices go"
+        )
+        self.assertLess(len(partitions_list(table=LOG, using=BEANS)), slices_before)
         stats = message_log_stats()
         self.assertEqual(
             (stats["consumed"], stats["purged"], stats["duplicates_suppressed"], stats["consumed_ever"]),
@@ -127,8 +146,8 @@ class PartitionTests(TestCase):
         # retention, it never takes from it.
         on_the_edge = uuid7_at(now_ms() - 4 * DAY_MS + 60_000)
         log(on_the_edge)
-        retention_purge()
-        self.assertTrue(MessageLog.objects.filter(message_id=on_the_edge).exists())
+        retention_purge(using=BEANS)
+        self.assertTrue(MessageLog.objects.using(BEANS).filter(message_id=on_the_edge).exists())
 
     @override_settings(**FOUR_DAY_WINDOWS)
     def test_an_outbox_slice_with_a_pending_row_is_kept(self) -> None:
@@ -145,11 +164,13 @@ class PartitionTests(TestCase):
         old, fresh = uuid.uuid4(), uuid.uuid4()
         log(old)
         log(fresh)
-        MessageLog.objects.filter(message_id=old).update(applied_at=timezone.now() - timedelta(days=5))
+        MessageLog.objects.using(BEANS).filter(message_id=old).update(
+            applied_at=timezone.now() - timedelta(days=5)
+        )
         with self.assertLogs("reliability.ops.retention", level="INFO"):
-            counts = retention_purge()
+            counts = retention_purge(using=BEANS)
         self.assertEqual(counts["message_log"], 1)
-        self.assertEqual(list(MessageLog.objects.values_list("message_id", flat=True)), [fresh])
+        self.assertEqual(list(MessageLog.objects.using(BEANS).values_list("message_id", flat=True)), [fresh])
         self.assertEqual(message_log_stats()["purged"], 1)
 
     @override_settings(**FOUR_DAY_WINDOWS)
@@ -158,8 +179,8 @@ class PartitionTests(TestCase):
         out = StringIO()
         with override_settings(RELIABILITY_PARTITIONS_AHEAD=6):
             call_command("partitions", stdout=out)
-        self.assertRegex(out.getvalue(), r"default: [1-9]\d* partitions dropped, [1-9]\d* made")
-        self.assertFalse(MessageLog.objects.exists())
+        self.assertRegex(out.getvalue(), rf"{BEANS}: [1-9]\d* partitions dropped, [1-9]\d* made")
+        self.assertFalse(MessageLog.objects.using(BEANS).exists())
 
     @override_settings(RELIABILITY_PARTITIONS_AHEAD=9)  # slices to make: the DDL runs
     def test_retention_without_the_right_to_run_ddl_logs_what_to_do_and_goes_on(self) -> None:
@@ -184,13 +205,14 @@ class PartitionTests(TestCase):
     def test_a_slice_made_late_takes_its_rows_from_the_default_partition(self) -> None:
         ahead = uuid7_at(now_ms() + 10 * DAY_MS)  # past the slices made so far (a clock far ahead)
         log(ahead)
-        self.assertEqual(partition_of(LOG, ahead), f"{LOG}_default")
+        self.assertEqual(partition_of(LOG, ahead, BEANS), f"{LOG}_default")
         with self.assertLogs("reliability.ops.partitions", level="WARNING"):
-            partitions_ensure(table=LOG, now_ms=now_ms() + 10 * DAY_MS, width_s=DAY_S, ahead=2)
-        self.assertRegex(partition_of(LOG, ahead), rf"^{LOG}_p\d+$")
-        with transaction.atomic():
+            partitions_ensure(table=LOG, now_ms=now_ms() + 10 * DAY_MS, width_s=DAY_S, ahead=2, using=BEANS)
+        self.assertRegex(partition_of(LOG, ahead, BEANS), rf"^{LOG}_p\d+$")
+        with transaction.atomic(using=BEANS):
             self.assertFalse(
-                message_log_insert(handler=HANDLER, message_id=ahead, stream="s", seq=1), "still a duplicate"
+                message_log_insert(handler=HANDLER, message_id=ahead, stream="s", seq=1, using=BEANS),
+                "still a duplicate",
             )
 
 
