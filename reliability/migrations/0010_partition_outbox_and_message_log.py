@@ -9,10 +9,11 @@ partition, the time slices from the oldest UUIDv7 row still inside its window to
 continued above them) and the old table dropped. Every message-log row survives: older rows and
 rows of other id generators land in the default partition, which retention empties row by row.
 
-The rows are copied under the old table's lock: stop the workers (and the web tier) first; the
-copy takes about a second per 100,000 rows. ``(stream, seq)`` of the outbox is no longer a unique
-key (it does not contain message_id): ``StreamCounter`` hands out each seq once, in the producing
-transaction, and an index keeps the reconciler's look-ups by position.
+The rows are copied under the old table's lock: stop the workers (and the web tier) first; the copy
+took 11 s for 200,000 outbox and 200,000 message-log rows on a 2-core machine. ``(stream, seq)`` of
+the outbox is no longer a unique key (it does not contain message_id): ``StreamCounter`` hands out
+each seq once, in the producing transaction, and an index keeps the reconciler's look-ups by
+position.
 
 Reversible: the reverse copies the rows back into plain tables.
 """
