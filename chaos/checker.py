@@ -15,6 +15,7 @@ invariant they name).
 
 import itertools
 import re
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -56,6 +57,7 @@ class TradeRow(NamedTuple):
     beans: int
     status: str
     message_id: str
+    made_at: float | None = None  # epoch seconds of the trade row (retention dates non-UUIDv7 ids by it)
 
 
 class LedgerRow(NamedTuple):
@@ -133,6 +135,9 @@ class Snapshot:
     queues: dict[str, int | None]  # messages left in each queue (None: could not be read)
     code_violations: list[str] = field(default_factory=list)  # project.invariants.pipeline_violations()
     periodic_tasks: set[str] = field(default_factory=set)  # beat's tasks: disposable, the next period repeats
+    # Epoch seconds per table ("outbox", "message_log"): rows of messages made before it may have
+    # been removed by retention (reliability.ops.retention.retention_cutoffs). Empty: none was.
+    retention_cutoffs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -166,10 +171,31 @@ def _seq_runs(seqs: list[int]) -> str:
     return ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
 
 
+def _made_at(message_id: str, otherwise: float | None) -> float | None:
+    """Epoch seconds a message was made, as retention dates it: the time in a UUIDv7, else ``otherwise``."""
+    try:
+        value = uuid.UUID(message_id)
+    except ValueError:
+        return otherwise
+    return (value.int >> 80) / 1000 if value.version == 7 else otherwise
+
+
 def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liveness: Liveness) -> Verdict:
-    """Verify I1-I10; return every violation, filed by invariant, and the run's counts."""
+    """Verify I1-I10; return every violation, filed by invariant, and the run's counts.
+
+    A row that retention may have removed (its message made before ``retention_cutoffs``) is not
+    a violation when it is missing; what does not depend on it (the trade, the ledger, the
+    balances, the consumers' watermarks) is still checked.
+    """
     found: dict[str, list[str]] = {name: [] for name, _ in INVARIANTS}
     s = snapshot
+    made_at_of = {trade.message_id: trade.made_at for trade in s.trades}
+
+    def past(table: str, message_id: str) -> bool:
+        cutoff = s.retention_cutoffs.get(table)
+        made = _made_at(message_id, made_at_of.get(message_id))
+        return cutoff is not None and made is not None and made < cutoff
+
     trades_by_key: dict[str, list[TradeRow]] = defaultdict(list)
     for trade in s.trades:
         if trade.key is not None:
@@ -289,7 +315,7 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
             (e.account, e.beans, e.trade_id) != (source.account, source.beans, source.id) for e in entries
         ):
             found["I3"].append(f"ledger deduction from message {message_id} does not match trade {source.id}")
-        if message_id not in deduct_outbox:
+        if message_id not in deduct_outbox and not past("outbox", message_id):
             found["I3"].append(f"ledger deduction from message {message_id}: no outbox message produced it")
         if message_id in injected.poison:
             found["I3"].append(f"injected {injected.poison[message_id]} message {message_id} deducted beans")
@@ -315,18 +341,27 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
             indeterminate_committed += bool(matches)
 
     # I5: atomicity of trade and outbox message, of effect and inbox row, and of the outcome.
+    past_outbox = past_log = 0
     for trade in s.trades:
-        if trade.message_id not in deduct_outbox:
+        # The outcome message is made after the deduction: past retention only if the deduction is.
+        outbox_past, log_past = past("outbox", trade.message_id), past("message_log", trade.message_id)
+        past_outbox += outbox_past
+        past_log += log_past
+        if trade.message_id not in deduct_outbox and not outbox_past:
             found["I5"].append(f"trade {trade.id} has no outbox message {trade.message_id}")
         if trade.status != "pending":
             outcome_rows = outcomes_of.get(trade.message_id, [])
-            if len(outcome_rows) != 1:
+            if len(outcome_rows) > 1 or (not outcome_rows and not outbox_past):
                 found["I5"].append(
                     f"trade {trade.id} is {trade.status} with {len(outcome_rows)} outcome messages"
                 )
-            elif (OUTCOME_TASK, outcome_rows[0].message_id) not in log:
+            elif (
+                outcome_rows
+                and (OUTCOME_TASK, outcome_rows[0].message_id) not in log
+                and not past("message_log", outcome_rows[0].message_id)
+            ):
                 found["I5"].append(f"trade {trade.id} is settled but its outcome message has no inbox row")
-            if (DEDUCT_TASK, trade.message_id) not in log:
+            if (DEDUCT_TASK, trade.message_id) not in log and not log_past:
                 found["I5"].append(f"trade {trade.id} is settled but its deduction has no inbox row")
         if trade.status == "rejected" and effects(trade):
             found["I5"].append(f"trade {trade.id} is rejected, yet its deduction was applied")
@@ -339,6 +374,8 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
             found["I5"].append(f"inbox says {message_id} was deducted; the ledger has no entry")
     for message_id in ledger_by_message:
         applied_row = log.get((DEDUCT_TASK, message_id))
+        if applied_row is None and past("message_log", message_id):
+            continue
         if applied_row is None or applied_row.outcome != "deducted":
             found["I5"].append(
                 f"ledger deduction from {message_id}: inbox row {applied_row.outcome if applied_row else 'missing'}"
@@ -352,15 +389,21 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
     consumed: dict[tuple[str, str], set[int]] = defaultdict(set)
     for inbox in s.message_log:
         consumed[(inbox.handler, inbox.stream)].add(inbox.seq)
+    # Retention drops a stream's oldest rows first: then a stream's rows begin above 1, and only the
+    # retained run must be whole (the consumers' watermarks below still cover 1..k).
+    retention = bool(s.retention_cutoffs) and bool(past_outbox or past_log)
     for (task, stream), seqs in sorted(produced.items()):
         k = max(seqs)
-        if sorted(seqs) != list(range(1, k + 1)):
-            holes = set(range(1, k + 1)) - set(seqs)
+        first = min(seqs) if retention else 1
+        if sorted(seqs) != list(range(first, k + 1)):
+            holes = set(range(first, k + 1)) - set(seqs)
             doubles = [seq for seq, n in Counter(seqs).items() if n > 1]
             found["I6"].append(
                 f"outbox stream {stream}: holes {_seq_runs(list(holes))}, doubles {doubles[:5]}"
             )
-        missing = set(range(1, k + 1)) - consumed.get((task, stream), set())
+        applied_seqs = consumed.get((task, stream), set())
+        first_applied = min(applied_seqs, default=1) if retention else 1
+        missing = set(range(first_applied, k + 1)) - applied_seqs
         if missing:
             found["I6"].append(
                 f"stream {stream}: seqs {_seq_runs(list(missing))} of 1..{k} never applied by {task}"
@@ -479,6 +522,8 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
             "messages_removed": len(injected.removed),
             "gaps_found": sum(int(p.get("gaps_found") or 0) for p in s.streams),
             "gaps_healed": sum(int(p.get("gaps_healed") or 0) for p in s.streams),
+            "past_outbox_retention": past_outbox,
+            "past_message_log_retention": past_log,
         },
     )
 
@@ -489,6 +534,7 @@ def snapshot_collect(*, initial_balances: dict[int, int], queues: dict[str, int 
     from django.db import connection
 
     from project.invariants import pipeline_violations
+    from reliability.ops.retention import retention_cutoffs
     from reliability.selectors import stream_positions
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
@@ -502,7 +548,8 @@ def snapshot_collect(*, initial_balances: dict[int, int], queues: dict[str, int 
         trades=[
             TradeRow(*row)
             for row in rows(
-                "SELECT id, idempotency_key, account_id, beans, status, deduction_message_id::text FROM trades_trade"
+                "SELECT id, idempotency_key, account_id, beans, status, deduction_message_id::text, "
+                "extract(epoch FROM created_at)::float8 FROM trades_trade"
             )
         ],
         ledger=[
@@ -540,4 +587,5 @@ def snapshot_collect(*, initial_balances: dict[int, int], queues: dict[str, int 
         queues=dict(queues),
         code_violations=pipeline_violations(),
         periodic_tasks={str(entry["task"]) for entry in settings.CELERY_BEAT_SCHEDULE.values()},
+        retention_cutoffs={table: cutoff.timestamp() for table, cutoff in retention_cutoffs().items()},
     )

@@ -68,6 +68,33 @@ def retention_horizons_system_check(app_configs: Any = None, **kwargs: Any) -> l
 
 
 @register(TAG)
+def partitions_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    problems: list[CheckMessage] = []
+    width_s, ahead = settings.RELIABILITY_PARTITION_WIDTH_S, settings.RELIABILITY_PARTITIONS_AHEAD
+    if width_s < 1 or ahead < 2:
+        problems.append(
+            Error(
+                f"RELIABILITY_PARTITION_WIDTH_S ({width_s:g}s) must be at least 1 and RELIABILITY_PARTITIONS_AHEAD "
+                f"({ahead}) at least 2: the slice an insert needs must exist before its time comes.",
+                hint="Raise RELIABILITY_PARTITION_WIDTH_S or RELIABILITY_PARTITIONS_AHEAD.",
+                id="reliability.E010",
+            )
+        )
+    if settings.RELIABILITY_ID_GENERATOR != "uuid7":
+        problems.append(
+            Warning(
+                f"RELIABILITY_ID_GENERATOR {settings.RELIABILITY_ID_GENERATOR!r} makes ids that do not begin "
+                "with their time: their outbox and message-log rows go to the default partitions, which "
+                "retention empties row by row (at most 1,000 x 50 rows per table per run), not by "
+                "dropping partitions.",
+                hint="Use the default, uuid7, for tables whose retention costs the same at any volume.",
+                id="reliability.W002",
+            )
+        )
+    return problems
+
+
+@register(TAG)
 def relay_claim_check(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     window_s = settings.RELIABILITY_CONNECT_TIMEOUT_S + settings.RELIABILITY_CONFIRM_TIMEOUT_S
     if settings.RELIABILITY_RELAY_CLAIM_S >= 2 * window_s:

@@ -80,6 +80,13 @@ DEFAULTS: dict[str, Any] = {
     "RELIABILITY_DEDUPE_WINDOW_S": 14 * DAY_S,  # message-log rows kept: redeliveries recognised
     "RELIABILITY_OUTBOX_RETENTION_S": 14 * DAY_S,  # published outbox rows kept: re-publishable
     "RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S": 7 * DAY_S,  # dead letters may be replayed this long
+    # The outbox and the message log are partitioned by the time in their (UUIDv7) message ids;
+    # retention drops a partition once its whole slice is past the window, so a row is kept up to
+    # one width longer than its window. Narrower: closer to the window, more partitions.
+    "RELIABILITY_PARTITION_WIDTH_S": DAY_S,
+    # Slices made ahead of now (by migrate and each retention run); the retention period must be
+    # shorter than width x ahead, or inserts fall into the default partition until it runs.
+    "RELIABILITY_PARTITIONS_AHEAD": 3,
     # --- message ids: uuid7 (default, no service), snowflake (Redis leases), redis, database
     "RELIABILITY_ID_GENERATOR": "uuid7",
     "RELIABILITY_REDIS_URL": "redis://127.0.0.1:6379/0",

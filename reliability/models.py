@@ -25,8 +25,15 @@ Design overview
   statement that inserts, counts a redelivery of, or purges its rows (never by counting
   the table), and queue depths are read from the broker by beat into ``QueueDepth``.
 
+* **Partitions.** The outbox and the message log grow with every message: both are
+  range-partitioned on ``message_id``, whose UUIDv7 form begins with the millisecond it was
+  made, and retention drops whole partitions (``reliability.ops.partitions``). So every unique
+  key of theirs contains ``message_id`` (the primary key is ``(id, message_id)`` in the
+  database), and ``(stream, seq)`` is unique because ``StreamCounter`` hands each seq out once,
+  in the producing transaction, not by an index.
+
 Invariants enforced by the database (named constraints): unique message_id in the
-outbox, unique (stream, seq), seq >= 1, a sent row has sent_at, unique
+outbox, one locked counter row per stream, seq >= 1, a sent row has sent_at, unique
 (handler, message_id) in the message log, one row per (counter, shard), counters and
 depths never negative.
 """
@@ -63,7 +70,6 @@ class OutboxMessage(models.Model):
         verbose_name = "outbox message"
         constraints = [
             models.UniqueConstraint(fields=["message_id"], name="outbox_message_id_unique"),
-            models.UniqueConstraint(fields=["stream", "seq"], name="outbox_stream_seq_unique"),
             models.CheckConstraint(condition=Q(seq__gte=1), name="outbox_seq_positive"),
             models.CheckConstraint(
                 condition=Q(status="pending", sent_at__isnull=True) | Q(status="sent", sent_at__isnull=False),
@@ -76,6 +82,9 @@ class OutboxMessage(models.Model):
                 condition=Q(status="pending"),
                 name="outbox_pending_due_idx",
             ),
+            # The reconciler finds a message by its position. Not a unique key: a partitioned
+            # table's unique keys must contain message_id; StreamCounter hands out each seq once.
+            models.Index(fields=["stream", "seq"], name="outbox_stream_seq_idx"),
         ]
 
     def __str__(self) -> str:

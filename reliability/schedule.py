@@ -36,6 +36,7 @@ def beat_schedule(
         # Enters or leaves degrade mode from the current lag (non-critical work is shed), then
         # records the queue depths, so /metrics and the health page never open a broker connection.
         "evaluate-pipeline-mode": entry("reliability.evaluate_pipeline_mode", degrade_s, 30),
-        # Deletes outbox, message-log and gap rows past retention, in bounded batches.
+        # Drops outbox and message-log partitions past retention and makes the next ones; deletes
+        # old gap rows (and default-partition rows) in bounded batches.
         "retention": entry("reliability.purge_old_rows", retention_s, 600),
     }

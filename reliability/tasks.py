@@ -38,12 +38,17 @@ def stream_heartbeat() -> int:
 
 @shared_task(name="reliability.purge_old_rows", ignore_result=False, acks_late=False)
 def purge_old_rows() -> dict[str, dict[str, int]]:
-    """Delete outbox, message-log and gap rows past retention, in bounded batches.
+    """Drop outbox and message-log partitions past retention, make the next ones, and delete old
+    rows of the small tables in bounded batches.
 
-    Non-critical: deferred while the pipeline is degraded (it competes for the database).
+    Non-critical: the drops and deletes are deferred while the pipeline is degraded (they compete
+    for the database); the partitions ahead are made even then, since inserts need them.
     """
     if degrade.pipeline_degraded():
-        return {}
+        return {
+            alias: retention.retention_partitions_maintain(using=alias, drop=False)
+            for alias in reconciler.reliability_databases()
+        }
     return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}
 
 

@@ -100,13 +100,14 @@ def message_log_count_redelivery(*, handler: str, message_id: uuid.UUID, using: 
         )
 
 
-def message_log_delete(*, ids: Sequence[int], using: str = "default") -> int:
-    """Delete the message-log rows ``ids`` (retention); return how many went.
+def message_log_delete(*, ids: Sequence[int], table: str | None = None, using: str = "default") -> int:
+    """Delete the message-log rows ``ids`` (retention) of ``table`` (a partition; default: the whole
+    log); return how many went.
 
     The same statement adds them, and their redeliveries, to the purged counters, so the
     figures of the rows now (inserted minus purged) stay right.
     """
-    table = MessageLog._meta.db_table
+    table = table or MessageLog._meta.db_table
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"WITH deleted AS (DELETE FROM {table} WHERE id = ANY(%s::bigint[]) RETURNING redeliveries), "  # noqa: S608
@@ -117,6 +118,26 @@ def message_log_delete(*, ids: Sequence[int], using: str = "default") -> int:
             )
             + ") SELECT count(*) FROM deleted",
             [list(ids), MESSAGE_LOG_PURGED, MESSAGE_LOG_REDELIVERIES_PURGED, counter_shards()],
+        )
+        return int(cursor.fetchone()[0])
+
+
+def message_log_partition_count_purged(*, partition: str, using: str = "default") -> int:
+    """Add the rows and redeliveries of ``partition``, about to be dropped, to the purged counters;
+    return its rows.
+
+    Call it in the transaction that drops the partition, so the counts and the drop commit
+    together. The partition is locked against writes first (none are expected: its whole range
+    is past the dedupe window), so nothing is counted that the drop would not take.
+    """
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {partition} IN SHARE MODE")
+        cursor.execute(
+            f"WITH gone AS (SELECT count(*) AS n, coalesce(sum(redeliveries), 0) AS r FROM {partition}), "  # noqa: S608
+            "counted AS ("
+            + counter_add_sql("SELECT %s::text, n FROM gone UNION ALL SELECT %s::text, r FROM gone")
+            + ") SELECT n FROM gone",
+            [MESSAGE_LOG_PURGED, MESSAGE_LOG_REDELIVERIES_PURGED, counter_shards()],
         )
         return int(cursor.fetchone()[0])
 

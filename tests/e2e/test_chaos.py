@@ -137,6 +137,33 @@ class ChaosCheckerTests(SimpleTestCase):
         self.assertEqual(counts["rejected_for_funds"], 1)
         self.assertEqual(counts["duplicated_deliveries"], 1)
 
+    def test_rows_removed_by_retention_are_not_violations_and_are_counted(self) -> None:
+        snapshot, requests, injected, liveness = clean_run()
+        # Trade 1 is old: retention dropped its deduction and outcome messages and their inbox rows.
+        gone = {"m1", "o1"}
+        snapshot = replace(
+            snapshot,
+            trades=[trade._replace(made_at=100.0 if trade.id == 1 else 200.0) for trade in snapshot.trades],
+            outbox=[row for row in snapshot.outbox if row.message_id not in gone],
+            message_log=[row for row in snapshot.message_log if row.message_id not in gone],
+        )
+        self.assertEqual(
+            sorted(self.failing(snapshot, requests, injected, liveness)),
+            ["I3", "I5", "I6"],
+            "without the retention cutoffs they are violations",
+        )
+        purged = replace(snapshot, retention_cutoffs={"outbox": 150.0, "message_log": 150.0})
+        verdict = check(purged, requests, injected, liveness)
+        self.assertEqual({name: p for name, p in verdict.violations.items() if p}, {})
+        self.assertEqual(
+            (verdict.counts["past_outbox_retention"], verdict.counts["past_message_log_retention"]), (1, 1)
+        )
+        # What remains is still checked: trade 1 deducted twice is a double effect, past retention or not.
+        doubled = replace(
+            purged, ledger=[*purged.ledger, LedgerRow(14, 1, 100, 790, "m1", 1)], balances={1: 790, 2: 10}
+        )
+        self.assertIn("I2", self.failing(doubled, requests, injected, liveness))
+
     def test_an_accepted_request_without_its_trade_is_a_lost_trade(self) -> None:
         snapshot, requests, injected, liveness = clean_run()
         requests.append(Request("k7", 1, 5, "ok"))  # the client was told ok; nothing has its key

@@ -108,6 +108,7 @@ class SystemCheckTests(SimpleTestCase):
             "reliability.E006": {"RELIABILITY_ID_GENERATOR": "uuid4"},
             "reliability.E008": {"RELIABILITY_DATABASES": ["default", "nowhere"]},
             "reliability.E009": {"RELIABILITY_DATABASE_WAIT_MAX_S": 240.0},
+            "reliability.E010": {"RELIABILITY_PARTITIONS_AHEAD": 1},
         }
         for check_id, overrides in cases.items():
             with self.subTest(check_id), override_settings(**overrides):
@@ -116,6 +117,11 @@ class SystemCheckTests(SimpleTestCase):
                 for message in messages:
                     self.assertTrue(message.is_serious())
                     self.assertTrue(any(name in message.msg for name in overrides), message.msg)
+
+    def test_ids_that_do_not_begin_with_their_time_are_a_warning(self) -> None:
+        # They go to the default partitions, which retention empties row by row.
+        with override_settings(RELIABILITY_ID_GENERATOR="database"):
+            self.assertEqual(reliability_check_ids(), ["reliability.W002"])
 
     def test_fault_injection_is_a_warning(self) -> None:
         with override_settings(RELIABILITY_FAULT_INJECTION=True):

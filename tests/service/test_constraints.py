@@ -13,6 +13,7 @@ from django.utils import timezone
 from beans.models import Account, LedgerEntry
 from reliability.ids import message_id_new
 from reliability.models import MessageLog, OutboxMessage, StreamCounter
+from reliability.produce.outbox import outbox_enqueue, outbox_enqueue_many
 from trades.models import Trade, TradeStatusCount
 
 
@@ -184,10 +185,34 @@ class OutboxConstraintTests(TestCase):
         with self.assertRaisesMessage(IntegrityError, "outbox_message_id_unique"), transaction.atomic():
             _outbox(message_id=message_id, seq=2)
 
-    def test_duplicate_stream_position_is_refused(self) -> None:
-        _outbox(stream="deductions.1", seq=1)
-        with self.assertRaisesMessage(IntegrityError, "outbox_stream_seq_unique"), transaction.atomic():
-            _outbox(stream="deductions.1", seq=1)
+    def test_stream_positions_are_handed_out_once_by_the_locked_counter(self) -> None:
+        # (stream, seq) cannot be a unique key of the partitioned outbox (it lacks message_id):
+        # the counter row, locked in the producing transaction, is what hands each seq out once.
+        with transaction.atomic():
+            outbox_enqueue(task_name="beans.deduct", queue="beans", stream="deductions.9", payload={})
+        with self.assertRaises(RuntimeError), transaction.atomic():
+            outbox_enqueue(task_name="beans.deduct", queue="beans", stream="deductions.9", payload={})
+            raise RuntimeError("the producer's transaction rolls back")
+        with transaction.atomic():
+            outbox_enqueue_many(
+                task_name="beans.deduct", queue="beans", messages=[("deductions.9", {}, None)] * 2
+            )
+        self.assertEqual(
+            list(
+                OutboxMessage.objects.filter(stream="deductions.9")
+                .order_by("seq")
+                .values_list("seq", flat=True)
+            ),
+            [1, 2, 3],
+        )
+
+    def test_a_message_id_is_unique_across_partitions(self) -> None:
+        # Both rows route to one partition (the partition key is message_id), so the partition's
+        # unique index sees both: in a time slice and in the default partition alike.
+        for message_id in (message_id_new(), uuid.uuid4()):
+            _outbox(message_id=message_id, seq=1)
+            with self.assertRaisesMessage(IntegrityError, "outbox_message_id_unique"), transaction.atomic():
+                _outbox(message_id=message_id, stream="deductions.2", seq=2)
 
     def test_same_seq_on_another_stream_is_allowed(self) -> None:
         _outbox(stream="deductions.1", seq=1)

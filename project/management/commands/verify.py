@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from project.invariants import pipeline_violations
+from project.invariants import pipeline_verify
 
 
 class Command(BaseCommand):
@@ -14,7 +14,13 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, in_flight_ok: bool, **options: Any) -> None:
-        violations = pipeline_violations(in_flight_ok=in_flight_ok)
+        verification = pipeline_verify(in_flight_ok=in_flight_ok)
+        violations = verification.violations
+        self.stdout.write(
+            f"past retention: {verification.past_outbox_retention} trades' outbox messages, "
+            f"{verification.past_message_log_retention} deductions' message-log rows "
+            "(checked against the ledger and what remains)"
+        )
         if not violations:
             self.stdout.write("verify: OK")
             return

@@ -1,0 +1,278 @@
+"""Time partitions of the outbox and the message log: made ahead, dropped whole past retention,
+the figures kept right, and the migration that partitions tables already holding rows."""
+
+import itertools
+import random
+import uuid
+from datetime import timedelta
+from io import StringIO
+from unittest import mock
+
+from django.conf import settings
+from django.core.management import CommandError, call_command
+from django.db import ProgrammingError, connection, connections, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.test import TestCase, TransactionTestCase, override_settings
+from django.utils import timezone
+
+from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
+from reliability.ids import message_id_new
+from reliability.models import MessageLog, OutboxMessage
+from reliability.ops.partitions import partitions_ensure, partitions_list
+from reliability.ops.retention import retention_purge
+from reliability.selectors import message_log_stats
+
+DAY_S = 86_400
+DAY_MS = DAY_S * 1000
+LOG, OUTBOX = MessageLog._meta.db_table, OutboxMessage._meta.db_table
+HANDLER = "tests.handler"
+# The consumer's side: the bean service's database when it has one of its own.
+BEANS = settings.BEANS_DATABASE
+# Windows of 4 days that the system checks accept (each above every redelivery horizon).
+FOUR_DAY_WINDOWS = {
+    "RELIABILITY_DEDUPE_WINDOW_S": 4 * DAY_S,
+    "RELIABILITY_OUTBOX_RETENTION_S": 4 * DAY_S,
+    "RELIABILITY_MAX_MESSAGE_AGE_S": 2 * DAY_S,
+    "RELIABILITY_DEAD_LETTER_REPLAY_WINDOW_S": 3 * DAY_S,
+}
+
+
+def now_ms() -> int:
+    return int(timezone.now().timestamp() * 1000)
+
+
+def uuid7_at(ms: int) -> uuid.UUID:
+    """A UUIDv7 made at Unix millisecond ``ms`` (version 7, RFC variant, random tail)."""
+    return uuid.UUID(
+        int=(ms << 80) | (0x7 << 76) | (random.getrandbits(12) << 64) | (0b10 << 62) | random.getrandbits(62)
+    )
+
+
+def partition_of(table: str, message_id: uuid.UUID, using: str = "default") -> str:
+    with connections[using].cursor() as cursor:
+        cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE message_id = %s", [message_id])  # noqa: S608
+        row = cursor.fetchone()
+    return row[0] if row else ""
+
+
+def log(message_id: uuid.UUID, seq: int = 1) -> None:
+    with transaction.atomic(using=BEANS):
+        assert message_log_insert(handler=HANDLER, message_id=message_id, stream="s", seq=seq, using=BEANS)
+
+
+def outbox(message_id: uuid.UUID, *, seq: int, sent: bool = True) -> None:
+    OutboxMessage.objects.create(
+        message_id=message_id,
+        task_name=HANDLER,
+        queue="q",
+        stream="s",
+        seq=seq,
+        payload={},
+        status=OutboxMessage.Status.SENT if sent else OutboxMessage.Status.PENDING,
+        sent_at=timezone.now() if sent else None,
+        created_at=timezone.now() - timedelta(days=30),
+    )
+
+
+class PartitionTests(TestCase):
+    databases = "__all__"
+
+    def setUp(self) -> None:
+        # Daily slices from ten days ago, so that some lie past the four-day windows.
+        for alias in sorted({"default", BEANS}):
+            for table in (LOG, OUTBOX):
+                partitions_ensure(
+                    table=table,
+                    now_ms=now_ms(),
+                    since_ms=now_ms() - 10 * DAY_MS,
+                    width_s=DAY_S,
+                    ahead=3,
+                    using=alias,
+                )
+
+    def test_slices_cover_the_past_and_are_made_ahead(self) -> None:
+        slices = partitions_list(table=LOG, using=BEANS)
+        self.assertLessEqual(slices[0].from_ms, now_ms() - 10 * DAY_MS)
+        self.assertGreaterEqual(slices[-1].to_ms, now_ms() + 3 * DAY_MS)
+        for earlier, later in itertools.pairwise(slices):
+            self.assertEqual(earlier.to_ms, later.from_ms, "no hole between slices")
+        message_id = message_id_new()
+        log(message_id)
+        self.assertRegex(
+            partition_of(LOG, message_id, BEANS), rf"^{LOG}_p\d+$", "a UUIDv7 goes to its time slice"
+        )
+        other = uuid.uuid4()
+        log(other)
+        self.assertEqual(
+            partition_of(LOG, other, BEANS), f"{LOG}_default", "any other id to the default partition"
+        )
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_retention_drops_whole_slices_past_the_window_and_counts_what_went(self) -> None:
+        old = [uuid7_at(now_ms() - days * DAY_MS) for days in (9, 8, 6)]
+        recent = [uuid7_at(now_ms() - 2 * DAY_MS), message_id_new()]
+        for seq, message_id in enumerate(old + recent, start=1):
+            log(message_id, seq)
+        with transaction.atomic(using=BEANS):
+            message_log_count_redelivery(handler=HANDLER, message_id=old[0], using=BEANS)
+            message_log_count_redelivery(handler=HANDLER, message_id=recent[0], using=BEANS)
+        slices_before = len(partitions_list(table=LOG, using=BEANS))
+
+        with self.assertLogs("reliability.ops.retention", level="INFO"):
+            counts = retention_purge(using=BEANS)
+
+        self.assertEqual(counts["message_log"], 0, "nothing deleted row by row")
+        self.assertGreaterEqual(counts["partitions_dropped"], 5, "days -10 to -5 of both tables")
+        self.assertEqual(
+            set(MessageLog.objects.using(BEANS).values_list("message_id", flat=True)),
+            set(recent),
+            "old slices dropped",
+        )
+        cutoff = now_ms() - 4 * DAY_MS
+        self.assertTrue(
+            all(p.to_ms > cutoff for p in partitions_list(table=LOG, using=BEANS)), "only past slices go"
+        )
+        self.assertLess(len(partitions_list(table=LOG, using=BEANS)), slices_before)
+        stats = message_log_stats()
+        self.assertEqual(
+            (stats["consumed"], stats["purged"], stats["duplicates_suppressed"], stats["consumed_ever"]),
+            (2, 3, 1, 5),
+            "the figures of the rows now stay right",
+        )
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_a_slice_inside_the_window_is_kept_even_if_its_start_is_past(self) -> None:
+        # The slice that holds the cutoff goes only once all of it is past: the width adds to
+        # retention, it never takes from it.
+        on_the_edge = uuid7_at(now_ms() - 4 * DAY_MS + 60_000)
+        log(on_the_edge)
+        retention_purge(using=BEANS)
+        self.assertTrue(MessageLog.objects.using(BEANS).filter(message_id=on_the_edge).exists())
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_an_outbox_slice_with_a_pending_row_is_kept(self) -> None:
+        pending, sent = uuid7_at(now_ms() - 8 * DAY_MS), uuid7_at(now_ms() - 9 * DAY_MS)
+        outbox(pending, seq=1, sent=False)
+        outbox(sent, seq=2)
+        with self.assertLogs("reliability.ops.retention", level="WARNING") as logs:
+            retention_purge()
+        self.assertIn("pending outbox rows", "\n".join(logs.output))
+        self.assertEqual(list(OutboxMessage.objects.values_list("message_id", flat=True)), [pending])
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_the_default_partition_is_emptied_row_by_row(self) -> None:
+        old, fresh = uuid.uuid4(), uuid.uuid4()
+        log(old)
+        log(fresh)
+        MessageLog.objects.using(BEANS).filter(message_id=old).update(
+            applied_at=timezone.now() - timedelta(days=5)
+        )
+        with self.assertLogs("reliability.ops.retention", level="INFO"):
+            counts = retention_purge(using=BEANS)
+        self.assertEqual(counts["message_log"], 1)
+        self.assertEqual(list(MessageLog.objects.using(BEANS).values_list("message_id", flat=True)), [fresh])
+        self.assertEqual(message_log_stats()["purged"], 1)
+
+    @override_settings(**FOUR_DAY_WINDOWS)
+    def test_the_partitions_command_drops_and_makes_for_the_owner(self) -> None:
+        log(uuid7_at(now_ms() - 8 * DAY_MS))
+        out = StringIO()
+        with override_settings(RELIABILITY_PARTITIONS_AHEAD=6):
+            call_command("partitions", stdout=out)
+        self.assertRegex(out.getvalue(), rf"{BEANS}: [1-9]\d* partitions dropped, [1-9]\d* made")
+        self.assertFalse(MessageLog.objects.using(BEANS).exists())
+
+    @override_settings(RELIABILITY_PARTITIONS_AHEAD=9)  # slices to make: the DDL runs
+    def test_retention_without_the_right_to_run_ddl_logs_what_to_do_and_goes_on(self) -> None:
+        with (
+            mock.patch(
+                "reliability.ops.partitions._create", side_effect=ProgrammingError("permission denied")
+            ),
+            self.assertLogs("reliability.ops.retention", level="ERROR") as logs,
+        ):
+            counts = retention_purge()
+        self.assertIn("run manage.py partitions as the tables' owner", logs.output[0])
+        self.assertEqual(counts["partitions_failed"], 1)
+        with (
+            mock.patch(
+                "reliability.ops.partitions._create", side_effect=ProgrammingError("permission denied")
+            ),
+            self.assertLogs("reliability.ops.retention", level="ERROR"),
+            self.assertRaisesMessage(CommandError, "could not be maintained"),
+        ):
+            call_command("partitions", stdout=StringIO())
+
+    def test_a_slice_made_late_takes_its_rows_from_the_default_partition(self) -> None:
+        ahead = uuid7_at(now_ms() + 10 * DAY_MS)  # past the slices made so far (a clock far ahead)
+        log(ahead)
+        self.assertEqual(partition_of(LOG, ahead, BEANS), f"{LOG}_default")
+        with self.assertLogs("reliability.ops.partitions", level="WARNING"):
+            partitions_ensure(table=LOG, now_ms=now_ms() + 10 * DAY_MS, width_s=DAY_S, ahead=2, using=BEANS)
+        self.assertRegex(partition_of(LOG, ahead, BEANS), rf"^{LOG}_p\d+$")
+        with transaction.atomic(using=BEANS):
+            self.assertFalse(
+                message_log_insert(handler=HANDLER, message_id=ahead, stream="s", seq=1, using=BEANS),
+                "still a duplicate",
+            )
+
+
+class MigrationWithRowsTests(TransactionTestCase):
+    """0010 partitions tables that already hold rows: none lost, ids and duplicates kept."""
+
+    before, after = (
+        ("reliability", "0009_counter_shards_and_queue_depths"),
+        (
+            "reliability",
+            "0010_partition_outbox_and_message_log",
+        ),
+    )
+
+    def migrate(self, target: tuple[str, str]) -> None:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate([target])
+
+    def tearDown(self) -> None:
+        self.migrate(self.after)
+
+    def test_every_row_survives_and_duplicates_are_still_refused(self) -> None:
+        self.migrate(self.before)
+        recent, old, other = message_id_new(), uuid7_at(now_ms() - 40 * DAY_MS), uuid.uuid4()
+        with connection.cursor() as cursor:
+            for n, message_id in enumerate((recent, old, other), start=1):
+                cursor.execute(
+                    f"INSERT INTO {LOG} (handler, message_id, stream, seq, outcome, redeliveries, applied_at) "  # noqa: S608
+                    "VALUES (%s, %s, 's', %s, 'deducted', %s, now())",
+                    [HANDLER, message_id, n, n - 1],
+                )
+                cursor.execute(
+                    f"INSERT INTO {OUTBOX} (message_id, task_name, queue, stream, seq, payload, status, attempts, "  # noqa: S608
+                    "last_error, next_attempt_at, created_at, sent_at, claimed_by) "
+                    "VALUES (%s, %s, 'q', 's', %s, '{}', 'sent', 0, '', now(), now(), now(), '')",
+                    [message_id, HANDLER, n],
+                )
+            cursor.execute(f"SELECT id, message_id, redeliveries FROM {LOG} ORDER BY id")  # noqa: S608
+            rows_before = cursor.fetchall()
+
+        self.migrate(self.after)
+
+        self.assertEqual(
+            sorted(MessageLog.objects.values_list("id", "message_id", "redeliveries")), sorted(rows_before)
+        )
+        self.assertEqual(OutboxMessage.objects.count(), 3)
+        self.assertRegex(partition_of(LOG, recent), rf"^{LOG}_p\d+$", "a recent UUIDv7 row in its slice")
+        self.assertEqual(partition_of(LOG, old), f"{LOG}_default", "past every window: the default partition")
+        self.assertEqual(partition_of(OUTBOX, other), f"{OUTBOX}_default")
+        for message_id in (recent, old, other):
+            with self.subTest(str(message_id)), transaction.atomic():
+                self.assertFalse(
+                    message_log_insert(handler=HANDLER, message_id=message_id, stream="s", seq=9)
+                )
+        new = message_id_new()
+        with transaction.atomic():
+            self.assertTrue(message_log_insert(handler=HANDLER, message_id=new, stream="s", seq=4))
+        self.assertGreater(
+            MessageLog.objects.get(message_id=new).pk,
+            max(pk for pk, _, _ in rows_before),
+            "ids continue above",
+        )
