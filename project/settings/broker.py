@@ -128,4 +128,6 @@ CELERY_BEAT_SCHEDULE = beat_schedule(
     heartbeat_s=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0),
     dead_letters_s=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0),
     degrade_s=env_float("RELIABILITY_DEGRADE_INTERVAL_S", 5.0),
+    # The soak (bench/soak.py) shortens every retention window to minutes: retention must run as often.
+    retention_s=env_float("RELIABILITY_RETENTION_INTERVAL_S", 600.0),
 )
