@@ -11,7 +11,8 @@ it reuses: ``history_write``), it runs in a child process of its own on a databa
 table of the pipeline's apps, created like the migrated ones), written with ``INSERT ... SELECT
 generate_series``, not through the pipeline: ``rows`` message-log rows and as many outbox rows
 (two handlers, 16 streams), one trade per two of them with its ledger deduction, dead letters and
-healed gaps (one per 1,000 rows, a few open), the counters and watermarks the pipeline keeps;
+healed gaps (one per 1,000 rows, a few open; at least two pages of dead letters at every size, so
+both lists render a full page), the counters and watermarks the pipeline keeps;
 then ``VACUUM ANALYZE``, as autovacuum would have done.
 
 Timed, the two histories interleaved call by call (the session's ``search_path`` picks one, so
@@ -128,13 +129,22 @@ def history_write(rows: int) -> None:
         )
     metrics_scrape.history_write(rows)
     with connection.cursor() as cursor:
+        # At least two pages of dead letters at every size (metrics_scrape writes one per 1,000
+        # rows): a list of 15 rows renders faster than one of 100, whatever the history.
+        cursor.execute(
+            "INSERT INTO reliability_deadletter (message_id, handler, stream, seq, reason, status, detail, queue, "
+            "body, occurrences, replays, discard_reason, created_at, updated_at) "
+            "SELECT gen_random_uuid(), 'beans.deduct', 'deductions.2', n, 'handler_failed', 'discarded', 'bench', "
+            "'beans', '', 1, 0, 'bench', now() - interval '2 hours', now() FROM generate_series(1, %s) AS n",
+            [max(0, 2 * 100 - (5 + rows // 1000))],
+        )
         # Each settled trade's deduction, at the time it was settled.
         cursor.execute(
             "INSERT INTO beans_ledgerentry (account_id, kind, beans, balance_after, message_id, trade_id, note, "
             "created_at) SELECT account_id, 'deduction', beans, 0, deduction_message_id, id, '', settled_at "
             "FROM trades_trade WHERE status = 'deducted'"
         )
-        for table in ("beans_account", "beans_ledgerentry"):
+        for table in ("beans_account", "beans_ledgerentry", "reliability_deadletter"):
             cursor.execute(f"VACUUM ANALYZE {table}")
 
 

@@ -20,8 +20,7 @@ from django.contrib.admin.helpers import ActionForm
 from django.contrib.auth import get_permission_codename
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Field, Model, QuerySet, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Field, Model, QuerySet
 from django.http import HttpRequest
 
 from reliability.exceptions import ReliabilityError
@@ -97,15 +96,12 @@ class RecentValuesFieldListFilter(admin.AllValuesFieldListFilter):
     ) -> None:
         super().__init__(field, request, params, model, model_admin, field_path)
         queryset = model_admin.get_queryset(request)
-        # The id of the ``recent``-th newest row (or 0), and a range scan of the primary key from it:
-        # "id IN (newest ids)" tempts the planner into hashing the whole table.
-        oldest = queryset.order_by("-pk").values("pk")[self.recent - 1 : self.recent]
-        self.lookup_choices = (
-            queryset.filter(pk__gte=Coalesce(Subquery(oldest), Value(0)))
-            .distinct()
-            .order_by(field_path)
-            .values_list(field_path, flat=True)
-        )
+        # The id of the ``recent``-th newest row, read first, then a range scan of the primary key
+        # from it. As a literal the planner sees how few rows that is; "id IN (newest ids)" or
+        # "id >= (subquery)" tempt it into hashing, or scanning in parallel, the whole table.
+        oldest = queryset.order_by("-pk").values_list("pk", flat=True)[self.recent - 1 : self.recent].first()
+        recent = queryset if oldest is None else queryset.filter(pk__gte=oldest)
+        self.lookup_choices = recent.distinct().order_by(field_path).values_list(field_path, flat=True)
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
