@@ -27,7 +27,10 @@ What it does, in order:
    everything the server wrote, other databases included), the RSS and open descriptors of every
    process the soak started (a worker's pool and gunicorn's workers counted with their parent),
    RabbitMQ's memory (the node's RSS), the depth of every queue and the database sessions by
-   process. Request -> deducted p50/p99 of each minute's trades is read at the end.
+   process. Request -> deducted p50/p99 of each minute's trades is read at the end. The load
+   stops early once the oldest pending trade is older than ``BACKLOG_GUARD`` of the (shortened)
+   maximum message age: the rate is not sustained, and every later message would only be
+   dead-lettered as expired; the result says so (``stopped_early``) and the verdict fails.
 4. **Drain and check**, like the chaos checker (``chaos.checker.check``, I1-I10): every
    request the producers sent against the database and the broker, after a drain and one
    reconciler pass. Retention deletes outbox and message-log rows the checker needs (I3, I5-I7);
@@ -71,6 +74,10 @@ REDIS_URL = "redis://127.0.0.1:6379/9"
 ACCOUNTS = 64
 OPENING_BALANCE = 10**15
 TOLERANCE = 0.10
+# The load stops once the oldest pending trade is this share of RELIABILITY_MAX_MESSAGE_AGE_S old: the
+# rate is not sustained, and going on would only see every later message dead-lettered as expired
+# (the windows are minutes here, not days). A sample later it is still below that age.
+BACKLOG_GUARD = 0.4
 # Tables that keep the business record for good (every trade and its ledger entry): they grow
 # with every trade by design, no retention window applies, so the steady state does not judge them
 # (their bytes per trade are reported). Every other table must stop growing.
@@ -151,10 +158,13 @@ def steady_state(
             )
     result["rss_growth_by_process"] = by_process
     result["rss_growth"] = max(by_process.values(), default=0.0)
-    p99_first = _median([float(s["p99_ms"]) for s in first])
-    p99_last = _median([float(s["p99_ms"]) for s in last])
-    result["p99_growth"] = round(_growth(p99_first, p99_last), 4)
-    if result["p99_growth"] > tolerance:
+    p99s_first = [float(s["p99_ms"]) for s in first if s["p99_ms"] is not None]
+    p99s_last = [float(s["p99_ms"]) for s in last if s["p99_ms"] is not None]
+    p99_first, p99_last = _median(p99s_first), _median(p99s_last)
+    result["p99_growth"] = round(_growth(p99_first, p99_last), 4) if p99s_first and p99s_last else None
+    if not p99s_last:
+        failures.append(f"no trade placed in {span.split(' vs ')[1]} was deducted: p99 unknown")
+    elif result["p99_growth"] is not None and result["p99_growth"] > tolerance:
         failures.append(f"p99 grew {result['p99_growth']:.1%} ({span}: {p99_first:.0f} -> {p99_last:.0f} ms)")
     rate_first = _median([float(s["trades_per_s"]) for s in first])
     rate_last = _median([float(s["trades_per_s"]) for s in last])
@@ -369,6 +379,11 @@ class Sampler:
                 [self.db],
             )
         )
+        backlog = float(
+            one(
+                "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM trades_trade WHERE status = 'pending'"
+            )
+        )
         groups, each = self.processes.figures()
         placed = trades - self.last_trades
         entry = {
@@ -386,6 +401,7 @@ class Sampler:
             "record_table_bytes": sum(t["total"] for n, t in tables.items() if n in RECORD_TABLES),
             "dead_tuples": sum(t["dead"] for t in tables.values()),
             "autovacuum_runs": sum(t["autovacuum"] for t in tables.values()),
+            "backlog_s": round(backlog, 1),
             "wal_bytes": wal - self.last_wal,
             "wal_bytes_per_trade": round((wal - self.last_wal) / placed, 1) if placed else None,
             "processes": groups,
@@ -462,8 +478,9 @@ def latencies_fill(samples: list[dict[str, Any]]) -> None:
             "JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id WHERE t.id > %s AND t.id <= %s) s",
             [low, high],
         )[0]
-        sample["p50_ms"] = round(float(p50 or 0), 1)
-        sample["p99_ms"] = round(float(p99 or 0), 1)
+        # None: no trade of that minute was deducted (all expired, or the minute placed none).
+        sample["p50_ms"] = None if p50 is None else round(float(p50), 1)
+        sample["p99_ms"] = None if p99 is None else round(float(p99), 1)
 
 
 # --------------------------------------------------------------------------- what retention deletes
@@ -603,6 +620,7 @@ SERIES: dict[str, tuple[str, str]] = {
     "fds": ("open file descriptors per process (with its children)", "descriptors"),
     "db_connections": ("database sessions", "sessions"),
     "rabbitmq": ("RabbitMQ node RSS", "MiB"),
+    "backlog": ("age of the oldest pending trade", "s"),
     "queues": ("queue depths", "messages"),
 }
 
@@ -642,6 +660,7 @@ def plots_write(per_minute: list[dict[str, Any]], directory: Path) -> list[str]:
         "fds": {n: [s["processes"].get(n, {}).get("fds", 0) for s in per_minute] for n in names},
         "db_connections": {a: [s["db_connections"].get(a, 0) for s in per_minute] for a in apps},
         "rabbitmq": series("node RSS", lambda s: (s["rabbitmq_rss"] or 0) / mib),
+        "backlog": series("oldest pending trade", lambda s: s["backlog_s"]),
         "queues": {q: [s["queues"].get(q) or 0 for s in per_minute] for q in queues},
     }
     written = []
@@ -853,6 +872,11 @@ def main(argv: list[str] | None = None) -> int:
             stand_in.start()
         log(f"soak: {rate:.1f} trades/s ({args.share:.0%} of {peak:.1f}) for {args.minutes:g} min")
         end = sampler.started + args.minutes * 60
+        max_age_s = float(
+            retention_env(args.retention_s, args.retention_every_s)["RELIABILITY_MAX_MESSAGE_AGE_S"]
+        )
+        guard_s = BACKLOG_GUARD * max_age_s
+        stopped = ""
         segment_start_wall = time.time()
         next_sample = sampler.started + args.sample_s
         while time.monotonic() < end - 0.5:
@@ -872,12 +896,22 @@ def main(argv: list[str] | None = None) -> int:
             load.collect()
             entry = sampler.sample()
             next_sample += args.sample_s
+            if entry["backlog_s"] > guard_s:
+                stopped = (
+                    f"stopped at minute {entry['minute']:g}: the oldest pending trade was {entry['backlog_s']:.0f}s old "
+                    f"(more than {BACKLOG_GUARD:.0%} of RELIABILITY_MAX_MESSAGE_AGE_S, {max_age_s:g}s, past which it "
+                    f"would be dead-lettered as expired): {rate:.1f} trades/s is not sustained here"
+                )
             log(
                 f"minute {entry['minute']:5.1f}: {entry['trades_per_s']:.1f} trades/s, tables "
                 f"{entry['table_bytes'] / 2**20:.1f} MiB (under retention {entry['retained_table_bytes'] / 2**20:.1f}), "
                 f"dead tuples {entry['dead_tuples']}, WAL/trade {entry['wal_bytes_per_trade']}, RSS "
                 + ", ".join(f"{n} {p['rss'] / 2**20:.0f}M" for n, p in entry["processes"].items())
+                + f"; oldest pending trade {entry['backlog_s']:.0f}s"
             )
+            if stopped:
+                log(stopped)
+                break
         load.collect(wait=args.sample_s * 1.5 + 120)
         pool.close()
         if stand_in is not None:
@@ -912,11 +946,16 @@ def main(argv: list[str] | None = None) -> int:
         verdict, past_retention = checked(requests, liveness, initial)
         judged_from = args.warmup_minutes + 2 * args.retention_s / 60
         steady = steady_state(sampler.samples, judged_from_minute=judged_from)
+        if stopped:
+            steady["failures"].insert(0, stopped)
+            steady["ok"] = False
         sizes = bytes_per_trade(sampler.samples, before_minute=args.retention_s / 60)
         plots = plots_write(sampler.samples, args.results.with_suffix(""))
         counts = verdict.counts
         result = {
             "minutes": args.minutes,
+            "minutes_run": sampler.samples[-1]["minute"] if sampler.samples else 0,
+            "stopped_early": stopped or None,
             "peak_per_s": round(peak, 2),
             "share": args.share,
             "offered_per_s": round(rate, 2),
@@ -994,6 +1033,8 @@ def report(result: dict[str, Any]) -> None:
         f"{counts['indeterminate']} / lost {counts['lost']} / duplicated deliveries "
         f"{counts['duplicated_deliveries']} / duplicated effects {counts['duplicated_effects']}"
     )
+    if result["stopped_early"]:
+        print(result["stopped_early"])
     print(
         "invariants: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}" for k, v in result["invariants"].items())
     )

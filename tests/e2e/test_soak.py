@@ -80,6 +80,16 @@ class SteadyStateTests(SimpleTestCase):
             verdict["failures"],
         )
 
+    def test_a_run_whose_last_minutes_deducted_nothing_fails_and_says_so(self) -> None:
+        run = [minute(n) for n in range(30)]
+        for sample in run[24:]:  # the last third: minutes 24-29
+            sample["p99_ms"], sample["trades_per_s"] = None, 0.0
+        verdict = steady_state(run, judged_from_minute=12)
+        self.assertFalse(verdict["ok"])
+        self.assertIsNone(verdict["p99_growth"])
+        self.assertIn("was deducted: p99 unknown", verdict["failures"][0])
+        self.assertIn("throughput fell", verdict["failures"][1])
+
     def test_the_warm_up_is_not_judged(self) -> None:
         # Everything grows during the first windows (no row is old enough to go yet), then holds.
         run = [minute(n, table_mib=4 * min(n, 15), rss_mib=100 + 10 * min(n, 12)) for n in range(1, 31)]
@@ -163,6 +173,7 @@ class SoakShortTierTests(SimpleTestCase):
             result = json.loads(results.read_text())
             plots = sorted(path.name for path in (Path(workdir) / "soak").glob("*.png"))
         self.assertEqual(run.returncode, 0, output[-5000:])
+        self.assertIsNone(result["stopped_early"])
         self.assertEqual(result["lost"], 0)
         self.assertEqual(result["duplicated_effects"], 0)
         self.assertEqual(set(result["invariants"]), {f"I{n}" for n in range(1, 11)})
@@ -183,6 +194,7 @@ class SoakShortTierTests(SimpleTestCase):
             ):  # fmt: skip
                 self.assertIn(key, sample)
             self.assertIsNotNone(sample["p99_ms"])
+            self.assertLess(sample["backlog_s"], 60, "the pipeline kept up")
             self.assertEqual(
                 set(sample["processes"]), {"web", "worker1", "housekeeping", "beat"}, sample["processes"]
             )
