@@ -941,6 +941,7 @@ def main(argv: list[str] | None = None) -> int:
             probe_settled=settled,
             drained=drained,
             drain_s=round(time.monotonic() - began, 1),
+            bound_s=round(time.monotonic() - began, 1),  # the last minute's trades had the whole drain
         )
         latencies_fill(sampler.samples)
         verdict, past_retention = checked(requests, liveness, initial)
