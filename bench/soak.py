@@ -666,6 +666,9 @@ def plots_write(per_minute: list[dict[str, Any]], directory: Path) -> list[str]:
     written = []
     for name, (title, unit) in SERIES.items():
         figure, axes = plt.subplots(figsize=(8, 4.5))
+        axes.set_prop_cycle(
+            color=[plt.get_cmap("tab20")(i) for i in range(20)]
+        )  # a dozen tables, a colour each
         for label, values in lines[name].items():
             axes.plot(
                 minutes, [v if v is not None else float("nan") for v in values], marker=".", label=label
