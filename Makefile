@@ -102,9 +102,9 @@ else
 endif
 
 # The inner loop: everything but the slow tiers and the tests that stop the shared broker.
-FAST_EXCLUDED_TAGS := cluster pgcluster chaos browser broker_restart partition
+FAST_EXCLUDED_TAGS := cluster pgcluster chaos soak browser broker_restart partition
 
-test-fast: venv services ## The suite without the cluster, chaos, browser, partition and broker-restart tests (a few minutes)
+test-fast: venv services ## The suite without the cluster, chaos, soak, browser, partition and broker-restart tests (a few minutes)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
 
 # The library as another project gets it: a wheel built from a copy of the sources (setuptools
