@@ -7,6 +7,10 @@ PY = $(VENV)/bin/python
 
 TEST_ARGS ?=
 BENCH_ARGS ?=
+# make soak: minutes, share of the measured peak, and any other bench/soak.py argument.
+SOAK_MINUTES ?= 60
+SOAK_SHARE ?= 0.70
+SOAK_ARGS ?=
 
 # Installs come from the hashed locks (requirements.txt: the runtime; requirements-dev.txt: it plus
 # the tools, tests, demo client and bench), which `make lock` compiles from the hand-written *.in
@@ -21,7 +25,7 @@ UV_COMPILE = UV_CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/uv pip compile --
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
 
-.PHONY: help venv lock check-locks services browser migrate web demo test test-fast library-test schema check audit cluster-test pgcluster-test bench chaos lint typecheck worker beat clean distclean
+.PHONY: help venv lock check-locks services browser migrate web demo test test-fast library-test schema check audit cluster-test pgcluster-test bench soak chaos lint typecheck worker beat clean distclean
 
 help: ## Show this list of targets
 	@awk 'BEGIN { FS = ":.*## " } \
@@ -98,9 +102,9 @@ else
 endif
 
 # The inner loop: everything but the slow tiers and the tests that stop the shared broker.
-FAST_EXCLUDED_TAGS := cluster pgcluster chaos browser broker_restart partition
+FAST_EXCLUDED_TAGS := cluster pgcluster chaos soak browser broker_restart partition
 
-test-fast: venv services ## The suite without the cluster, chaos, browser, partition and broker-restart tests (a few minutes)
+test-fast: venv services ## The suite without the cluster, chaos, soak, browser, partition and broker-restart tests (a few minutes)
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput $(addprefix --exclude-tag ,$(FAST_EXCLUDED_TAGS)) $(TEST_ARGS)
 
 # The library as another project gets it: a wheel built from a copy of the sources (setuptools
@@ -155,6 +159,9 @@ cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node clust
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+soak: venv services ## The pipeline through the web tier at SOAK_SHARE (0.70) of its peak for SOAK_MINUTES (60), retention windows of 5 min; steady state and I1-I10 (SOAK_ARGS=...)
+	PYTHONUNBUFFERED=1 $(PY) -m bench.soak --minutes $(SOAK_MINUTES) --share $(SOAK_SHARE) $(SOAK_ARGS)
 
 chaos: venv services ## Seeded faults under load, then check I1-I10 (N=10000: CI tier, the default; N=100000: full; SEED=... replays; CHAOS_ARGS=--pg-cluster: on a Patroni cluster)
 	PYTHONUNBUFFERED=1 $(PY) chaos/run.py $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)

@@ -117,5 +117,4 @@ class LedgerEntryAdmin(ReadOnlyModelAdmin):
     list_filter = ("kind", "created_at")
     search_fields = ("=message_id", "=trade_id", "=account__id", "account__owner", "note")
     list_select_related = ("account",)
-    date_hierarchy = "created_at"
     ordering = ("-id",)

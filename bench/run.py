@@ -43,6 +43,10 @@ Each repeat measures, one after the other on the same machine:
   conditional UPDATE; the clock stops when the balances show all N applied.
 * **raw AMQP**: persistent publishes with batched confirms to a quorum queue,
   consumed with one manual ack per message by W processes; no Celery, no database.
+* after the repeats, **/metrics against history** (``bench/metrics_scrape.py``, 1k vs
+  ``--metrics-scrape-rows``) and **the daily pages against history** (``bench/history.py``: admin
+  lists, health page, /metrics, pipeline_status, a reconciler pass at 10k vs ``--history-rows``,
+  default 10M; ``bench/results/history.json``), each on a database of its own; 0 skips either.
 
 Isolation: a fresh database ``beans_bench``, a private RabbitMQ vhost ``bench`` and
 Redis database 12 (snowflake worker-id leases), passed to every subprocess through
@@ -73,7 +77,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import cpu, metrics_scrape  # noqa: E402 - needs the repository on sys.path
+from bench import cpu, history, metrics_scrape  # noqa: E402 - needs the repository on sys.path
 from bench.httpload import LoadResult, LoadSpec  # noqa: E402
 from bench.profile import Profiles  # noqa: E402
 from chaos.harness import Child, WebTier, _foreign, isolated_env, scalar  # noqa: E402 - one harness for the bench and the chaos run
@@ -1878,6 +1882,7 @@ GOALS = [
     ("ratio_batched_placement_vs_baseline", "batched vs baseline", 4.0, "min"),
     ("ratio_batched_placement_vs_raw_amqp", "batched vs raw AMQP", 0.6, "min"),
     ("metrics_scrape_ratio_1m_vs_1k", "metrics scrape 1M vs 1k", 1.5, "max"),
+    ("history_worst_ratio_10m_vs_10k", "slowest daily page, 10M vs 10k rows", 1.5, "max"),
 ]
 
 
@@ -2177,6 +2182,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--metrics-scrapes", type=int, default=40, help="timed scrapes per size (median)")
     parser.add_argument(
+        "--history-rows",
+        type=int,
+        default=10_000_000,
+        help="time the daily pages and commands (admin lists, health page, /metrics, pipeline_status, a "
+        "reconciler pass) with this many message-log rows against 10,000 (bench/history.py, a database of "
+        "its own, bench/results/history.json; 0: skip)",
+    )
+    parser.add_argument(
+        "--history-rounds", type=int, default=15, help="timed calls per page and size (median)"
+    )
+    parser.add_argument(
         "--housekeeping-worker",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -2386,6 +2402,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{summary['metrics_scrape_ms_1m']:.1f} ms at {args.metrics_scrape_rows}: "
                 f"ratio {summary['metrics_scrape_ratio_1m_vs_1k']:.2f}"
             )
+        if args.history_rows:
+            log(f"history: the daily pages and commands at 10,000 and {args.history_rows:,} message-log rows")
+            pages = history.measure(10_000, args.history_rows, rounds=args.history_rounds)
+            summary["history_ratio_10m_vs_10k"] = {
+                name: figures["ratio_10m_vs_10k"] for name, figures in pages["pages"].items()
+            }
+            summary["history_worst_ratio_10m_vs_10k"] = max(summary["history_ratio_10m_vs_10k"].values())
+            for name, figures in pages["pages"].items():
+                log(
+                    f"  {name}: {figures['ms_10k']:.1f} ms at 10k rows, {figures['ms_10m']:.1f} ms at "
+                    f"{args.history_rows:,}: ratio {figures['ratio_10m_vs_10k']:.2f}"
+                )
         summary["elapsed_s"] = time.monotonic() - started
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(rounded(summary), indent=2) + "\n")

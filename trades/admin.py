@@ -24,5 +24,4 @@ class TradeAdmin(ReadOnlyModelAdmin):
     list_filter = ("status", "created_at")
     # deduction_message_id is the message_id the outbox, message log and ledger carry.
     search_fields = ("=deduction_message_id", "=id", "=account_id", "idempotency_key")
-    date_hierarchy = "created_at"
     ordering = ("-id",)

@@ -128,6 +128,7 @@ CELERY_BEAT_SCHEDULE = beat_schedule(
     heartbeat_s=env_float("RELIABILITY_HEARTBEAT_INTERVAL_S", 5.0),
     dead_letters_s=env_float("RELIABILITY_DEAD_LETTER_DRAIN_INTERVAL_S", 5.0),
     degrade_s=env_float("RELIABILITY_DEGRADE_INTERVAL_S", 5.0),
-    # Retention also makes the partitions ahead: keep it below width x ahead (RELIABILITY_PARTITION_*).
+    # Retention also makes the partitions ahead: keep it below width x ahead (RELIABILITY_PARTITION_*);
+    # the soak (bench/soak.py) shortens every window to minutes, and retention must run as often.
     retention_s=env_float("RELIABILITY_RETENTION_INTERVAL_S", 600.0),
 )
