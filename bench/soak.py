@@ -311,14 +311,17 @@ def rabbitmq_rss() -> int | None:
 
 
 TABLES_SQL = """
-SELECT c.relname, s.n_live_tup, s.n_dead_tup, s.autovacuum_count + s.vacuum_count,
-       s.autoanalyze_count + s.analyze_count,
-       pg_relation_size(c.oid), pg_indexes_size(c.oid),
-       CASE WHEN c.reltoastrelid = 0 THEN 0 ELSE pg_total_relation_size(c.reltoastrelid) END
+SELECT coalesce(p.relname, c.relname), sum(s.n_live_tup)::bigint, sum(s.n_dead_tup)::bigint,
+       sum(s.autovacuum_count + s.vacuum_count)::bigint, sum(s.autoanalyze_count + s.analyze_count)::bigint,
+       sum(pg_relation_size(c.oid))::bigint, sum(pg_indexes_size(c.oid))::bigint,
+       sum(CASE WHEN c.reltoastrelid = 0 THEN 0 ELSE pg_total_relation_size(c.reltoastrelid) END)::bigint
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_stat_user_tables s ON s.relid = c.oid
+-- A partition (a time slice of the outbox or the message log) counts under its table's name.
+LEFT JOIN pg_inherits i ON i.inhrelid = c.oid LEFT JOIN pg_class p ON p.oid = i.inhparent
 WHERE n.nspname = 'public' AND c.relkind = 'r'
-ORDER BY c.relname
+GROUP BY 1
+ORDER BY 1
 """
 
 

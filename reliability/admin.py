@@ -67,8 +67,11 @@ def table_rows_estimate(model: type[Model], *, using: str) -> int:
     """The planner's row count of ``model``'s table (of its partitions, summed, if partitioned)."""
     with connections[using].cursor() as cursor:
         cursor.execute(
+            # A partitioned parent (relkind 'p') holds no rows; since PostgreSQL 14 its ANALYZE
+            # gives it the sum of its partitions' reltuples, which must not be counted twice.
             "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint FROM pg_class c "
-            "WHERE c.oid = to_regclass(%s) OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(%s))",
+            "WHERE (c.oid = to_regclass(%s) AND c.relkind <> 'p') "
+            "OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = to_regclass(%s))",
             [model._meta.db_table] * 2,
         )
         row = cursor.fetchone()

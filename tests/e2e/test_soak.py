@@ -123,7 +123,10 @@ class SteadyStateTests(SimpleTestCase):
 
         for window in (60.0, 300.0, 86_400.0):
             env = retention_env(window, window / 5)
-            width_s, ahead = float(env["RELIABILITY_PARTITION_WIDTH_S"]), int(env["RELIABILITY_PARTITIONS_AHEAD"])
+            width_s, ahead = (
+                float(env["RELIABILITY_PARTITION_WIDTH_S"]),
+                int(env["RELIABILITY_PARTITIONS_AHEAD"]),
+            )
             self.assertGreaterEqual(width_s, 1)  # reliability.E010
             self.assertGreaterEqual(ahead, 2)
             self.assertGreater(width_s * (ahead - 1), float(env["RELIABILITY_RETENTION_INTERVAL_S"]))
