@@ -50,12 +50,14 @@ from reliability.consume.streams import (
 from reliability.envelope import (
     BATCH,
     HEARTBEAT,
-    KIND,
     MESSAGE,
     Message,
     Unauthentic,
+    batch_parse,
+    envelope_kind,
     envelope_parse,
     envelope_verify,
+    heartbeat_parse,
 )
 from reliability.exceptions import InvalidEnvelope, PoisonMessage
 from reliability.faults import fault_point
@@ -93,17 +95,11 @@ _OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 
 def heartbeat_apply(*, handler_name: str, envelope: dict[str, Any], using: str) -> str:
     """Record a stream heartbeat: the producer's high-water mark, for lost-tail detection."""
-    stream, high = envelope.get("stream"), envelope.get("high")
-    if (
-        not isinstance(stream, str)
-        or not stream
-        or not isinstance(high, int)
-        or isinstance(high, bool)
-        or high < 0
-    ):
-        raise InvalidEnvelope("heartbeat needs a stream name and a non-negative integer high")
+    heartbeat = heartbeat_parse(envelope)
     with transaction.atomic(using=using):
-        stream_high_record(handler=handler_name, stream=stream, producer_high=high, using=using)
+        stream_high_record(
+            handler=handler_name, stream=heartbeat.stream, producer_high=heartbeat.high, using=using
+        )
     return Outcome.HEARTBEAT
 
 
@@ -326,7 +322,7 @@ def message_consume(
     messages only (a heartbeat there is refused, never applied).
     """
     handler_name = task.name
-    kind = envelope.get(KIND, MESSAGE) if isinstance(envelope, dict) else MESSAGE
+    kind = envelope_kind(envelope)
     try:
         if kind == HEARTBEAT and not in_batch:
             envelope_verify(envelope, task=handler_name, kind=HEARTBEAT)
@@ -456,13 +452,13 @@ def batch_consume(
     the others. A transient database error requeues the whole envelope: whatever
     was applied is a duplicate when it comes back.
     """
-    items = envelope.get("messages")
-    limit = settings.RELIABILITY_ENVELOPE_MAX_MESSAGES
-    if not isinstance(items, list) or not items or len(items) > max(limit, 1000):
+    try:
+        items = batch_parse(envelope)
+    except InvalidEnvelope as exc:
         dead_letter.dead_letter_record(
             handler=task.name,
             reason=DeadLetter.Reason.INVALID_ENVELOPE,
-            detail=f"batch envelope needs a list of 1 to {max(limit, 1000)} messages",
+            detail=str(exc),
             envelope=envelope,
             using=using,
         )
@@ -592,7 +588,7 @@ def exactly_once_task(
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
             try:
-                if isinstance(envelope, dict) and envelope.get("kind") == BATCH:
+                if envelope_kind(envelope) == BATCH:
                     return batch_consume(
                         task=task,
                         envelope=envelope,
