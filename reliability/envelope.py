@@ -1,10 +1,17 @@
-"""The wire format: the envelope a task receives (version 1), how it is built from an outbox row,
-parsed into a ``Message``, signed and verified.
+"""The wire format, every kind of it (version 1): how each envelope is built, parsed, signed and
+verified. The producer builds here and the consumer parses here; nothing else knows a key.
 
-An envelope is a JSON object: ``v``, ``task`` and ``kind`` (its address), ``message_id``, ``stream``,
-``seq``, ``high`` (the stream's high-water mark when published), ``produced_at``, ``payload``, and
-the signature ``kid`` and ``sig``. A batch envelope (``kind: batch``) carries several such
-envelopes, each signed on its own; a heartbeat (``kind: heartbeat``) carries a stream's high.
+- A data message (``kind: message``): a JSON object of ``v``, ``task`` and ``kind`` (its address),
+  ``message_id``, ``stream``, ``seq``, ``high`` (the stream's high-water mark when published),
+  ``produced_at``, ``payload``, and the signature ``kid`` and ``sig``. Built from an outbox row by
+  ``outbox_envelope``, parsed into a ``Message`` by ``envelope_parse``.
+- A batch (``kind: batch``): ``v``, ``kind`` and ``messages``, several data-message envelopes, each
+  signed on its own. ``outbox_batch_envelope`` builds it, ``batch_parse`` hands back its messages.
+- A heartbeat (``kind: heartbeat``): ``v``, the address, ``stream`` and ``high``, signed; a stream's
+  high-water mark. ``heartbeat_envelope`` builds it, ``heartbeat_parse`` reads it.
+
+``envelope_kind`` tells them apart; ``envelope_verify`` checks any signed one. The bytes of each
+kind are pinned by ``tests/reliability/test_envelope.py``.
 
 Message authenticity: every envelope carries an HMAC-SHA256 signature and the id of its key.
 
@@ -49,6 +56,9 @@ from reliability.conf import settings
 from reliability.exceptions import InvalidEnvelope, ReliabilityError
 from reliability.models import OutboxMessage
 
+# The version every kind is built with and the only one parsed.
+ENVELOPE_VERSION = 1
+
 SIGNATURE = "sig"
 KEY_ID = "kid"
 # The address: the task an envelope is signed for, and its kind.
@@ -59,6 +69,10 @@ KIND = "kind"
 MESSAGE = "message"
 # The kind of a stream heartbeat: the producer's high-water mark, no payload to apply.
 HEARTBEAT = "heartbeat"
+# The kind of an envelope that carries several messages (each a version-1 envelope).
+BATCH = "batch"
+# How many messages a batch envelope may carry, at least, whatever the producers' setting.
+BATCH_MAX_MESSAGES_FLOOR = 1000
 
 
 class Unauthentic(ReliabilityError):
@@ -125,12 +139,6 @@ def _signature_verify(envelope: dict[str, Any]) -> None:
         raise Unauthentic(f"signature does not match (forged or tampered), key id {key_id!r}")
 
 
-ENVELOPE_VERSION = 1
-
-# The kind of an envelope that carries several messages (each a version-1 envelope).
-BATCH = "batch"
-
-
 def outbox_envelope(message: OutboxMessage, *, producer_high: int | None = None) -> dict[str, Any]:
     """Return the JSON envelope a consumer receives for ``message``.
 
@@ -195,3 +203,65 @@ def envelope_parse(envelope: Any) -> Message:
         payload=payload,
         producer_high=high,
     )
+
+
+def envelope_kind(envelope: Any) -> str:
+    """Return the kind an envelope says it is (a data message when it does not say)."""
+    return envelope.get(KIND, MESSAGE) if isinstance(envelope, dict) else MESSAGE
+
+
+def outbox_batch_envelope(messages: list[OutboxMessage], *, highs: dict[str, int]) -> dict[str, Any]:
+    """Return the envelope that carries ``messages`` together, each in its own signed envelope.
+
+    Not signed as a whole: each message keeps its own message_id, seq and signature, so it can
+    be deduplicated, dead-lettered and replayed on its own. ``highs``: each stream's high-water
+    mark when published.
+    """
+    return {
+        "v": ENVELOPE_VERSION,
+        KIND: BATCH,
+        "messages": [outbox_envelope(m, producer_high=highs.get(m.stream)) for m in messages],
+    }
+
+
+def batch_parse(envelope: dict[str, Any]) -> list[Any]:
+    """Return the message envelopes a batch carries (each still to parse and verify on its own).
+
+    Raise ``InvalidEnvelope`` unless it carries a list of 1 to
+    ``max(RELIABILITY_ENVELOPE_MAX_MESSAGES, 1000)`` of them.
+    """
+    items = envelope.get("messages")
+    limit = max(settings.RELIABILITY_ENVELOPE_MAX_MESSAGES, BATCH_MAX_MESSAGES_FLOOR)
+    if not isinstance(items, list) or not items or len(items) > limit:
+        raise InvalidEnvelope(f"batch envelope needs a list of 1 to {limit} messages")
+    return items
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A stream heartbeat: the producer's high-water mark of ``stream``."""
+
+    stream: str
+    high: int
+
+
+def heartbeat_envelope(*, task_name: str, stream: str, high: int) -> dict[str, Any]:
+    """Return the signed heartbeat telling ``task_name`` that ``stream`` has reached ``high``."""
+    # The address: the stream's consumer, the only task it may move.
+    return envelope_sign(
+        {"v": ENVELOPE_VERSION, TASK: task_name, KIND: HEARTBEAT, "stream": stream, "high": high}
+    )
+
+
+def heartbeat_parse(envelope: dict[str, Any]) -> Heartbeat:
+    """Validate a heartbeat; raise ``InvalidEnvelope`` unless it has a stream and a high."""
+    stream, high = envelope.get("stream"), envelope.get("high")
+    if (
+        not isinstance(stream, str)
+        or not stream
+        or not isinstance(high, int)
+        or isinstance(high, bool)
+        or high < 0
+    ):
+        raise InvalidEnvelope("heartbeat needs a stream name and a non-negative integer high")
+    return Heartbeat(stream=stream, high=high)

@@ -1,3 +1,5 @@
-"""The consumer side: the exactly-once task (single and batch paths, parking for ordered
-streams), the message log, stream positions and gaps, and recording a dead letter.
+"""The consumer side, one module per step of a delivery: ``task`` (the exactly-once task and the
+paths through the steps), ``verify``, ``effect`` (dedupe, then ``order`` parks or ``apply``
+applies), ``batch``, ``heartbeat``, ``refuse`` (dead-letter), ``ack`` (acknowledge or requeue);
+and the records they write: the message log, stream positions and gaps, dead letters.
 """

@@ -53,33 +53,34 @@ def dead_letter_record(
         "updated_at": now,
     }
     with transaction.atomic(using=using):
-        letter = None
-        if message_id is not None:
-            letter = (
-                DeadLetter.objects.using(using)
-                .select_for_update()
-                .filter(handler=handler, message_id=message_id)
-                .first()
-            )
-        if letter is None:
-            try:
-                with transaction.atomic(using=using):
-                    letter = DeadLetter.objects.using(using).create(
-                        handler=handler, message_id=message_id, **fields
-                    )
-            except IntegrityError:  # recorded concurrently: reopen that one
-                letter = (
-                    DeadLetter.objects.using(using)
-                    .select_for_update()
-                    .get(handler=handler, message_id=message_id)
-                )
-                letter = _dead_letter_reopen(letter, fields, using=using)
-        else:
-            letter = _dead_letter_reopen(letter, fields, using=using)
+        letter = _dead_letter_upsert(handler=handler, message_id=message_id, fields=fields, using=using)
         if stream and seq is not None:
             stream_position_record(handler=handler, stream=stream, seq=seq, using=using)
     logger.error("dead-lettered message %s for %s: %s: %s", message_id, handler, reason, detail[:500])
     return letter
+
+
+def _dead_letter_upsert(
+    *, handler: str, message_id: uuid.UUID | None, fields: dict[str, Any], using: str
+) -> DeadLetter:
+    """Insert the dead letter, or reopen the one recorded before for (handler, message_id)."""
+    if message_id is not None:
+        letter = (
+            DeadLetter.objects.using(using)
+            .select_for_update()
+            .filter(handler=handler, message_id=message_id)
+            .first()
+        )
+        if letter is not None:
+            return _dead_letter_reopen(letter, fields, using=using)
+    try:
+        with transaction.atomic(using=using):
+            return DeadLetter.objects.using(using).create(handler=handler, message_id=message_id, **fields)
+    except IntegrityError:  # recorded concurrently: reopen that one
+        letter = (
+            DeadLetter.objects.using(using).select_for_update().get(handler=handler, message_id=message_id)
+        )
+        return _dead_letter_reopen(letter, fields, using=using)
 
 
 def _dead_letter_reopen(letter: DeadLetter, fields: dict[str, Any], *, using: str) -> DeadLetter:

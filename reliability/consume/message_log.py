@@ -25,6 +25,7 @@ from reliability.counters import (
     counter_add_sql,
     counter_shards,
 )
+from reliability.envelope import Message
 from reliability.models import MessageLog, PipelineCounter
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,19 @@ def message_log_insert(
 ) -> bool:
     """Insert the message-log row first; return False when it already exists (a duplicate)."""
     return message_log_insert_many(handler=handler, entries=[(message_id, stream, seq)], using=using) == 1
+
+
+def message_dedupe(*, handler: str, message: Message, using: str = "default") -> bool:
+    """Log ``message`` first, in the effect's transaction; return whether this is its first delivery.
+
+    A redelivery (the row exists: its unique key is the duplicate signal) is counted instead.
+    """
+    first = message_log_insert(
+        handler=handler, message_id=message.message_id, stream=message.stream, seq=message.seq, using=using
+    )
+    if not first:
+        message_log_count_redelivery(handler=handler, message_id=message.message_id, using=using)
+    return first
 
 
 def message_log_insert_many(

@@ -46,7 +46,7 @@ def stream_position_record(
     """Record that ``handler`` has ``seq`` of ``stream`` (inside the effect's transaction).
 
     Return the new watermark: every seq up to it is now applied, dead-lettered or
-    parked in order behind this one (see ``reliability.consume.task``, ordered handlers).
+    parked in order behind this one (see ``reliability.consume.order``).
     """
     now = timezone.now()
     with connections[using].cursor() as cursor:

@@ -24,291 +24,35 @@ so the messages behind it keep flowing, and can be replayed once fixed. Any othe
 exception may be a hiccup or a bug: it is requeued the same way as a transient
 error, after a pause that grows with the deliveries, until the delivery limit
 dead-letters it (the drain records it with the broker's reason).
+
+Each step has its home in this package: ``verify`` (well formed, authentic, addressed here,
+fresh), the effect's transaction in ``effect`` (dedupe in ``message_log``, ``order`` parks or
+lets through, ``apply`` calls the handler), ``refuse`` (dead-letter), ``ack`` (acknowledge or
+requeue), ``heartbeat``, and the batch's one-transaction path in ``batch``. This module is the
+Celery face and the two paths through those steps: ``message_consume`` and ``batch_consume``.
 """
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, NoReturn
+from functools import partial
+from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Reject
-from django.db import DatabaseError, DataError, InterfaceError, OperationalError, connections, transaction
-from django.utils import timezone
+from django.db import DataError
 
-from reliability.conf import settings
-from reliability.consume import dead_letter, message_log
-from reliability.consume.streams import (
-    RunFit,
-    stream_high_record,
-    stream_position_record,
-    stream_runs_record,
-    stream_watermark_lock,
-)
-from reliability.envelope import (
-    BATCH,
-    HEARTBEAT,
-    KIND,
-    MESSAGE,
-    Message,
-    Unauthentic,
-    envelope_parse,
-    envelope_verify,
-)
+from reliability.consume.ack import delivery_requeue, error_is_transient
+from reliability.consume.apply import BatchHandler, Handler
+from reliability.consume.batch import TakeOneByOne, batch_apply_retrying
+from reliability.consume.effect import message_effect
+from reliability.consume.heartbeat import heartbeat_consume
+from reliability.consume.refuse import envelope_refuse, message_dead_letter
+from reliability.consume.verify import message_expired, message_verify
+from reliability.envelope import BATCH, HEARTBEAT, Unauthentic, batch_parse, envelope_kind
 from reliability.exceptions import InvalidEnvelope, PoisonMessage
 from reliability.faults import fault_point
-from reliability.ids import ClockMovedBackwards, WorkerIdUnavailable
-from reliability.models import DeadLetter, Outcome, ParkedMessage
+from reliability.models import DeadLetter, Outcome
 
 logger = logging.getLogger(__name__)
-
-# Worth another try: the database went away, or ids cannot be issued for a moment.
-_TRANSIENT_ERRORS = (OperationalError, InterfaceError, ClockMovedBackwards, WorkerIdUnavailable)
-# SQLSTATE classes worth retrying: serialization failure, deadlock.
-_TRANSIENT_SQLSTATES = {"40001", "40P01"}
-_DATABASE_POLL_S = 1.0  # how often a delivery waiting for its database asks it again
-
-
-Handler = Callable[[Message], str | None]
-# Applies several messages inside the caller's transaction, in the order given (set-based
-# SQL rather than a round trip per message); returns one outcome per message.
-BatchHandler = Callable[[list[Message]], list[str]]
-
-
-class _TakeOneByOne(Exception):
-    """A batch that cannot take the one-transaction path: apply its messages one by one."""
-
-
-class _Overtaken(_TakeOneByOne):
-    """A stream's run does not continue its watermark: its predecessor may be committing now."""
-
-
-# An overtaking batch usually waits on a predecessor that another pool process is
-# committing this very moment (a batch of 100 takes 50-100 ms): retries that add up to a
-# few of those spare both batches the slow path, where each message is parked alone.
-_OVERTAKEN_RETRIES_S = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
-
-
-def heartbeat_apply(*, handler_name: str, envelope: dict[str, Any], using: str) -> str:
-    """Record a stream heartbeat: the producer's high-water mark, for lost-tail detection."""
-    stream, high = envelope.get("stream"), envelope.get("high")
-    if (
-        not isinstance(stream, str)
-        or not stream
-        or not isinstance(high, int)
-        or isinstance(high, bool)
-        or high < 0
-    ):
-        raise InvalidEnvelope("heartbeat needs a stream name and a non-negative integer high")
-    with transaction.atomic(using=using):
-        stream_high_record(handler=handler_name, stream=stream, producer_high=high, using=using)
-    return Outcome.HEARTBEAT
-
-
-def message_age_s(message: Message) -> float | None:
-    """Return how long ago the message was produced, or None when the envelope does not say."""
-    try:
-        produced = datetime.fromisoformat(message.produced_at)
-    except ValueError:
-        return None
-    if produced.tzinfo is None:
-        return None
-    return (timezone.now() - produced).total_seconds()
-
-
-def delivery_queue(task: Task) -> str:
-    """Return the queue a message came from (routing key = queue name in this topology)."""
-    info = getattr(task.request, "delivery_info", None) or {}
-    return str(info.get("routing_key") or getattr(task, "queue", "") or "")
-
-
-def delivery_count(task: Task) -> int:
-    """Return how often the broker delivered this message before (quorum queues say so)."""
-    request = task.request
-    raw = vars(request).get("x-delivery-count")
-    if raw is None:
-        raw = (getattr(request, "headers", None) or {}).get("x-delivery-count")
-    try:
-        return int(raw or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, _TRANSIENT_ERRORS):
-        return True
-    cause = exc.__cause__
-    return isinstance(exc, DatabaseError) and getattr(cause, "sqlstate", None) in _TRANSIENT_SQLSTATES
-
-
-def _requeue(task: Task, exc: Exception, *, what: str, using: str) -> NoReturn:
-    """Hand the delivery back to the broker after a pause that grows with its deliveries.
-
-    If the failure was the database being away and it still does not answer, wait for it
-    first (up to ``RELIABILITY_DATABASE_WAIT_MAX_S``): requeued at once, a message would spend
-    its deliveries on the outage and the broker would dead-letter it on the delivery limit.
-    """
-    deliveries = delivery_count(task)
-    pause = min(0.1 * 2 ** min(deliveries, 6), settings.RELIABILITY_REQUEUE_PAUSE_MAX_S)
-    log = logger.warning if _is_transient(exc) else logger.error
-    log(
-        "%s for %s failed (delivery %d), requeueing in %.1fs: %s: %s",
-        what,
-        task.name,
-        deliveries + 1,
-        pause,
-        type(exc).__name__,
-        exc,
-    )
-    if (
-        settings.RELIABILITY_DATABASE_WAIT_MAX_S > 0
-        and _connection_lost(exc)
-        and not _database_answers(using)
-    ):
-        _database_wait(using, task=task)
-    else:
-        time.sleep(pause)
-    raise Reject(exc, requeue=True) from exc
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    """An error a database that went away raises (not a conflict such as a deadlock)."""
-    sqlstate = getattr(exc.__cause__, "sqlstate", None)
-    return isinstance(exc, OperationalError | InterfaceError) and sqlstate not in _TRANSIENT_SQLSTATES
-
-
-def _database_answers(using: str) -> bool:
-    """Whether database ``using`` answers a query now, on a new connection."""
-    connection = connections[using]
-    if connection.in_atomic_block:  # not ours to close: leave the decision to the caller's pause
-        return True
-    try:
-        connection.close()
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    except DatabaseError:
-        connection.close()
-        return False
-    return True
-
-
-def _database_wait(using: str, *, task: Task) -> None:
-    """Poll database ``using`` every second until it answers or the wait's bound passes."""
-    bound = settings.RELIABILITY_DATABASE_WAIT_MAX_S
-    logger.warning(
-        "database %s unreachable: %s waits up to %.0fs for it before requeueing", using, task.name, bound
-    )
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        time.sleep(min(_DATABASE_POLL_S, max(0.0, deadline - time.monotonic())))
-        if _database_answers(using):
-            logger.warning("database %s answers again: requeueing", using)
-            return
-
-
-def _apply(handler_name: str, handler: Handler, message: Message, *, using: str) -> str:
-    fault_point("consume.before_handler", message_id=message.message_id)
-    outcome = handler(message) or Outcome.APPLIED
-    fault_point("consume.after_handler", message_id=message.message_id)  # its locks are held here
-    message_log.message_log_record_outcome(
-        handler=handler_name, message_id=message.message_id, outcome=outcome, using=using
-    )
-    return outcome
-
-
-def message_park(*, handler_name: str, message: Message, envelope: Any, using: str) -> str:
-    """Keep a message whose predecessor has not been applied yet (ordered handlers)."""
-    ParkedMessage.objects.using(using).create(
-        handler=handler_name,
-        stream=message.stream,
-        seq=message.seq,
-        message_id=message.message_id,
-        envelope=envelope,
-    )
-    message_log.message_log_record_outcome(
-        handler=handler_name, message_id=message.message_id, outcome=Outcome.PARKED, using=using
-    )
-    logger.info(
-        "message %s (%s#%d) parked until its predecessor arrives",
-        message.message_id,
-        message.stream,
-        message.seq,
-    )
-    return Outcome.PARKED
-
-
-def parked_apply(
-    *, handler_name: str, handler: Handler, stream: str, after: int, upto: int, using: str
-) -> int:
-    """Apply, in sequence order, the parked messages that the watermark now covers."""
-    if upto <= after:
-        return 0
-    parked = list(
-        ParkedMessage.objects.using(using)
-        .select_for_update()
-        .filter(handler=handler_name, stream=stream, seq__gt=after, seq__lte=upto)
-        .order_by("seq")
-    )
-    for row in parked:
-        message = envelope_parse(row.envelope)
-        try:
-            with transaction.atomic(using=using):
-                _apply(handler_name, handler, message, using=using)
-        except PoisonMessage as exc:
-            dead_letter.dead_letter_record(
-                handler=handler_name,
-                reason=DeadLetter.Reason.HANDLER_FAILED,
-                detail=f"{type(exc).__name__}: {exc}",
-                envelope=row.envelope,
-                message_id=message.message_id,
-                using=using,
-            )
-        row.delete(using=using)
-        logger.info("parked message %s (%s#%d) applied in order", message.message_id, stream, message.seq)
-    return len(parked)
-
-
-def _dead_letter(
-    task: Task,
-    message: Message,
-    envelope: Any,
-    *,
-    reason: str,
-    detail: str,
-    using: str,
-    handler: Handler | None = None,
-    ordered: bool = False,
-) -> str:
-    """Record a well-formed message that cannot succeed as it is, and let it be acked.
-
-    Its seq counts as accounted for; on an ordered stream the messages parked
-    behind it are applied now.
-    """
-    dead_letter.dead_letter_record(
-        handler=task.name,
-        reason=reason,
-        detail=detail,
-        envelope=envelope,
-        message_id=message.message_id,
-        stream=message.stream,
-        seq=message.seq,
-        queue=delivery_queue(task),
-        using=using,
-    )
-    if ordered and handler is not None:
-        with transaction.atomic(using=using):
-            watermark = stream_watermark_lock(handler=task.name, stream=message.stream, using=using)
-            parked_apply(
-                handler_name=task.name,
-                handler=handler,
-                stream=message.stream,
-                after=0,
-                upto=watermark,
-                using=using,
-            )
-    return Outcome.DEAD_LETTERED
 
 
 def message_consume(
@@ -326,89 +70,27 @@ def message_consume(
     messages only (a heartbeat there is refused, never applied).
     """
     handler_name = task.name
-    kind = envelope.get(KIND, MESSAGE) if isinstance(envelope, dict) else MESSAGE
     try:
-        if kind == HEARTBEAT and not in_batch:
-            envelope_verify(envelope, task=handler_name, kind=HEARTBEAT)
-            return heartbeat_apply(handler_name=handler_name, envelope=envelope, using=using)
-        if kind != MESSAGE:
-            # Not a data message (a heartbeat inside a batch, a kind this version does not
-            # know): judged by its address, which refuses it, not by a data message's shape.
-            envelope_verify(envelope, task=handler_name, kind=MESSAGE)
-        message = envelope_parse(envelope)
-        envelope_verify(envelope, task=handler_name, kind=MESSAGE)
+        if envelope_kind(envelope) == HEARTBEAT and not in_batch:
+            return heartbeat_consume(handler_name=handler_name, envelope=envelope, using=using)
+        message = message_verify(envelope, handler_name=handler_name)
     except (InvalidEnvelope, Unauthentic) as exc:
-        # Nothing of it is trusted: no message_id, stream or seq is recorded as its own. An
-        # authentic message addressed to another task is refused the same way: its stream
-        # and seq belong to that task, and recorded here they would be gaps that never heal.
-        unauthentic = isinstance(exc, Unauthentic)
-        dead_letter.dead_letter_record(
-            handler=handler_name,
-            reason=DeadLetter.Reason.UNAUTHENTIC if unauthentic else DeadLetter.Reason.INVALID_ENVELOPE,
-            detail=str(exc),
-            envelope=envelope,
-            using=using,
-        )
-        return Outcome.DEAD_LETTERED
-    age = message_age_s(message)
-    if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
-        # Its message-log row may be gone (retention): applying it could apply it twice.
-        return _dead_letter(
-            task,
-            message,
-            envelope,
-            reason=DeadLetter.Reason.EXPIRED,
-            detail=f"produced {age:.0f}s ago, more than RELIABILITY_MAX_MESSAGE_AGE_S",
-            using=using,
-            handler=handler,
-            ordered=ordered,
-        )
+        return envelope_refuse(handler_name=handler_name, envelope=envelope, error=exc, using=using)
+    dead_letter = partial(
+        message_dead_letter, task, message, envelope, using=using, handler=handler, ordered=ordered
+    )
+    expired = message_expired(message)
+    if expired:
+        return dead_letter(reason=DeadLetter.Reason.EXPIRED, detail=expired)
     try:
-        with transaction.atomic(using=using):
-            first = message_log.message_log_insert(
-                handler=handler_name,
-                message_id=message.message_id,
-                stream=message.stream,
-                seq=message.seq,
-                using=using,
-            )
-            if first:
-                watermark = stream_position_record(
-                    handler=handler_name,
-                    stream=message.stream,
-                    seq=message.seq,
-                    producer_high=message.producer_high,
-                    using=using,
-                )
-                if ordered and watermark < message.seq:
-                    outcome = message_park(
-                        handler_name=handler_name, message=message, envelope=envelope, using=using
-                    )
-                else:
-                    if ordered:  # parked predecessors the watermark now covers go first
-                        parked_apply(
-                            handler_name=handler_name,
-                            handler=handler,
-                            stream=message.stream,
-                            after=0,
-                            upto=message.seq - 1,
-                            using=using,
-                        )
-                    outcome = _apply(handler_name, handler, message, using=using)
-                    if ordered:
-                        parked_apply(
-                            handler_name=handler_name,
-                            handler=handler,
-                            stream=message.stream,
-                            after=message.seq,
-                            upto=watermark,
-                            using=using,
-                        )
-            else:
-                outcome = Outcome.DUPLICATE
-                message_log.message_log_count_redelivery(
-                    handler=handler_name, message_id=message.message_id, using=using
-                )
+        outcome = message_effect(
+            handler_name=handler_name,
+            handler=handler,
+            message=message,
+            envelope=envelope,
+            ordered=ordered,
+            using=using,
+        )
     except Exception as exc:  # noqa: BLE001 - each failure is requeued or dead-lettered below
         # A data exception (a value the database refuses: out of range, text it cannot hold)
         # fails the same way on every delivery: poison, not a hiccup.
@@ -416,17 +98,8 @@ def message_consume(
             # Maybe transient (a database hiccup), maybe a bug: requeue after a pause that
             # grows with the deliveries. The queue's delivery limit bounds the loop and
             # dead-letters what keeps failing; the drain records it with the reason.
-            _requeue(task, exc, what=f"message {message.message_id}", using=using)
-        return _dead_letter(
-            task,
-            message,
-            envelope,
-            reason=DeadLetter.Reason.HANDLER_FAILED,
-            detail=f"{type(exc).__name__}: {exc}",
-            using=using,
-            handler=handler,
-            ordered=ordered,
-        )
+            delivery_requeue(task, exc, what=f"message {message.message_id}", using=using)
+        return dead_letter(reason=DeadLetter.Reason.HANDLER_FAILED, detail=f"{type(exc).__name__}: {exc}")
     if outcome == Outcome.DUPLICATE:
         logger.info("duplicate delivery of message %s to %s suppressed", message.message_id, handler_name)
     fault_point("consume.after_commit", message_id=message.message_id)
@@ -456,24 +129,17 @@ def batch_consume(
     the others. A transient database error requeues the whole envelope: whatever
     was applied is a duplicate when it comes back.
     """
-    items = envelope.get("messages")
-    limit = settings.RELIABILITY_ENVELOPE_MAX_MESSAGES
-    if not isinstance(items, list) or not items or len(items) > max(limit, 1000):
-        dead_letter.dead_letter_record(
-            handler=task.name,
-            reason=DeadLetter.Reason.INVALID_ENVELOPE,
-            detail=f"batch envelope needs a list of 1 to {max(limit, 1000)} messages",
-            envelope=envelope,
-            using=using,
-        )
-        return Outcome.DEAD_LETTERED
     try:
-        outcomes = _batch_apply_retrying(task.name, items, handler, batch_handler, using=using)
-    except _TakeOneByOne as reason:
+        items = batch_parse(envelope)
+    except InvalidEnvelope as exc:
+        return envelope_refuse(handler_name=task.name, envelope=envelope, error=exc, using=using)
+    try:
+        outcomes = batch_apply_retrying(task.name, items, handler, batch_handler, using=using)
+    except TakeOneByOne as reason:
         logger.info("batch of %d for %s applied one by one: %s", len(items), task.name, reason)
     except Exception as exc:  # noqa: BLE001 - requeued if transient, else applied one by one
-        if _is_transient(exc):
-            _requeue(task, exc, what=f"batch of {len(items)}", using=using)
+        if error_is_transient(exc):
+            delivery_requeue(task, exc, what=f"batch of {len(items)}", using=using)
         logger.info(
             "batch of %d for %s failed (%s: %s); applying it one by one",
             len(items),
@@ -491,73 +157,6 @@ def batch_consume(
         for item in items
     ]
     return f"batch of {len(items)} one by one: " + ", ".join(sorted(set(results)))
-
-
-def _batch_apply_retrying(
-    handler_name: str, items: list[Any], handler: Handler, batch_handler: BatchHandler | None, *, using: str
-) -> list[tuple[uuid.UUID, str]]:
-    for pause in _OVERTAKEN_RETRIES_S:
-        try:
-            return _batch_apply(handler_name, items, handler, batch_handler, using=using)
-        except _Overtaken:
-            time.sleep(pause)  # rolled back: the predecessor's transaction can take the locks
-    return _batch_apply(handler_name, items, handler, batch_handler, using=using)
-
-
-def _batch_apply(
-    handler_name: str,
-    items: list[Any],
-    handler: Handler,
-    batch_handler: BatchHandler | None,
-    *,
-    using: str,
-) -> list[tuple[uuid.UUID, str]]:
-    """The one-transaction path of ``batch_consume``; raise ``_TakeOneByOne`` when it does not fit."""
-    try:
-        messages = [envelope_parse(item) for item in items]
-        for item in items:
-            envelope_verify(item, task=handler_name, kind=MESSAGE)
-    except (InvalidEnvelope, Unauthentic) as exc:
-        raise _TakeOneByOne(f"a malformed or unauthentic message: {exc}") from exc
-    if len({message.message_id for message in messages}) < len(messages):
-        raise _TakeOneByOne("a message twice in one batch")
-    for message in messages:
-        age = message_age_s(message)
-        if age is not None and age > settings.RELIABILITY_MAX_MESSAGE_AGE_S:
-            raise _TakeOneByOne(f"message {message.message_id} expired")
-    runs: dict[str, list[Message]] = {}
-    for message in messages:
-        runs.setdefault(message.stream, []).append(message)
-    with transaction.atomic(using=using):
-        fault_point("consume.before_handler", message_id=messages[0].message_id)
-        inserted = message_log.message_log_insert_many(
-            handler=handler_name,
-            entries=[(message.message_id, message.stream, message.seq) for message in messages],
-            using=using,
-        )
-        if inserted < len(messages):
-            raise _TakeOneByOne(f"{len(messages) - inserted} message(s) seen before")
-        positions = {
-            stream: ([message.seq for message in run], max((message.producer_high or 0) for message in run))
-            for stream, run in runs.items()
-        }
-        fit = stream_runs_record(handler=handler_name, runs=positions, using=using)
-        if fit is RunFit.AHEAD:
-            raise _Overtaken("a stream's run starts past its next seq: its predecessor has not arrived")
-        if fit is not RunFit.FITS:
-            raise _TakeOneByOne("a stream does not continue right after its watermark")
-        if batch_handler is not None:
-            outcomes = batch_handler(messages)
-        else:
-            outcomes = [handler(message) or Outcome.APPLIED for message in messages]
-        fault_point("consume.after_handler", message_id=messages[0].message_id)
-        if len(outcomes) != len(messages):
-            raise RuntimeError(
-                f"batch handler of {handler_name} returned {len(outcomes)} outcomes for {len(messages)}"
-            )
-        applied = [(message.message_id, outcome) for message, outcome in zip(messages, outcomes, strict=True)]
-        message_log.message_log_record_outcomes(handler=handler_name, outcomes=applied, using=using)
-    return applied
 
 
 class ExactlyOnceTask(Task):
@@ -592,7 +191,7 @@ def exactly_once_task(
     def decorate(handler: Handler) -> Task:
         def consume(task: Task, envelope: Any) -> str:
             try:
-                if isinstance(envelope, dict) and envelope.get("kind") == BATCH:
+                if envelope_kind(envelope) == BATCH:
                     return batch_consume(
                         task=task,
                         envelope=envelope,
@@ -608,8 +207,8 @@ def exactly_once_task(
                 # The paths outside the effect's transaction (a heartbeat, recording a dead
                 # letter) meet the same database hiccups. Escaping, the error would fail the
                 # task and the broker would dead-letter a message that only had to wait.
-                if _is_transient(exc):
-                    _requeue(task, exc, what="delivery", using=using)
+                if error_is_transient(exc):
+                    delivery_requeue(task, exc, what="delivery", using=using)
                 raise
 
         consume.__name__ = handler.__name__

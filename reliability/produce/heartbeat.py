@@ -4,7 +4,7 @@ import logging
 import uuid
 
 from reliability.conf import settings
-from reliability.envelope import ENVELOPE_VERSION, HEARTBEAT, KIND, TASK, envelope_sign
+from reliability.envelope import heartbeat_envelope
 from reliability.exceptions import PublishError
 from reliability.models import StreamCounter
 from reliability.produce.publisher import Publish, publisher
@@ -26,15 +26,8 @@ def stream_heartbeat_send(*, using: str = "default") -> int:
             task_name=counter.task_name,
             queue=counter.queue,
             task_id=str(uuid.uuid4()),
-            envelope=envelope_sign(
-                {
-                    "v": ENVELOPE_VERSION,
-                    # The address: the stream's consumer, the only task it may move.
-                    TASK: counter.task_name,
-                    KIND: HEARTBEAT,
-                    "stream": counter.stream,
-                    "high": counter.last_seq,
-                }
+            envelope=heartbeat_envelope(
+                task_name=counter.task_name, stream=counter.stream, high=counter.last_seq
             ),
         )
         for counter in StreamCounter.objects.using(using).exclude(task_name="").order_by("stream")

@@ -42,7 +42,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from reliability.conf import settings
-from reliability.envelope import BATCH, ENVELOPE_VERSION, outbox_envelope
+from reliability.envelope import outbox_batch_envelope, outbox_envelope
 from reliability.exceptions import PublishError
 from reliability.faults import fault_point
 from reliability.models import OutboxMessage, StreamCounter
@@ -300,11 +300,7 @@ def _publish_of(messages: list[OutboxMessage], highs: dict[str, int]) -> Publish
         first.task_name,
         first.queue,
         str(uuid.uuid4()),  # the task id of the envelope; each message keeps its own id
-        {
-            "v": ENVELOPE_VERSION,
-            "kind": BATCH,
-            "messages": [outbox_envelope(m, producer_high=highs.get(m.stream)) for m in messages],
-        },
+        outbox_batch_envelope(messages, highs=highs),
     )
 
 

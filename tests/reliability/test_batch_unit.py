@@ -163,11 +163,11 @@ class BatchConsumeTests(TestCase):
         account = account_create(owner="a", balance=1000).pk
         rows = self.place([account], 15)
         first, second, third = packed(rows[:5]), packed(rows[5:10]), packed(rows[10:])
-        with mock.patch("reliability.consume.task.time.sleep") as sleep:
+        with mock.patch("reliability.consume.batch.time.sleep") as sleep:
             consume(second)  # nothing seen past the watermark: seqs 1-5 may be committing now
         self.assertEqual(len(sleep.call_args_list), 6, "waited, a little longer each time")
         self.assertEqual(ParkedMessage.objects.using(BEANS).count(), 5, "then parked, one by one")
-        with mock.patch("reliability.consume.task.time.sleep") as sleep:
+        with mock.patch("reliability.consume.batch.time.sleep") as sleep:
             consume(third)  # the stream has a known gap now: waiting would not close it
         sleep.assert_not_called()
         consume(first)

@@ -162,7 +162,7 @@ class MessageConsumeTests(TestCase):
         handler = RecordingHandler(error=ValueError("bug"))
 
         with (
-            mock.patch("reliability.consume.task.time.sleep") as sleep,
+            mock.patch("reliability.consume.ack.time.sleep") as sleep,
             self.assertLogs("reliability", level="ERROR"),
             self.assertRaises(Reject) as raised,
         ):
@@ -177,7 +177,7 @@ class MessageConsumeTests(TestCase):
         handler = RecordingHandler(error=OperationalError("connection lost"))
 
         with (
-            mock.patch("reliability.consume.task.time.sleep") as sleep,
+            mock.patch("reliability.consume.ack.time.sleep") as sleep,
             self.assertLogs("reliability", level="WARNING"),
             self.assertRaises(Reject) as raised,
         ):
@@ -248,7 +248,7 @@ class TransientErrorOutsideTheEffectTests(TestCase):
 
     def assert_requeued(self, envelope: Any) -> None:
         with (
-            mock.patch("reliability.consume.task.time.sleep"),
+            mock.patch("reliability.consume.ack.time.sleep"),
             self.assertLogs("reliability", level="WARNING"),
             self.assertRaises(Reject) as raised,
         ):
@@ -258,7 +258,7 @@ class TransientErrorOutsideTheEffectTests(TestCase):
     def test_a_heartbeat_meeting_a_lost_connection_is_requeued(self) -> None:
         heartbeat = envelope_sign({"v": 1, "kind": "heartbeat", "stream": "deductions.3", "high": 4})
         with mock.patch(
-            "reliability.consume.task.stream_high_record",
+            "reliability.consume.heartbeat.stream_high_record",
             side_effect=OperationalError("terminating connection"),
         ):
             self.assert_requeued(heartbeat)
