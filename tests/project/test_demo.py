@@ -28,6 +28,7 @@ from unittest import mock
 import psycopg
 from django.test import SimpleTestCase, tag
 
+from project.broker_admin import BrokerAdminError, broker_admin
 from project.environment import database_drop, database_url, libpq_url
 
 from ..processes import REPO
@@ -178,7 +179,9 @@ class DemoUnderItsOwnRateLimitTests(SimpleTestCase):
         run_dir = Path(tempfile.mkdtemp(prefix="demo-limited-"))
         self.addCleanup(shutil.rmtree, run_dir, ignore_errors=True)
         database = f"beans_demo_limited_{os.getpid()}"
+        vhost = f"demo-limited-{os.getpid()}"
         self.addCleanup(database_drop, database_url(database))
+        self.addCleanup(_vhost_delete, vhost)
         env = {
             key: value
             for key, value in os.environ.items()
@@ -190,7 +193,7 @@ class DemoUnderItsOwnRateLimitTests(SimpleTestCase):
             DEMO_TRADES="200",
             DEMO_PARALLEL="8",
             DEMO_DATABASE=database,
-            DEMO_VHOST=f"demo-limited-{os.getpid()}",
+            DEMO_VHOST=vhost,
             DEMO_RUN_DIR=str(run_dir),
             VENV=str(Path(sys.executable).parent.parent),
         )
@@ -207,6 +210,12 @@ class DemoUnderItsOwnRateLimitTests(SimpleTestCase):
         deducted = _scalar(database, "select count(*) from trades_trade where status = 'deducted'")
         self.assertEqual(deducted, 200, "every trade placed and deducted")
         self.assertEqual(_scalar(database, "select count(distinct idempotency_key) from trades_trade"), 200)
+        self.assertNotIn(vhost, broker_admin().vhosts(), "the demo deletes its vhost when it ends")
+
+
+def _vhost_delete(vhost: str) -> None:
+    with contextlib.suppress(BrokerAdminError):
+        broker_admin().vhost_delete(vhost)
 
 
 def _scalar(database: str, sql: str) -> int:
