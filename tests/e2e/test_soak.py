@@ -3,7 +3,7 @@
 ``SteadyStateTests`` feed ``steady_state`` crafted series (no services): a flat run passes, and
 table bytes, a process's RSS or p99 that keep growing, or a throughput that falls, each fail
 with a message that names the figure. ``SoakShortTierTests`` (tags ``soak``, ``integration``)
-runs ``python -m bench.soak`` for 2.5 minutes with one-minute retention windows, so retention
+runs ``python -m bench.soak`` for 1.5 minutes with one-minute retention windows, so retention
 deletes rows several times, and expects 0 lost, 0 duplicated effects, every invariant held and
 a complete JSON; not the 10% plateau, which a run that short cannot show.
 """
@@ -145,9 +145,9 @@ class SteadyStateTests(SimpleTestCase):
 
 @tag("soak", "integration")
 class SoakShortTierTests(SimpleTestCase):
-    """2.5 minutes at half the measured peak, retention windows of one minute (about 4 minutes)."""
+    """1.5 minutes at half the measured peak, retention windows of one minute (about 2 minutes)."""
 
-    MINUTES = os.environ.get("SOAK_TEST_MINUTES", "2.5")
+    MINUTES = os.environ.get("SOAK_TEST_MINUTES", "1.5")
 
     def test_a_short_soak_through_retention_cycles_keeps_every_invariant(self) -> None:
         name = f"soak_t{os.getpid()}"
@@ -164,7 +164,7 @@ class SoakShortTierTests(SimpleTestCase):
             argv = [
                 *(sys.executable, "-m", "bench.soak", "--name", name, "--results", str(results)),
                 *("--minutes", self.MINUTES, "--share", "0.5", "--peak-s", "10", "--producers", "8"),
-                *("--retention-s", "60", "--retention-every-s", "10", "--sample-s", "30"),
+                *("--retention-s", "60", "--retention-every-s", "10", "--sample-s", "20"),
                 *("--warmup-minutes", "0.5"),
             ]
             run = subprocess.Popen(
