@@ -17,6 +17,7 @@ import itertools
 import re
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -169,6 +170,43 @@ def _seq_runs(seqs: list[int]) -> str:
     if start is not None:
         runs.append(f"{start}-{prev}" if start != prev else f"{start}")
     return ", ".join(runs[:5]) + (" ..." if len(runs) > 5 else "")
+
+
+def seq_holes_not_past_retention(
+    made_of_seq: Mapping[int, float | None],
+    *,
+    k: int,
+    cutoff: float | None,
+    known_made_at: dict[int, float],
+    start_past: bool,
+) -> list[int]:
+    """The seqs of ``1..k`` missing from ``made_of_seq`` (seq -> when its retained row's message
+    was made, None: unknown) that retention cannot have removed.
+
+    Retention drops whole time slices once past the cutoff, but not necessarily the oldest first
+    (a slice whose lock it could not get waits for the next run), so a stream's rows may miss a
+    run of seqs in the middle as well as at the start. A missing seq is past retention when its
+    message is known (``known_made_at``, from the other table) to have been made before the
+    cutoff; else when the retained row just below it was made before the cutoff (a stream's seqs
+    are taken in the order its messages are made); else, below every retained row, when
+    ``start_past`` (retention removed rows of this table). Without a cutoff, every hole counts.
+    """
+    holes = []
+    below: float | None = None  # when the nearest retained row below was made (None: unknown)
+    at_start = True
+    for seq in range(1, k + 1):
+        if seq in made_of_seq:
+            below, at_start = made_of_seq[seq], False
+            continue
+        if cutoff is not None:
+            known = known_made_at.get(seq)
+            if known is not None:
+                if known < cutoff:
+                    continue
+            elif (at_start and start_past) or (below is not None and below < cutoff):
+                continue
+        holes.append(seq)
+    return holes
 
 
 def _made_at(message_id: str, otherwise: float | None) -> float | None:
@@ -383,30 +421,36 @@ def check(snapshot: Snapshot, requests: list[Request], injected: Injected, liven
 
     # I6: every produced stream is applied exactly 1..k: from the outbox and the inbox, and as the
     # consumer's own watermarks see it.
-    produced: dict[tuple[str, str], list[int]] = defaultdict(list)
+    produced: dict[tuple[str, str], dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
     for message in s.outbox:
-        produced[(message.task_name, message.stream)].append(message.seq)
-    consumed: dict[tuple[str, str], set[int]] = defaultdict(set)
+        produced[(message.task_name, message.stream)][message.seq].append(message.message_id)
+    consumed: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
     for inbox in s.message_log:
-        consumed[(inbox.handler, inbox.stream)].add(inbox.seq)
-    # Retention drops a stream's oldest rows first: then a stream's rows begin above 1, and only the
-    # retained run must be whole (the consumers' watermarks below still cover 1..k).
-    retention = bool(s.retention_cutoffs) and bool(past_outbox or past_log)
-    for (task, stream), seqs in sorted(produced.items()):
-        k = max(seqs)
-        first = min(seqs) if retention else 1
-        if sorted(seqs) != list(range(first, k + 1)):
-            holes = set(range(first, k + 1)) - set(seqs)
-            doubles = [seq for seq, n in Counter(seqs).items() if n > 1]
-            found["I6"].append(
-                f"outbox stream {stream}: holes {_seq_runs(list(holes))}, doubles {doubles[:5]}"
-            )
-        applied_seqs = consumed.get((task, stream), set())
-        first_applied = min(applied_seqs, default=1) if retention else 1
-        missing = set(range(first_applied, k + 1)) - applied_seqs
+        consumed[(inbox.handler, inbox.stream)][inbox.seq] = inbox.message_id
+    for (task, stream), ids_of_seq in sorted(produced.items()):
+        k = max(ids_of_seq)
+        made_of_seq = {seq: _made_at(ids[0], None) for seq, ids in ids_of_seq.items()}
+        holes = seq_holes_not_past_retention(
+            made_of_seq,
+            k=k,
+            cutoff=s.retention_cutoffs.get("outbox"),
+            known_made_at={},
+            start_past=past_outbox > 0,
+        )
+        doubles = [seq for seq, ids in ids_of_seq.items() if len(ids) > 1]
+        if holes or doubles:
+            found["I6"].append(f"outbox stream {stream}: holes {_seq_runs(holes)}, doubles {doubles[:5]}")
+        applied_ids = consumed.get((task, stream), {})
+        missing = seq_holes_not_past_retention(
+            {seq: _made_at(message_id, None) for seq, message_id in applied_ids.items()},
+            k=k,
+            cutoff=s.retention_cutoffs.get("message_log"),
+            known_made_at={seq: made for seq, made in made_of_seq.items() if made is not None},
+            start_past=past_log > 0,
+        )
         if missing:
             found["I6"].append(
-                f"stream {stream}: seqs {_seq_runs(list(missing))} of 1..{k} never applied by {task}"
+                f"stream {stream}: seqs {_seq_runs(missing)} of 1..{k} never applied by {task}"
             )
         extra = {seq for seq in consumed.get((task, stream), set()) if seq > k}
         if extra:

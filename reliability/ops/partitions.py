@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.backends.utils import CursorWrapper
 
 __all__ = [
@@ -47,10 +48,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# One DROP waits this long at most for the parent's lock (DROP of a partition takes ACCESS
-# EXCLUSIVE on it), so retention never queues the pipeline's inserts behind a long transaction;
-# what it could not drop it drops on its next run.
-LOCK_TIMEOUT_MS = 5_000
+# DROP of a partition takes ACCESS EXCLUSIVE on its parent, and while it waits for that lock
+# every insert into the table queues behind it: so one attempt waits at most LOCK_TIMEOUT_MS
+# (the pipeline's own transactions are shorter), and is tried again DROP_ATTEMPTS times,
+# DROP_PAUSE_S apart, behind a long transaction. What it could not drop, the next run drops.
+# (DETACH ... CONCURRENTLY would need no such lock, but PostgreSQL refuses it on a table with a
+# default partition.)
+LOCK_TIMEOUT_MS = 200
+DROP_ATTEMPTS = 10
+DROP_PAUSE_S = 0.3
 _BOUND = re.compile(r"FROM \('([0-9a-f-]{36})'\) TO \('([0-9a-f-]{36})'\)")
 
 
@@ -202,19 +208,31 @@ def partitions_drop(
     """Drop each of ``partitions`` of ``table`` in its own short transaction; return the names dropped.
 
     ``before(cursor, partition)`` runs first in that transaction (to count what goes, or to
-    refuse: it returns False to keep the partition). A partition whose lock could not be had
-    within ``LOCK_TIMEOUT_MS`` is left for the next run.
+    refuse: it returns False to keep the partition). A partition whose lock could not be had in
+    ``DROP_ATTEMPTS`` tries of ``LOCK_TIMEOUT_MS`` each is left for the next run.
     """
     dropped = []
     for part in partitions:
-        try:
-            with transaction.atomic(using=using), connections[using].cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
-                if before is not None and not before(cursor, part):
-                    continue
-                cursor.execute(f"DROP TABLE {part.name}")
-        except DatabaseError as exc:
-            logger.warning("partition %s of %s not dropped (the next run retries): %s", part.name, table, exc)
-            continue
-        dropped.append(part.name)
+        for attempt in range(1, DROP_ATTEMPTS + 1):
+            try:
+                with transaction.atomic(using=using), connections[using].cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+                    if before is not None and not before(cursor, part):
+                        break
+                    cursor.execute(f"DROP TABLE {part.name}")
+            except OperationalError as exc:  # lock_timeout: a transaction holds the table
+                if attempt == DROP_ATTEMPTS:
+                    logger.warning(
+                        "partition %s of %s not dropped (the next run retries): %s", part.name, table, exc
+                    )
+                else:
+                    time.sleep(DROP_PAUSE_S)
+                continue
+            except DatabaseError as exc:
+                logger.warning(
+                    "partition %s of %s not dropped (the next run retries): %s", part.name, table, exc
+                )
+                break
+            dropped.append(part.name)
+            break
     return dropped

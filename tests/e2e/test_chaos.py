@@ -38,6 +38,7 @@ from chaos.checker import (
     Snapshot,
     TradeRow,
     check,
+    seq_holes_not_past_retention,
 )
 from chaos.load import HttpClient, Item, Target, _request, load_plan, producer_jobs
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, PARTITION_KINDS, TIERS, schedule_make
@@ -253,6 +254,31 @@ class ChaosCheckerTests(SimpleTestCase):
         snapshot, requests, injected, liveness = clean_run()
         log = [row for row in snapshot.message_log if row.message_id != "o1"]
         self.assertIn("I6", self.failing(replace(snapshot, message_log=log), requests, injected, liveness))
+
+    def test_slices_dropped_out_of_order_leave_holes_past_retention_not_violations(self) -> None:
+        # Seqs 1-3 made at t=10 (their slice outlived its turn), 4-6 at t=20 (dropped), 7-8 at
+        # t=40, 9 at t=60 (missing, after the cutoff: lost), 10 at t=70; the cutoff is t=30.
+        made = {1: 10.0, 2: 10.0, 3: 10.0, 7: 40.0, 8: 40.0, 10: 70.0}
+
+        def holes(**overrides: Any) -> list[int]:
+            arguments: dict[str, Any] = {"k": 10, "cutoff": 30.0, "known_made_at": {}, "start_past": True}
+            return seq_holes_not_past_retention(made, **{**arguments, **overrides})
+
+        self.assertEqual(holes(), [9], "4-6 follow a row made before the cutoff; 9 follows one made after")
+        self.assertEqual(holes(cutoff=None), [4, 5, 6, 9], "without retention every hole counts")
+        self.assertEqual(holes(known_made_at={5: 50.0, 9: 20.0}), [5], "a known id decides, either way")
+        without_start = {seq: at for seq, at in made.items() if seq > 3}
+        self.assertEqual(
+            seq_holes_not_past_retention(
+                without_start, k=10, cutoff=30.0, known_made_at={}, start_past=False
+            ),
+            [1, 2, 3, 4, 5, 6, 9],
+            "a stream's first seqs are missing for retention only if retention removed rows",
+        )
+        self.assertEqual(
+            seq_holes_not_past_retention(without_start, k=10, cutoff=30.0, known_made_at={}, start_past=True),
+            [9],
+        )
 
     def test_deductions_applied_out_of_order_break_i7(self) -> None:
         snapshot, requests, injected, liveness = clean_run()

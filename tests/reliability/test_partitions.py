@@ -3,6 +3,7 @@ the figures kept right, and the migration that partitions tables already holding
 
 import itertools
 import random
+import threading
 import uuid
 from datetime import timedelta
 from io import StringIO
@@ -18,7 +19,7 @@ from django.utils import timezone
 from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
 from reliability.ids import message_id_new
 from reliability.models import MessageLog, OutboxMessage
-from reliability.ops.partitions import partitions_ensure, partitions_list
+from reliability.ops.partitions import LOCK_TIMEOUT_MS, partitions_drop, partitions_ensure, partitions_list
 from reliability.ops.retention import retention_purge
 from reliability.selectors import message_log_stats
 
@@ -214,6 +215,59 @@ class PartitionTests(TestCase):
                 message_log_insert(handler=HANDLER, message_id=ahead, stream="s", seq=1, using=BEANS),
                 "still a duplicate",
             )
+
+
+class HeldTable:
+    """A transaction on another connection that holds ``table`` as an insert does (ROW EXCLUSIVE)
+    until ``release``: what a DROP of one of its partitions must wait for."""
+
+    def __init__(self, table: str) -> None:
+        self.table, self.held, self.released = table, threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f"LOCK TABLE {self.table} IN ROW EXCLUSIVE MODE")
+                self.held.set()
+                self.released.wait(30)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> "HeldTable":
+        self.thread.start()
+        self.held.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.released.set()
+        self.thread.join(10)
+
+
+class PartitionDropLockTests(TransactionTestCase):
+    """A DROP waits for the table's lock briefly and often, never long (inserts queue behind it)."""
+
+    def setUp(self) -> None:
+        partitions_ensure(
+            table=OUTBOX, now_ms=now_ms(), since_ms=now_ms() - 10 * DAY_MS, width_s=DAY_S, ahead=1
+        )
+        self.oldest = partitions_list(table=OUTBOX)[0]
+
+    def test_a_drop_behind_a_short_transaction_is_retried_until_it_goes(self) -> None:
+        with HeldTable(OUTBOX) as held:
+            threading.Timer(3 * LOCK_TIMEOUT_MS / 1000, held.released.set).start()
+            dropped = partitions_drop(table=OUTBOX, partitions=[self.oldest])
+        self.assertEqual(dropped, [self.oldest.name])
+
+    def test_a_drop_behind_a_long_transaction_is_left_for_the_next_run(self) -> None:
+        with (
+            mock.patch("reliability.ops.partitions.DROP_ATTEMPTS", 2),
+            self.assertLogs("reliability.ops.partitions", level="WARNING") as logs,
+            HeldTable(OUTBOX),
+        ):
+            self.assertEqual(partitions_drop(table=OUTBOX, partitions=[self.oldest]), [])
+        self.assertIn("not dropped (the next run retries)", logs.output[0])
+        self.assertEqual(partitions_drop(table=OUTBOX, partitions=[self.oldest]), [self.oldest.name])
 
 
 class MigrationWithRowsTests(TransactionTestCase):
