@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,15 @@ def _tables() -> list[str]:
     ]
 
 
+DAY_MS = 86_400_000
+# A UUIDv7 made at the time ``made`` (its 48-bit Unix millisecond, version 7, variant 10, a
+# random tail), as ``reliability.ids`` makes them: so each row lands in its time slice.
+UUID7_MADE = (
+    "(lpad(to_hex((extract(epoch FROM made) * 1000)::bigint), 12, '0') || '7' || "
+    "substr(md5(random()::text), 1, 3) || '8' || substr(md5(random()::text), 1, 15))::uuid"
+)
+
+
 def history_write(rows: int) -> None:
     """Write a history of ``rows`` message-log rows in the current history's tables (module docstring)."""
     from django.db import connection
@@ -128,30 +138,35 @@ def history_write(rows: int) -> None:
             "n / (2 * %s) + 1 AS seq"
         )
         position_params: list[Any] = [list(HANDLERS), list(STREAM_PREFIXES), STREAMS, STREAMS]
+        # Each message's id is a UUIDv7 of the time it was made (what the partitions are keyed
+        # on), and its outbox row was made then too.
+        made = (
+            "CASE WHEN n < %s THEN now() - interval '1 hour' - (%s - n) * interval '14 days' / %s "
+            "ELSE now() - (%s - n) * interval '14 minutes' / %s END AS made"
+        )
+        made_params: list[Any] = [history, history, max(history, 1), rows, max(recent, 1)]
         cursor.execute(
             "INSERT INTO reliability_messagelog (handler, message_id, stream, seq, outcome, redeliveries, "  # noqa: S608
             "applied_at) "
-            "SELECT handler, gen_random_uuid(), stream, seq, 'applied', CASE WHEN n %% 100 = 0 THEN 1 ELSE 0 END, "
-            "CASE WHEN n < %s THEN now() - interval '1 hour' - (%s - n) * interval '14 days' / %s "
-            "ELSE now() - (%s - n) * interval '14 minutes' / %s END "
-            f"FROM generate_series(0, %s - 1) AS n, LATERAL (SELECT {position}) AS p",
-            [history, history, max(history, 1), rows, max(recent, 1), rows, *position_params],
+            f"SELECT handler, {UUID7_MADE}, stream, seq, 'applied', CASE WHEN n %% 100 = 0 THEN 1 ELSE 0 END, made "
+            f"FROM generate_series(0, %s - 1) AS n, LATERAL (SELECT {position}) AS p, LATERAL (SELECT {made}) AS t",
+            [rows, *position_params, *made_params],
         )
         # The published outbox rows of those messages, and some not yet published.
         cursor.execute(
             "INSERT INTO reliability_outboxmessage (message_id, task_name, queue, stream, seq, payload, status, "  # noqa: S608
             "attempts, last_error, next_attempt_at, created_at, sent_at, claimed_by) "
-            "SELECT gen_random_uuid(), handler, 'beans', stream, seq, "
-            "'{\"account_id\": 1, \"beans\": 1, \"trade_id\": 1}', 'sent', 1, '', now(), "
-            "now() - interval '1 hour', now() - interval '1 hour', '' "
-            f"FROM generate_series(0, %s - 1) AS n, LATERAL (SELECT {position}) AS p",
-            [rows, *position_params],
+            f"SELECT {UUID7_MADE}, handler, 'beans', stream, seq, "
+            "'{\"account_id\": 1, \"beans\": 1, \"trade_id\": 1}', 'sent', 1, '', now(), made, made, '' "
+            f"FROM generate_series(0, %s - 1) AS n, LATERAL (SELECT {position}) AS p, LATERAL (SELECT {made}) AS t",
+            [rows, *position_params, *made_params],
         )
         cursor.execute(
-            "INSERT INTO reliability_outboxmessage (message_id, task_name, queue, stream, seq, payload, status, "
+            "INSERT INTO reliability_outboxmessage (message_id, task_name, queue, stream, seq, payload, status, "  # noqa: S608
             "attempts, last_error, next_attempt_at, created_at, claimed_by) "
-            "SELECT gen_random_uuid(), 'beans.deduct', 'beans', 'deductions.' || n %% %s, %s + n / %s, "
-            "'{}', 'pending', 0, '', now(), now() - interval '2 seconds', '' FROM generate_series(0, %s - 1) AS n",
+            f"SELECT {UUID7_MADE}, 'beans.deduct', 'beans', 'deductions.' || n %% %s, %s + n / %s, "
+            "'{}', 'pending', 0, '', now(), made, '' "
+            "FROM generate_series(0, %s - 1) AS n, LATERAL (SELECT now() - interval '2 seconds' AS made) AS t",
             [STREAMS, rows // (2 * STREAMS) + 2, STREAMS, PENDING_OUTBOX],
         )
         cursor.execute(
@@ -280,14 +295,33 @@ def history_use(label: str) -> None:
         _search_path_set(connection=connection)
 
 
-def history_tables_create(label: str) -> None:
+def history_tables_create(label: str, tables: Iterable[str]) -> None:
+    """Make the schema of one history: ``tables`` created like the migrated ones, and the
+    partitioned ones (the outbox, the message log) partitioned alike: a slice per day over the
+    history's 14 days and the default partition, so a history is laid out as the pipeline's is."""
     from django.db import connection
+    from django.utils import timezone
+
+    from reliability.ops.partitions import partition_default_create, partitions_ensure
 
     schema = f"history_{label}"
     with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, pg_get_partkeydef(oid) FROM pg_class "
+            "WHERE relkind = 'p' AND relnamespace = 'public'::regnamespace"
+        )
+        partitioned = dict(cursor.fetchall())
         cursor.execute(f"CREATE SCHEMA {schema}")
-        for table in _tables():
-            cursor.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL)")
+        for table in tables:
+            by = f" PARTITION BY {partitioned[table]}" if table in partitioned else ""
+            cursor.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL){by}")
+    history_use(label)  # the partitions are made in the first schema of the search path: this one
+    now_ms = int(timezone.now().timestamp() * 1000)
+    for table in sorted(partitioned.keys() & set(tables)):
+        partition_default_create(table=table)
+        partitions_ensure(
+            table=table, now_ms=now_ms, since_ms=now_ms - 15 * DAY_MS, width_s=DAY_MS / 1000, ahead=1
+        )
 
 
 def measurements(labels: dict[str, int], scrapes: int) -> dict[str, dict[str, float]]:
@@ -365,8 +399,7 @@ def child(rows_small: int, rows_large: int, scrapes: int) -> dict[str, float]:
     connection_created.connect(_search_path_set)
     labels = {"1k": rows_small, "1m": rows_large}
     for label, rows in labels.items():
-        history_tables_create(label)
-        history_use(label)
+        history_tables_create(label, _tables())
         log(f"writing a history of {rows:,} message-log rows")
         started = time.monotonic()
         history_write(rows)
