@@ -34,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -195,51 +196,82 @@ def outbox_relay_messages(
     # Start no window that could outlast the claim: past it, another relay may take the rows.
     window_s = settings.RELIABILITY_CONNECT_TIMEOUT_S + settings.RELIABILITY_CONFIRM_TIMEOUT_S
     claim_left = time.monotonic() + settings.RELIABILITY_RELAY_CLAIM_S - window_s
-    sent_ids: list[int] = []
-    settled: set[int] = set()
     highs = stream_highs(streams=(message.stream for message in batch), using=using)
     envelopes = outbox_envelopes_pack(batch, highs=highs, probe=not relay_path_verified(using=using))
-    window = 1 if not relay_path_verified(using=using) else settings.RELIABILITY_RELAY_WINDOW
-    position = 0
+    progress = _RelayProgress()
     try:
-        while position < len(envelopes) and time.monotonic() < claim_left:
-            chunk = envelopes[position : position + window]
-            position += len(chunk)
-            fault_point("relay.before_publish", message_id=chunk[0][1][0].message_id)
-            results = _publish_window([item for item, _ in chunk])
-            fault_point("relay.after_publish", message_id=chunk[0][1][0].message_id)
-            failed = False
-            for (_, messages), error in zip(chunk, results, strict=True):
-                settled.update(message.pk for message in messages)
-                if error is None:
-                    sent_ids.extend(message.pk for message in messages)
-                else:
-                    failed = True
-                    _outbox_publish_failed(messages, error, using=using)
-            _path_verified[using] = not failed
-            if failed:
-                # The broker is down or refusing: stop here rather than spend the whole
-                # batch on timeouts. The rest stays pending, unattempted.
-                break
-            window = settings.RELIABILITY_RELAY_WINDOW
-        if sent_ids:
+        _windows_publish(envelopes, using=using, claim_left=claim_left, progress=progress)
+        if progress.sent_ids:
             fault_point("relay.before_mark_sent", message_id=batch[0].message_id)
-            OutboxMessage.objects.using(using).filter(
-                pk__in=sent_ids, status=OutboxMessage.Status.PENDING
-            ).update(
-                status=OutboxMessage.Status.SENT,
-                sent_at=timezone.now(),
-                last_error="",
-                claimed_by="",
-                claim_expires_at=None,
-            )
+            _outbox_mark_sent(progress.sent_ids, using=using)
     finally:
-        unsent = [message.pk for message in batch if message.pk not in settled]
+        unsent = [message.pk for message in batch if message.pk not in progress.settled]
         if unsent:
             _outbox_claim_release(unsent, using=using)
-    if sent_ids and ids is None:
-        logger.info("relayed %d messages in %d envelopes", len(sent_ids), position)
-    return len(sent_ids)
+    if progress.sent_ids and ids is None:
+        logger.info("relayed %d messages in %d envelopes", len(progress.sent_ids), progress.envelopes)
+    return len(progress.sent_ids)
+
+
+@dataclass
+class _RelayProgress:
+    """What one relay pass has done so far: kept whole if a publish raises, so the claim on the
+    rows it never settled is released."""
+
+    sent_ids: list[int] = field(default_factory=list)  # confirmed, to be marked sent
+    settled: set[int] = field(default_factory=set)  # confirmed, or failed and marked so
+    envelopes: int = 0  # envelopes put in flight
+
+
+def _windows_publish(
+    envelopes: list[tuple[Publish, list[OutboxMessage]]],
+    *,
+    using: str,
+    claim_left: float,
+    progress: _RelayProgress,
+) -> None:
+    """Publish ``envelopes`` a window at a time, until done, a window fails or the claim runs short.
+
+    The first window of a path not yet verified is one envelope (the probe).
+    """
+    window = settings.RELIABILITY_RELAY_WINDOW if relay_path_verified(using=using) else 1
+    while progress.envelopes < len(envelopes) and time.monotonic() < claim_left:
+        chunk = envelopes[progress.envelopes : progress.envelopes + window]
+        progress.envelopes += len(chunk)
+        if not _window_publish(chunk, using=using, progress=progress):
+            # The broker is down or refusing: stop here rather than spend the whole batch on
+            # timeouts. The rest stays pending, unattempted.
+            return
+        window = settings.RELIABILITY_RELAY_WINDOW
+
+
+def _window_publish(
+    chunk: list[tuple[Publish, list[OutboxMessage]]], *, using: str, progress: _RelayProgress
+) -> bool:
+    """Put one window of envelopes in flight and settle its rows; return whether all were confirmed."""
+    fault_point("relay.before_publish", message_id=chunk[0][1][0].message_id)
+    results = _publish_window([item for item, _ in chunk])
+    fault_point("relay.after_publish", message_id=chunk[0][1][0].message_id)
+    failed = False
+    for (_, messages), error in zip(chunk, results, strict=True):
+        progress.settled.update(message.pk for message in messages)
+        if error is None:
+            progress.sent_ids.extend(message.pk for message in messages)
+        else:
+            failed = True
+            _outbox_publish_failed(messages, error, using=using)
+    _path_verified[using] = not failed
+    return not failed
+
+
+def _outbox_mark_sent(ids: list[int], *, using: str) -> None:
+    OutboxMessage.objects.using(using).filter(pk__in=ids, status=OutboxMessage.Status.PENDING).update(
+        status=OutboxMessage.Status.SENT,
+        sent_at=timezone.now(),
+        last_error="",
+        claimed_by="",
+        claim_expires_at=None,
+    )
 
 
 def _outbox_claim_release(ids: list[int], *, using: str) -> None:
