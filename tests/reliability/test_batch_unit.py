@@ -7,7 +7,6 @@ message, with nothing lost, doubled or blocked, in every other.
 """
 
 import json
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -31,11 +30,12 @@ from reliability.models import (
 from reliability.ops.dead_letters import dead_letter_from_broker
 from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from reliability.selectors import pipeline_counters
+from tests.fakes import fake_task
 from trades.models import Trade
 from trades.services import trade_place
 
 BEANS = settings.BEANS_DATABASE
-TASK = SimpleNamespace(name="beans.deduct", request=SimpleNamespace(retries=0, delivery_info={}))
+TASK = fake_task("beans.deduct")
 
 
 def packed(rows: list[OutboxMessage]) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import json
 import sys
 import uuid
 from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
 from django.conf import settings
@@ -34,12 +33,13 @@ from beans.services import account_create, deduction_apply, deductions_apply
 from reliability.consume.task import batch_consume, message_consume
 from reliability.envelope import BATCH, ENVELOPE_VERSION, envelope_sign
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
+from tests.fakes import fake_task
 
 from ..strategies import examples
 from ..strategies import json_values as json_values_of
 
 BEANS = settings.BEANS_DATABASE
-TASK = SimpleNamespace(name="beans.deduct", request=SimpleNamespace(retries=0, delivery_info={}))
+TASK = fake_task("beans.deduct")
 BALANCE = 1_000
 BIGINT_MAX = 2**63 - 1
 EXAMPLES = examples(150)

@@ -1,12 +1,10 @@
 """The consumer middleware, called directly with JSON-round-tripped envelopes.
 
-``message_consume`` is what every exactly-once task runs; here it gets a stand-in
-for the bound Celery task (only ``.name`` and ``.request.retries`` are read) and
-a recording handler, so each path is checked without a broker or a worker.
+``message_consume`` is what every exactly-once task runs; here it gets the tests'
+stand-in for the bound Celery task (``tests.fakes.fake_task``) and a recording handler, so each path is checked without a broker or a worker.
 """
 
 import json
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -19,16 +17,9 @@ from reliability.envelope import Message, envelope_sign, outbox_envelope
 from reliability.exceptions import PoisonMessage
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, ParkedMessage
 from reliability.produce.outbox import outbox_enqueue
+from tests.fakes import fake_task
 
 HANDLER_NAME = "tests.handler"
-
-
-class FakeTask:
-    """The parts of a bound Celery task that ``message_consume`` reads."""
-
-    def __init__(self, name: str = HANDLER_NAME) -> None:
-        self.name = name
-        self.request = SimpleNamespace(retries=0)
 
 
 class RecordingHandler:
@@ -45,9 +36,10 @@ class RecordingHandler:
         return self.outcome
 
 
-def _consume(envelope: Any, handler: RecordingHandler, task: FakeTask | None = None) -> str:
-    stand_in: Any = task or FakeTask()
-    return message_consume(task=stand_in, envelope=envelope, handler=handler, using="default")
+def _consume(envelope: Any, handler: RecordingHandler, task: Any = None) -> str:
+    return message_consume(
+        task=task or fake_task(HANDLER_NAME), envelope=envelope, handler=handler, using="default"
+    )
 
 
 class MessageConsumeTests(TestCase):
@@ -93,8 +85,8 @@ class MessageConsumeTests(TestCase):
         def addressed_to(task: str) -> dict[str, Any]:
             return envelope_sign({**self.envelope, "task": task})
 
-        _consume(addressed_to("tests.first"), first, FakeTask("tests.first"))
-        _consume(addressed_to("tests.second"), second, FakeTask("tests.second"))
+        _consume(addressed_to("tests.first"), first, fake_task("tests.first"))
+        _consume(addressed_to("tests.second"), second, fake_task("tests.second"))
 
         self.assertEqual((len(first.calls), len(second.calls)), (1, 1))
         self.assertEqual(MessageLog.objects.filter(message_id=self.row.message_id).count(), 2)
@@ -208,10 +200,12 @@ class OrderedConsumeTests(TestCase):
         return "done"
 
     def consume(self, envelope: Any) -> str:
-        task: Any = FakeTask()
-        task.name = "tests.ordered"
         return message_consume(
-            task=task, envelope=envelope, handler=self.handler, using="default", ordered=True
+            task=fake_task("tests.ordered"),
+            envelope=envelope,
+            handler=self.handler,
+            using="default",
+            ordered=True,
         )
 
     def test_a_message_that_overtakes_is_parked_then_applied_in_order(self) -> None:

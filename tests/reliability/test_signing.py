@@ -9,7 +9,6 @@ trades, and authentic messages re-published to another task's queue.
 import json
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 from unittest import mock
 
@@ -35,6 +34,7 @@ from reliability.models import DeadLetter, MessageLog, OutboxMessage, StreamGap,
 from reliability.produce.heartbeat import stream_heartbeat_send
 from reliability.produce.publisher import Publish, publisher
 from reliability.produce.relay import outbox_envelopes_pack, stream_highs
+from tests.fakes import fake_task
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
 
@@ -42,8 +42,7 @@ from ..pipeline import PipelineTestCase
 
 BEANS = settings.BEANS_DATABASE
 DEDUCT, OUTCOME = "beans.deduct", "trades.record_outcome"
-TASK = SimpleNamespace(name=DEDUCT, request=SimpleNamespace(retries=0, delivery_info={}))
-OUTCOME_TASK = SimpleNamespace(name=OUTCOME, request=SimpleNamespace(retries=0, delivery_info={}))
+TASK, OUTCOME_TASK = fake_task(DEDUCT), fake_task(OUTCOME)
 OLD = {"old": b"o" * 32}
 NEW = {"new": b"n" * 32}
 
