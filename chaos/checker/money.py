@@ -31,11 +31,9 @@ def invariant_i1_no_lost_trade(h: History) -> list[str]:
 
 def count_lost(h: History) -> int:
     """Accepted requests without a trade, and trades without their effect (I1)."""
-    requests = {
-        f"request:{r.key}" for r in h.requests if r.outcome == "ok" and not h.trades_by_key.get(r.key)
-    }
-    trades = {f"trade:{trade.id}" for trade in h.snapshot.trades if _trade_lost(h, trade)}
-    return len(requests | trades)
+    requests = {r.key for r in h.requests if r.outcome == "ok" and not h.trades_by_key.get(r.key)}
+    trades = {trade.id for trade in h.snapshot.trades if _trade_lost(h, trade)}
+    return len(requests) + len(trades)
 
 
 def _trade_lost(h: History, trade: TradeRow) -> str | None:
