@@ -17,7 +17,7 @@ NEMESIS_STREAM_PREFIX = "chaos."  # streams of the nemesis's own poison messages
 def invariant_i5_atomic_trade_outbox_inbox(h: History) -> list[str]:
     """I5: atomicity of trade and outbox message, of effect and inbox row, and of the outcome."""
     found = [problem for trade in h.snapshot.trades for problem in _trade_atomicity(h, trade)]
-    # In outbox order (these were once in a set's order, which changed with the hash seed).
+    # In outbox order, so that every run lists them alike (a set's order follows the hash seed).
     found.extend(
         f"outbox message {message_id} has no trade"
         for message_id in h.deduct_outbox
