@@ -14,8 +14,8 @@ from ninja import Field, Header, Path, Query, Router, Schema
 from ninja.decorators import decorate_view
 from pydantic import BeforeValidator, ConfigDict, StrictInt
 
-from project.api.parsing import Error, max_body_bytes
-from project.api.security import Scope, requires
+from edge.http.parsing import Error, max_body_bytes
+from edge.http.security import Scope, requires
 from reliability import (
     ClockMovedBackwards,
     PipelineMode,
