@@ -238,7 +238,9 @@ def trades_create_batch(
     ``POST /api/trades/`` would place; a batch's Idempotency-Key names the whole batch."""
     try:
         trades, created = services.trades_place_many(
-            orders=[{"account": order.account, "beans": order.beans} for order in orders.trades],
+            orders=[
+                services.TradeOrder(account_id=order.account, beans=order.beans) for order in orders.trades
+            ],
             idempotency_key=idempotency_key,
             client_id=request.auth.pk,  # type: ignore[attr-defined]
         )

@@ -6,7 +6,7 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 
-from project.contracts import DEDUCT_TASK
+from beans.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.outbox import outbox_enqueue
 

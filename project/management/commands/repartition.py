@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from project.contracts import DEDUCT_TASK
+from beans.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.outbox import stream_queue_move
 from reliability.selectors import queue_depths, stream_positions
