@@ -54,6 +54,11 @@ def deduction_queue(account_id: int) -> str:
     return settings.BEANS_QUEUES[stream_index % len(settings.BEANS_QUEUES)]
 
 
+def deduction_stream_queue(stream: str) -> str:
+    """Return the queue partition of a deduction stream (``deduction_stream``) under the current settings."""
+    return deduction_queue(int(stream.rsplit(".", 1)[1]))
+
+
 def _order_validated(account_id: Any, beans: Any, *, where: str = "") -> tuple[int, int]:
     """Return ``(account_id, beans)`` of one trade as integers, or raise ``TradeInvalid``."""
     return (
