@@ -127,6 +127,8 @@ if not ADMIN_URL.endswith("/") or ADMIN_URL.startswith("/"):
 # without one, only loopback clients (127.0.0.0/8, ::1) are answered (403 otherwise). Behind a
 # reverse proxy on the same host every request looks local: set a token there.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# What the names of /metrics start with (the library's default is "reliability").
+METRICS_PREFIX = "beans"
 # Collectors of domain figures for /metrics: dotted paths to classes with collect().
 METRICS_COLLECTORS = ["trades.metrics.TradesCollector"]
 
