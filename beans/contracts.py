@@ -7,7 +7,7 @@
   "outcome": "deducted" | "rejected", "balance_after", "deduction_message_id"}``.
 * **Its accounts, read**: whether accounts exist, and which (``account_exists``,
   ``accounts_missing``, ``account_ids``), and ``accounts_all`` for a caller that checks an account
-  in a query of its own on the same database (``QuerySet.db`` says which).
+  in a query of its own on the same database (``accounts_database``).
 
 Both sides name the same tasks from here, so a rename cannot leave one side publishing to a task
 the other no longer has. The reads are here, not in ``selectors`` (the service's own), because the
@@ -17,6 +17,8 @@ imports them when called), so tools may read the names before Django is set up.
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from django.db import router
 
 if TYPE_CHECKING:
     from django.db.models import QuerySet
@@ -50,6 +52,13 @@ def account_ids() -> list[int]:
     from .models import Account
 
     return list(Account.objects.order_by("id").values_list("id", flat=True))
+
+
+def accounts_database() -> str:
+    """Return the alias of the database that holds the accounts."""
+    from .models import Account
+
+    return router.db_for_read(Account) or "default"
 
 
 def accounts_all() -> "QuerySet[Account]":

@@ -14,7 +14,7 @@ from django.db.models import BigIntegerField
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from beans.contracts import DEDUCT_TASK, account_exists, accounts_all, accounts_missing
+from beans.contracts import DEDUCT_TASK, account_exists, accounts_all, accounts_database, accounts_missing
 from reliability import Message, message_id_new, outbox_enqueue_many, outbox_enqueue_with_row
 
 from .exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
@@ -89,7 +89,7 @@ def trade_place(
         raise TradeInvalid(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters")
     using = router.db_for_write(Trade) or "default"
     # Where the bean service's accounts share this database the insert checks the account itself.
-    account_exists_sql = _account_exists_sql(using) if accounts_all().db == using else None
+    account_exists_sql = _account_exists_sql(using) if accounts_database() == using else None
     if account_exists_sql is None and not account_exists(account_id=account_id):
         raise AccountNotFound(f"account {account_id} does not exist")
     message_id, now = message_id_new(), timezone.now()

@@ -163,6 +163,17 @@ class TradePlaceTests(TestCase):
             trade_place(account_id=self.account.pk + 1000, beans=1)
         self.assertEqual(len(queries.captured_queries), 1, "no idempotency key: nothing else to look up")
 
+    def test_with_the_accounts_in_another_database_the_account_is_checked_before(self) -> None:
+        with mock.patch("trades.services.accounts_database", return_value="elsewhere"):
+            with CaptureQueriesContext(connection) as queries:
+                trade_place(account_id=self.account.pk, beans=1)
+            with self.assertRaises(AccountNotFound):
+                trade_place(account_id=self.account.pk + 1000, beans=1)
+        check, insert = [query["sql"] for query in queries.captured_queries]
+        self.assertIn(f'FROM "{Account._meta.db_table}"', check)
+        self.assertNotIn("EXISTS", insert)
+        self.assertEqual(Trade.objects.count(), 1)
+
 
 class TradesPlaceManyTests(TestCase):
     """A batch placement records exactly what one placement per trade would, all or nothing."""
