@@ -10,11 +10,18 @@ from django.db import migrations, models
 
 
 def content_type_move(apps, schema_editor, *, source="project", target="edge"):
+    """Move ApiKey's content type row from ``source`` to ``target``, its permissions and history with it.
+
+    A row already under ``target`` can only be one that ``post_migrate`` made while the model was
+    not in that app's state (a migration back, then forward): it is deleted, with the permissions
+    made with it, for the row that has the history. A database migrated from scratch has no
+    content types yet (``post_migrate`` makes them afterwards): nothing to move.
+    """
     ContentType = apps.get_model("contenttypes", "ContentType")
-    db = schema_editor.connection.alias
-    # A database migrated from scratch has no content types yet (post_migrate makes them).
-    if not ContentType.objects.using(db).filter(app_label=target, model="apikey").exists():
-        ContentType.objects.using(db).filter(app_label=source, model="apikey").update(app_label=target)
+    rows = ContentType.objects.using(schema_editor.connection.alias).filter(model="apikey")
+    if rows.filter(app_label=source).exists():
+        rows.filter(app_label=target).delete()
+        rows.filter(app_label=source).update(app_label=target)
     ContentType.objects.clear_cache()
 
 
@@ -27,6 +34,9 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
+        # Whatever refers to content types is in the state, so a duplicate row deletes with its rows.
+        ("admin", "0003_logentry_add_action_flag_choices"),
+        ("auth", "0012_alter_user_first_name_max_length"),
         ("contenttypes", "0002_remove_content_type_name"),
         ("project", "0001_api_key"),
     ]

@@ -6,6 +6,7 @@ from io import StringIO
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.management import call_command
+from django.core.management.sql import emit_post_migrate_signal
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import TransactionTestCase
@@ -50,6 +51,19 @@ class ApiKeyMoveTests(TransactionTestCase):
             set(Permission.objects.filter(content_type=content_type).values_list("codename", flat=True)),
             permissions,
         )
+
+    def test_back_and_forth_the_row_with_the_history_is_kept(self) -> None:
+        """Migrated back, ``post_migrate`` makes an edge.apikey row of its own: forward, the moved row wins."""
+        self.migrate(BEFORE)
+        content_type = ContentType.objects.get(app_label="project", model="apikey")
+        emit_post_migrate_signal(verbosity=0, interactive=False, db=connection.alias)
+        duplicate = ContentType.objects.get(app_label="edge", model="apikey")
+
+        self.migrate(AFTER)
+
+        self.assertEqual(ContentType.objects.get_for_model(ApiKey).pk, content_type.pk)
+        self.assertFalse(ContentType.objects.filter(pk=duplicate.pk).exists())
+        self.assertEqual(Permission.objects.filter(content_type=content_type).count(), 4)
 
     def test_the_move_touches_no_table(self) -> None:
         for app_label, name in AFTER:
