@@ -177,9 +177,10 @@ def trades_place_many(
 ) -> tuple[list[Trade], bool]:
     """Record many trades and their deduction messages in one transaction: all of them or none.
 
-    ``orders`` are 1 to ``TRADES_BATCH_MAX`` ``TradeOrder``. Each trade is exactly what ``trade_place`` would record: its own deduction
-    message, message_id and place in its account's stream, so the consumer dedupes,
-    orders and replays each on its own; an account's trades keep the order given.
+    ``orders`` are 1 to ``TRADES_BATCH_MAX`` ``TradeOrder``. Each trade is exactly what
+    ``trade_place`` would record: its own deduction message, message_id and place in its
+    account's stream, so the consumer dedupes, orders and replays each on its own; an
+    account's trades keep the order given.
     What batching saves is the producer's cost per trade: one transaction and a few
     set-based statements for the whole batch instead of several round trips per trade.
 
