@@ -6,8 +6,8 @@ from typing import Annotated, Any
 from django.http import HttpRequest
 from ninja import Path, Router, Schema
 
-from project.api.parsing import Error
-from project.api.security import Scope, requires
+from edge.http.parsing import Error
+from edge.http.security import Scope, requires
 
 from . import selectors
 from .models import Account

@@ -1,8 +1,5 @@
-"""Read-side queries of the bean service."""
+"""Read-side queries of the bean service (those other services may make: ``beans.contracts``)."""
 
-from collections.abc import Iterable
-
-from django.db import router
 from django.db.models import Count, Q, Sum
 
 from .models import Account, LedgerEntry
@@ -11,26 +8,6 @@ from .models import Account, LedgerEntry
 def account_get(*, account_id: int) -> Account:
     """Return the account; raise ``Account.DoesNotExist`` when there is none."""
     return Account.objects.get(pk=account_id)
-
-
-def account_exists(*, account_id: int) -> bool:
-    return Account.objects.filter(pk=account_id).exists()
-
-
-def account_exists_condition(param: str) -> tuple[str, str]:
-    """An SQL condition true when the account ``%(param)s`` exists, and the database it holds for.
-
-    For a caller that folds the check into a statement of its own on the same database.
-    """
-    using = router.db_for_read(Account) or "default"
-    return f"EXISTS (SELECT 1 FROM {Account._meta.db_table} WHERE id = %({param})s::bigint)", using  # noqa: S608
-
-
-def accounts_missing(*, account_ids: Iterable[int]) -> list[int]:
-    """Return, sorted, the ids among ``account_ids`` that name no account."""
-    wanted = set(account_ids)
-    found = set(Account.objects.filter(pk__in=wanted).values_list("pk", flat=True))
-    return sorted(wanted - found)
 
 
 def ledger_totals_by_account() -> dict[int, dict[str, int]]:

@@ -7,9 +7,9 @@ from django.conf import settings
 from django.db import connections, models, transaction
 from django.utils import timezone
 
-from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
 from reliability import Message, outbox_enqueue_many
 
+from .contracts import OUTCOME_QUEUE, OUTCOME_TASK
 from .exceptions import AccountNotFound, InvalidAmount, InvalidDeduction
 from .models import Account, LedgerEntry
 

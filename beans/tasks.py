@@ -2,10 +2,10 @@
 
 from django.conf import settings
 
-from project.contracts import DEDUCT_TASK
 from reliability import Message, exactly_once_task
 
 from . import services
+from .contracts import DEDUCT_TASK
 
 
 # Ordered: one account's deductions are applied in the order the trades were placed (I7).

@@ -1,11 +1,6 @@
-"""The message contract between the two services: which task consumes what, on which queue.
+"""Moved: the message contract is the bean service's published interface, ``beans.contracts``.
+This name stays for chaos/ until it imports the new one; nothing in the project's own code imports it."""
 
-Both sides name the same tasks; keeping the names here, outside either app, means a
-rename cannot leave one side publishing to a task the other no longer has.
-"""
+from beans.contracts import DEDUCT_TASK, OUTCOME_QUEUE, OUTCOME_TASK
 
-# Trades → beans: deduct beans from an account (``beans.tasks.deduct``).
-DEDUCT_TASK = "beans.deduct"
-# Beans → trades: the outcome of a deduction (``trades.tasks.record_outcome``).
-OUTCOME_TASK = "trades.record_outcome"
-OUTCOME_QUEUE = "trades"
+__all__ = ["DEDUCT_TASK", "OUTCOME_QUEUE", "OUTCOME_TASK"]

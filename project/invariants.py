@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from beans.contracts import DEDUCT_TASK
 from beans.selectors import deductions_by_message_id, ledger_totals_by_account
 from beans.services import DeductionOutcome
 from reliability.models import MessageLog, OutboxMessage
 from reliability.ops.retention import retention_cutoffs, retention_message_made_at
 from trades.models import Trade
 from trades.selectors import trade_counts_by_status
-
-from .contracts import DEDUCT_TASK
 
 
 @dataclass

@@ -126,6 +126,12 @@ class ReliabilitySettings:
 
 settings = ReliabilitySettings()
 
+
+def reliability_databases() -> list[str]:
+    """Return the database aliases that hold reliability tables (outboxes and message logs)."""
+    return list(settings.RELIABILITY_DATABASES)
+
+
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 # Read from the environment as "key_id:secret,key_id:secret" (see environment_settings).
 _FROM_ENVIRONMENT_NEVER = {"RELIABILITY_DATABASES"}

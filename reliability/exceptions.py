@@ -47,3 +47,7 @@ class ClockMovedBackwards(ReliabilityError):
 
 class WorkerIdUnavailable(ReliabilityError):
     """No snowflake worker id is safely held, so no id can be issued without risking a duplicate."""
+
+
+class StreamsNotDrained(ReliabilityError):
+    """Streams cannot move to other queues while messages of theirs are in flight; the message says which."""

@@ -8,7 +8,7 @@ from celery import current_app
 from django.db.models import Min
 from django.utils import timezone
 
-from reliability.conf import settings
+from reliability.conf import reliability_databases, settings
 from reliability.counters import (
     MESSAGE_LOG_COUNTERS,
     MESSAGE_LOG_INSERTED,
@@ -30,14 +30,10 @@ from reliability.produce.publisher import broker_connection
 logger = logging.getLogger(__name__)
 
 
-def _databases() -> list[str]:
-    return list(settings.RELIABILITY_DATABASES)
-
-
 def outbox_pending_stats() -> dict[str, Any]:
     """Return the number of pending outbox rows and the age of the oldest, in seconds (all databases)."""
     count, oldest = 0, None
-    for alias in _databases():
+    for alias in reliability_databases():
         pending = OutboxMessage.objects.using(alias).filter(status=OutboxMessage.Status.PENDING)
         count += pending.count()
         first = pending.aggregate(oldest=Min("created_at"))["oldest"]
@@ -57,7 +53,7 @@ def message_log_stats() -> dict[str, int]:
     ``consumed_ever``, ``purged`` and ``duplicates_suppressed_ever``.
     """
     totals: dict[str, int] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         for name, value in counter_totals(using=alias).items():
             if name in MESSAGE_LOG_COUNTERS:
                 totals[name] = totals.get(name, 0) + value
@@ -75,7 +71,7 @@ def message_log_stats() -> dict[str, int]:
 def dead_letter_open_count() -> int:
     return sum(
         DeadLetter.objects.using(alias).filter(status=DeadLetter.Status.OPEN).count()
-        for alias in _databases()
+        for alias in reliability_databases()
     )
 
 
@@ -85,7 +81,7 @@ def pipeline_counters() -> dict[str, int]:
     The message log's own counters are left out: ``message_log_stats`` reports them.
     """
     totals: dict[str, int] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         for name, value in counter_totals(using=alias).items():
             if name not in MESSAGE_LOG_COUNTERS:
                 totals[name] = totals.get(name, 0) + value
@@ -95,7 +91,7 @@ def pipeline_counters() -> dict[str, int]:
 def gaps_escalated_count() -> int:
     return sum(
         StreamGap.objects.using(alias).filter(status=StreamGap.Status.ESCALATED).count()
-        for alias in _databases()
+        for alias in reliability_databases()
     )
 
 
@@ -106,11 +102,11 @@ def stream_positions() -> list[dict[str, Any]]:
     detection never needs this join.
     """
     produced: dict[str, dict[str, Any]] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         for counter in StreamCounter.objects.using(alias).order_by("stream"):
             produced[counter.stream] = {"task_name": counter.task_name, "produced_seq": counter.last_seq}
     consumed: dict[str, StreamWatermark] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         for position in StreamWatermark.objects.using(alias):
             consumed[position.stream] = position
     streams = []
@@ -171,7 +167,7 @@ def queue_depths() -> dict[str, int | None]:
 
 def queue_depths_database() -> str:
     """The database holding the recorded queue depths (the broker's, one set for the deployment)."""
-    return _databases()[0]
+    return reliability_databases()[0]
 
 
 def queue_depths_recorded() -> dict[str, Any]:

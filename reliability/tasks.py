@@ -2,6 +2,7 @@
 
 from celery import shared_task
 
+from reliability.conf import reliability_databases
 from reliability.ops import dead_letters, degrade, queues, reconciler, retention
 from reliability.produce import heartbeat, relay
 
@@ -11,7 +12,7 @@ from reliability.produce import heartbeat, relay
 @shared_task(name="reliability.relay_outbox", ignore_result=True, acks_late=False)
 def relay_outbox() -> dict[str, int]:
     """Publish due pending outbox rows (the safety net behind the fast path)."""
-    return {alias: relay.outbox_relay_batch(using=alias) for alias in reconciler.reliability_databases()}
+    return {alias: relay.outbox_relay_batch(using=alias) for alias in reliability_databases()}
 
 
 @shared_task(name="reliability.reconcile", ignore_result=False, acks_late=False)
@@ -33,7 +34,7 @@ def reconcile() -> list[dict[str, object]]:
 @shared_task(name="reliability.stream_heartbeat", acks_late=False)
 def stream_heartbeat() -> int:
     """Tell each stream's consumer the producer's high-water mark."""
-    return sum(heartbeat.stream_heartbeat_send(using=alias) for alias in reconciler.reliability_databases())
+    return sum(heartbeat.stream_heartbeat_send(using=alias) for alias in reliability_databases())
 
 
 @shared_task(name="reliability.purge_old_rows", ignore_result=False, acks_late=False)
@@ -47,9 +48,9 @@ def purge_old_rows() -> dict[str, dict[str, int]]:
     if degrade.pipeline_degraded():
         return {
             alias: retention.retention_partitions_maintain(using=alias, drop=False)
-            for alias in reconciler.reliability_databases()
+            for alias in reliability_databases()
         }
-    return {alias: retention.retention_purge(using=alias) for alias in reconciler.reliability_databases()}
+    return {alias: retention.retention_purge(using=alias) for alias in reliability_databases()}
 
 
 @shared_task(name="reliability.drain_dead_letters", ignore_result=True, acks_late=False)

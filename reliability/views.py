@@ -133,7 +133,7 @@ class PipelineHealthCollector:
     and queue depths from what beat recorded (no broker connection).
     """
 
-    def __init__(self, prefix: str = "beans") -> None:
+    def __init__(self, prefix: str = "reliability") -> None:
         self.prefix = prefix
 
     def _name(self, name: str) -> str:
@@ -243,7 +243,7 @@ class PipelineHealthCollector:
 
 
 def _metrics_collectors() -> Iterable[Any]:
-    yield PipelineHealthCollector(prefix=getattr(settings, "METRICS_PREFIX", "beans"))
+    yield PipelineHealthCollector(prefix=getattr(settings, "METRICS_PREFIX", "reliability"))
     # Domain apps add their own figures without this app importing them.
     for path in getattr(settings, "METRICS_COLLECTORS", ()):
         yield import_string(path)()

@@ -106,8 +106,7 @@ class OutboxRelayStep(bootsteps.StartStopStep):
         return bool(settings.RELIABILITY_RELAY_LOOP)
 
     def start(self, parent: Any) -> None:
-        from reliability.conf import settings
-        from reliability.ops.reconciler import reliability_databases
+        from reliability.conf import reliability_databases, settings
         from reliability.produce.relay import RelayLoop
 
         linger = settings.RELIABILITY_RELAY_LINGER_MS / 1000
@@ -168,8 +167,7 @@ def _relay_through_pooler() -> list[str]:
     """
     from django.db import connections
 
-    from reliability.conf import settings
-    from reliability.ops.reconciler import reliability_databases
+    from reliability.conf import reliability_databases, settings
 
     if not settings.RELIABILITY_RELAY_LOOP:
         return []

@@ -4,8 +4,8 @@ import itertools
 
 from django.test import Client
 
-from project.api_keys import api_key_create
-from project.models import ApiScope
+from edge.models import ApiScope
+from edge.services import api_key_create
 
 ALL_SCOPES = tuple(ApiScope.values)
 # Far above what a test sends: the rate limit has tests of its own.

@@ -14,8 +14,8 @@ from ninja import Field, Header, Path, Query, Router, Schema
 from ninja.decorators import decorate_view
 from pydantic import BeforeValidator, ConfigDict, StrictInt
 
-from project.api.parsing import Error, max_body_bytes
-from project.api.security import Scope, requires
+from edge.http.parsing import Error, max_body_bytes
+from edge.http.security import Scope, requires
 from reliability import (
     ClockMovedBackwards,
     PipelineMode,
@@ -238,7 +238,9 @@ def trades_create_batch(
     ``POST /api/trades/`` would place; a batch's Idempotency-Key names the whole batch."""
     try:
         trades, created = services.trades_place_many(
-            orders=[{"account": order.account, "beans": order.beans} for order in orders.trades],
+            orders=[
+                services.TradeOrder(account_id=order.account, beans=order.beans) for order in orders.trades
+            ],
             idempotency_key=idempotency_key,
             client_id=request.auth.pk,  # type: ignore[attr-defined]
         )

@@ -17,9 +17,5 @@ class IdempotencyConflict(TradeError):
     """An Idempotency-Key was reused for a different trade."""
 
 
-class TradeNotFound(TradeError):
-    pass
-
-
 class InvalidOutcome(TradeError, PoisonMessage):
     """An outcome message that does not fit the trade it names."""

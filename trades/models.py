@@ -36,7 +36,7 @@ class Trade(models.Model):
     balance_after = models.BigIntegerField(null=True, blank=True)
     # NULL, not "": many trades have no key, and NULLs never collide in the unique constraint.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
-    # The API key that placed it (project.ApiKey's id, kept as a plain id like account_id); 0 for
+    # The API key that placed it (edge.ApiKey's id, kept as a plain id like account_id); 0 for
     # trades placed in-process (a management command, the bench).
     client_id = models.BigIntegerField(default=0)
     deduction_message_id = models.UUIDField(editable=False)

@@ -1,6 +1,6 @@
 """The trade service's consumer of outcomes: a thin exactly-once task."""
 
-from project.contracts import OUTCOME_QUEUE, OUTCOME_TASK
+from beans.contracts import OUTCOME_QUEUE, OUTCOME_TASK
 from reliability import Message, exactly_once_task
 
 from . import services

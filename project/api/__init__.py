@@ -1,5 +1,6 @@
-"""The HTTP API's front door: authentication, rate limits, request parsing and error answers.
+"""The HTTP API, assembled: ``routes`` mounts the services' routers (``trades.api``, ``beans.api``)
+behind the edge's body parser, rate limit and error answers (``edge.http``).
 
-``routes`` assembles the API from the services' routers (``trades.api``, ``beans.api``);
-``security`` and ``parsing`` are what those routers declare on their operations.
+``parsing`` and ``security`` here are the old names of ``edge.http.parsing`` and
+``edge.http.security``, kept for bench/ and chaos/ until they import the new ones.
 """

@@ -9,11 +9,10 @@ from ninja import NinjaAPI
 
 import reliability
 from beans.api import router as accounts_router
+from edge.http.parsing import JsonBodyParser, error_handlers_install
+from edge.http.security import ApiKeyRateLimit
 from trades.api import accounts_router as account_trades_router
 from trades.api import router as trades_router
-
-from .parsing import JsonBodyParser, error_handlers_install
-from .security import ApiKeyRateLimit
 
 api = NinjaAPI(
     title="Beans trade API",

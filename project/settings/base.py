@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "ninja",  # the API framework: its management command and the docs page's static files
     "reliability",
+    "edge",  # the HTTP edge: API clients and their keys (ApiKey), authentication, request parsing
     "beans",
     "trades",
     "project",  # pipeline-wide commands: verify, pipeline_status, repartition
@@ -63,7 +64,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # The API's 404 and 405 as JSON with an error, like its other refusals.
-    "project.api.parsing.ApiRefusalsAsJson",
+    "edge.http.parsing.ApiRefusalsAsJson",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -126,10 +127,12 @@ if not ADMIN_URL.endswith("/") or ADMIN_URL.startswith("/"):
 # without one, only loopback clients (127.0.0.0/8, ::1) are answered (403 otherwise). Behind a
 # reverse proxy on the same host every request looks local: set a token there.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+# What the names of /metrics start with (the library's default is "reliability").
+METRICS_PREFIX = "beans"
 # Collectors of domain figures for /metrics: dotted paths to classes with collect().
 METRICS_COLLECTORS = ["trades.metrics.TradesCollector"]
 
-# The HTTP API (project/api/): requests a second per API key unless the key sets its own
+# The HTTP API (edge/http/security.py): requests a second per API key unless the key sets its own
 # (api_keys create --rate-limit), counted in Redis; while Redis is unreachable nothing is limited.
 API_RATE_LIMIT_PER_S = env_int("API_RATE_LIMIT_PER_S", 100)
 API_RATE_LIMIT_REDIS_URL = env_str("API_RATE_LIMIT_REDIS_URL", "redis://127.0.0.1:6379/2")

@@ -13,7 +13,7 @@ from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from reliability.conf import settings
+from reliability.conf import reliability_databases, settings
 from reliability.models import DeadLetter, MessageLog, OutboxMessage, PipelineMode
 from reliability.produce.publisher import broker_connection, connection_abandon
 from reliability.selectors import (
@@ -26,10 +26,6 @@ from reliability.selectors import (
 THROUGHPUT_WINDOW_MINUTES = 15
 
 
-def _databases() -> list[str]:
-    return list(settings.RELIABILITY_DATABASES)
-
-
 def _age_s(now: datetime, then: datetime | None) -> float:
     return round(max((now - then).total_seconds(), 0.0), 3) if then is not None else 0.0
 
@@ -39,7 +35,7 @@ def outbox_pending_by_stream(*, now: datetime | None = None) -> dict[str, dict[s
     now = now or timezone.now()
     counts: dict[str, int] = defaultdict(int)
     oldest: dict[str, datetime] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         rows = (
             OutboxMessage.objects.using(alias)
             .filter(status=OutboxMessage.Status.PENDING)
@@ -92,7 +88,7 @@ def stream_health(*, now: datetime | None = None) -> list[dict[str, Any]]:
 def dead_letter_open_by_handler() -> dict[str, int]:
     """Return the open dead letters per handler (all databases)."""
     counts: dict[str, int] = defaultdict(int)
-    for alias in _databases():
+    for alias in reliability_databases():
         rows = (
             DeadLetter.objects.using(alias)
             .filter(status=DeadLetter.Status.OPEN)
@@ -118,7 +114,7 @@ def message_log_throughput(
     buckets = [last - timedelta(minutes=minutes - 1 - i) for i in range(minutes)]
     index = {bucket: i for i, bucket in enumerate(buckets)}
     series: dict[str, list[int]] = {}
-    for alias in _databases():
+    for alias in reliability_databases():
         rows = (
             MessageLog.objects.using(alias)
             .filter(applied_at__gte=buckets[0], applied_at__lt=last + timedelta(minutes=1))
@@ -199,7 +195,7 @@ def readiness() -> dict[str, str]:
     ``RELIABILITY_CONNECT_TIMEOUT_S`` for the broker), so a silent peer costs seconds, not minutes.
     """
     problems: dict[str, str] = {}
-    for alias in settings.RELIABILITY_DATABASES:
+    for alias in reliability_databases():
         try:
             connections[alias].ensure_connection()
             with connections[alias].cursor() as cursor:

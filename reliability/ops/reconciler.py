@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from reliability.conf import settings
+from reliability.conf import reliability_databases, settings
 from reliability.consume.streams import stream_tail_materialize
 from reliability.exceptions import PublishError
 from reliability.models import OutboxMessage, ReconcileRun, StreamGap, StreamWatermark
@@ -28,11 +28,6 @@ from reliability.produce.relay import outbox_message_publish, outbox_relay_batch
 from reliability.selectors import queue_depths
 
 logger = logging.getLogger(__name__)
-
-
-def reliability_databases() -> list[str]:
-    """Return the database aliases that hold reliability tables (outboxes and message logs)."""
-    return list(settings.RELIABILITY_DATABASES)
 
 
 def _outbox_rows(stream: str, seqs: list[int]) -> dict[int, tuple[str, OutboxMessage]]:

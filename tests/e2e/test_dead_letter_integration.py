@@ -67,7 +67,7 @@ class DeadLetterIntegrationTests(PipelineTestCase):
         (known,) = self.create_accounts(1, balance=1000)
         unknown = known + 1000
         # As if the account check had been skipped (e.g. a stale account view).
-        with mock.patch("trades.services.account_exists_condition", return_value=("TRUE", "default")):
+        with mock.patch("trades.services._account_exists_sql", return_value="TRUE"):
             poisoned, _ = trade_place(account_id=unknown, beans=100)
         for _ in range(5):
             trade_place(account_id=known, beans=100)

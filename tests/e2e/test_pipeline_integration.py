@@ -11,7 +11,7 @@ from beans.models import LedgerEntry
 from reliability.envelope import outbox_envelope
 from reliability.models import MessageLog, OutboxMessage
 from trades.models import Trade
-from trades.services import trade_place, trades_place_many
+from trades.services import TradeOrder, trade_place, trades_place_many
 
 from ..pipeline import PipelineTestCase, broker_vhost, rabbitmqctl
 from ..processes import wait_until
@@ -35,7 +35,7 @@ class PipelineIntegrationTests(PipelineTestCase):
         self.start_beat()
         for batch in range(8):  # 8 x 50 trades, 20 per account, each of 70 beans
             trades_place_many(
-                orders=[{"account": accounts[(batch * 50 + n) % 20], "beans": 70} for n in range(50)]
+                orders=[TradeOrder(account_id=accounts[(batch * 50 + n) % 20], beans=70) for n in range(50)]
             )
         self.wait_drained(timeout=180)
         self.assert_exactly_once(trades=400)

@@ -33,10 +33,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from beans.services import account_create
+from edge.http.security import ApiKeyRateLimit
+from edge.models import ApiKey, ApiScope
+from edge.selectors import api_key_authenticate
+from edge.services import api_key_create, api_key_revoke
 from project.api.routes import api
-from project.api.security import ApiKeyRateLimit
-from project.api_keys import api_key_authenticate, api_key_create, api_key_revoke
-from project.models import ApiKey, ApiScope
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
@@ -209,7 +210,7 @@ class ApiKeyAuthenticateTests(TestCase):
         for case, (presented, expected) in cases.items():
             with (
                 self.subTest(case),
-                mock.patch("project.api_keys.hmac.compare_digest", wraps=hmac.compare_digest) as compare,
+                mock.patch("edge.selectors.hmac.compare_digest", wraps=hmac.compare_digest) as compare,
             ):
                 self.assertEqual(api_key_authenticate(presented), expected)
                 compare.assert_called_once()
@@ -379,7 +380,7 @@ class ApiRateLimitTests(ApiTestCase):
         with (
             override_settings(API_RATE_LIMIT_REDIS_URL=unreachable),
             mock.patch.object(rate_limit(), "_warned_at", 0.0),
-            self.assertLogs("project.api.security", logging.WARNING) as logs,
+            self.assertLogs("edge.http.security", logging.WARNING) as logs,
         ):
             statuses = [
                 post_json(self.client, TRADES_URL, self.order(), **bearer(key)).status_code for _ in range(5)
@@ -400,7 +401,7 @@ class ApiRateLimitTests(ApiTestCase):
                 type(rate_limit()), "client", new_callable=mock.PropertyMock, return_value=broken
             ),
             mock.patch.object(rate_limit(), "_warned_at", 0.0),
-            self.assertLogs("project.api.security", logging.WARNING),
+            self.assertLogs("edge.http.security", logging.WARNING),
         ):
             statuses = [
                 post_json(self.client, TRADES_URL, self.order(), **bearer(key)).status_code for _ in range(3)
@@ -415,7 +416,7 @@ class ApiRateLimitTests(ApiTestCase):
         threads = [
             threading.Thread(target=lambda: answers.append(limiter.allow_request(request))) for _ in range(8)
         ]
-        with self.assertNoLogs("project.api.security", logging.WARNING):
+        with self.assertNoLogs("edge.http.security", logging.WARNING):
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -606,7 +607,7 @@ class ApiKeyAdminTests(ApiTestCase):
         self.client.force_login(self.superuser)
 
     def url(self, view: str, *args: object) -> str:
-        return reverse(f"admin:project_apikey_{view}", args=args)
+        return reverse(f"admin:edge_apikey_{view}", args=args)
 
     def add(self, name: str, *scopes: str, rate_limit_per_s: int = 0) -> Response:
         return self.client.post(

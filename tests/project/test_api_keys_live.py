@@ -15,8 +15,8 @@ import urllib.request
 from django.test import TransactionTestCase, tag
 
 from beans.services import account_create
-from project.api_keys import api_key_create, api_key_revoke
-from project.models import ApiKey, ApiScope
+from edge.models import ApiKey, ApiScope
+from edge.services import api_key_create, api_key_revoke
 
 from ..api import bearer
 from ..processes import REPO, subprocess_env

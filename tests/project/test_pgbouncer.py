@@ -26,8 +26,8 @@ import psycopg
 from django.db import connection, connections
 from django.test import TransactionTestCase, tag
 
+from beans.contracts import DEDUCT_TASK
 from beans.services import account_create
-from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage
 from trades.models import Trade
 

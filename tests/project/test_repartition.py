@@ -6,8 +6,10 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 
-from project.contracts import DEDUCT_TASK
+from beans.contracts import DEDUCT_TASK
+from reliability.exceptions import StreamsNotDrained
 from reliability.models import OutboxMessage, StreamCounter
+from reliability.ops.repartition import streams_repartition_apply, streams_repartition_plan
 from reliability.produce.outbox import outbox_enqueue
 
 from ..pipeline import queues_purge
@@ -38,3 +40,21 @@ class RepartitionTests(TransactionTestCase):
             {"deductions.0": "beans.0", "deductions.1": "beans.1", "deductions.2": "beans.0"},
         )
         self.assertIn("moved 3 streams", out.getvalue())
+
+    @override_settings(TRADES_QUEUE_PARTITIONS=2, BEANS_QUEUES=["beans.0", "beans.1"])
+    def test_without_apply_a_drained_pipeline_is_shown_its_moves_and_nothing_moves(self) -> None:
+        OutboxMessage.objects.all().delete()
+        StreamCounter.objects.update(last_seq=0)
+        out = StringIO()
+        call_command("repartition", stdout=out)
+        self.assertIn("deductions.1: beans -> beans.1", out.getvalue())
+        self.assertIn("drained; run again with --apply", out.getvalue())
+        self.assertEqual(set(StreamCounter.objects.values_list("queue", flat=True)), {"beans"})
+
+    def test_the_plan_names_what_is_in_flight_and_apply_refuses_it(self) -> None:
+        plan = streams_repartition_plan(task_name=DEDUCT_TASK, queue_of=lambda stream: f"{stream}.new")
+        self.assertEqual([move.new_queue for move in plan.moves], [f"deductions.{n}.new" for n in range(3)])
+        self.assertIn(f"3 messages of {DEDUCT_TASK} are still in the outbox", plan.not_drained)
+        with self.assertRaises(StreamsNotDrained):
+            streams_repartition_apply(plan, dry_run=True)
+        self.assertEqual(set(StreamCounter.objects.values_list("queue", flat=True)), {"beans"})

@@ -125,7 +125,7 @@ class BatchConsumeTests(TestCase):
         unknown = known + 1000
         rows = self.place([known], 2)
         # A trade for no account, as if the account check had been skipped.
-        with mock.patch("trades.services.account_exists_condition", return_value=("TRUE", "default")):
+        with mock.patch("trades.services._account_exists_sql", return_value="TRUE"):
             rows += self.place([unknown], 1)
         rows += self.place([known], 2)
         envelope = packed(sorted(rows, key=lambda row: row.pk))

@@ -13,7 +13,7 @@ from django.db import InterfaceError, OperationalError, connection
 from django.test import TestCase
 
 from beans.services import account_create
-from project.api.parsing import database_outcome_unknown
+from edge.http.parsing import database_outcome_unknown
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
@@ -57,7 +57,7 @@ class TradeApiTests(TestCase):
             with (
                 self.subTest(error.__name__),
                 mock.patch("trades.services.trade_place", side_effect=error("connection failed")),
-                mock.patch("project.api.parsing.database_outcome_unknown", return_value=False),
+                mock.patch("edge.http.parsing.database_outcome_unknown", return_value=False),
             ):
                 response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
                 self._assert_refused(response, 503)
@@ -69,7 +69,7 @@ class TradeApiTests(TestCase):
             mock.patch(
                 "trades.services.trade_place", side_effect=OperationalError("server closed the connection")
             ),
-            mock.patch("project.api.parsing.database_outcome_unknown", return_value=True),
+            mock.patch("edge.http.parsing.database_outcome_unknown", return_value=True),
         ):
             response = self._post({"account": self.account.pk, "beans": 30}, **{"Idempotency-Key": "k"})
         self._assert_refused(response, 500)

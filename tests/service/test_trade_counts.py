@@ -22,6 +22,7 @@ from trades.metrics import TradesCollector
 from trades.models import TRADE_STATUS_COUNT_SHARDS, Trade, TradeStatusCount
 from trades.selectors import trade_counts_by_status
 from trades.services import (
+    TradeOrder,
     trade_place,
     trade_record_outcome,
     trade_status_counts_recount,
@@ -57,7 +58,7 @@ class TradeCountsByStatusTests(TestCase):
     def setUp(self) -> None:
         account = account_create(owner="alice", balance=1_000)
         self.trades = [trade_place(account_id=account.pk, beans=10)[0] for _ in range(3)]
-        self.trades += trades_place_many(orders=[{"account": account.pk, "beans": 10}] * 3)[0]
+        self.trades += trades_place_many(orders=[TradeOrder(account_id=account.pk, beans=10)] * 3)[0]
 
     def _record(self, trade: Trade, outcome: str) -> str:
         with transaction.atomic():

@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reliability.conf import settings
+from reliability.conf import reliability_databases
 from reliability.exceptions import ReliabilityError
 from reliability.models import DeadLetter
 from reliability.ops import dead_letters
@@ -50,7 +50,7 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
 
     def _list(self, status: str | None, database: str | None) -> None:
-        aliases = [database] if database else list(settings.RELIABILITY_DATABASES)
+        aliases = [database] if database else reliability_databases()
         line = "{:>6}  {:<9} {:<10} {:<18} {:<24} {:<36} {:>5} {:>7}  {}"
         self.stdout.write(
             line.format(

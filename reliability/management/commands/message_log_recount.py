@@ -2,7 +2,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from reliability.conf import settings
+from reliability.conf import reliability_databases
 from reliability.consume.message_log import message_log_recount
 
 
@@ -14,7 +14,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for alias in settings.RELIABILITY_DATABASES:
+        for alias in reliability_databases():
             counted = message_log_recount(using=alias)
             self.stdout.write(
                 f"{alias}: {counted['rows']} message-log rows, {counted['redeliveries']} redeliveries"

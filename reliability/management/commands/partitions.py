@@ -2,7 +2,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reliability.ops import reconciler, retention
+from reliability.conf import reliability_databases
+from reliability.ops import retention
 
 
 class Command(BaseCommand):
@@ -12,7 +13,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for alias in reconciler.reliability_databases():
+        for alias in reliability_databases():
             counts = retention.retention_partitions_maintain(using=alias)
             self.stdout.write(
                 f"{alias}: {counts['partitions_dropped']} partitions dropped, {counts['partitions_made']} made"

@@ -6,7 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from beans.models import Account
+from beans.contracts import account_ids as all_account_ids
 from trades import services
 from trades.exceptions import TradeError
 
@@ -37,7 +37,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, count: int, beans: int, account: list[int] | None, batch: int, **options: Any
     ) -> None:
-        account_ids = account or list(Account.objects.order_by("id").values_list("id", flat=True))
+        account_ids = account or all_account_ids()
         if not account_ids:
             raise CommandError("no accounts: run `manage.py create_accounts` first")
         if count <= 0:
@@ -53,7 +53,9 @@ class Command(BaseCommand):
                 if batch == 1:
                     services.trade_place(account_id=chunk[0], beans=beans)
                 else:
-                    services.trades_place_many(orders=[{"account": one, "beans": beans} for one in chunk])
+                    services.trades_place_many(
+                        orders=[services.TradeOrder(account_id=one, beans=beans) for one in chunk]
+                    )
             except TradeError as exc:
                 raise CommandError(f"trades {done + 1} to {done + len(chunk)}: {exc}") from exc
             done += len(chunk)

@@ -5,8 +5,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from project.api_keys import ApiKeyError, api_key_create, api_key_revoke, api_keys_list
-from project.models import ApiKey
+from edge.exceptions import ApiKeyError
+from edge.models import ApiKey
+from edge.selectors import api_keys_list
+from edge.services import api_key_create, api_key_revoke
 
 
 class Command(BaseCommand):

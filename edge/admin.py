@@ -7,8 +7,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .api_keys import ApiKeyError, api_key_create, api_key_revoke
+from .exceptions import ApiKeyError
 from .models import ApiKey
+from .services import api_key_create, api_key_revoke
 
 
 class ApiKeyCreationForm(forms.ModelForm):

@@ -1,0 +1,2 @@
+class ApiKeyError(Exception):
+    """A key cannot be created or revoked as asked; the message says why."""
