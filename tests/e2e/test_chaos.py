@@ -3,7 +3,7 @@
 ``ChaosCheckerTests`` feed the checker crafted rows: a clean run passes, and a lost
 trade, a double effect, a refused request that took effect, an unexplained dead letter,
 a hole in a stream and an account applied out of order are each reported under their
-invariant. ``ChaosSoakTests`` (tags ``chaos``, ``integration``) runs ``chaos/run.py`` with a
+invariant. ``ChaosSoakTests`` (tags ``chaos``, ``integration``) runs ``python -m chaos.run`` with a
 fixed seed and a few thousand deductions in a subprocess, as CI's short tier; its seed's
 schedule includes both silent partitions (worker and broker, worker and database).
 """
@@ -42,7 +42,7 @@ from chaos.checker import (
 )
 from chaos.load import HttpClient, Item, Target, _request, load_plan, producer_jobs
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, PARTITION_KINDS, TIERS, schedule_make
-from project.broker_admin import BrokerAdminError, broker_admin
+from harness.broker_admin import BrokerAdminError, broker_admin
 from project.environment import database_drop, database_url
 
 REPO = Path(settings.BASE_DIR)
@@ -356,8 +356,8 @@ class ChaosScheduleTests(SimpleTestCase):
         self.assertIn("partition_database", {fault.kind for fault in faults})
 
     def test_on_a_database_cluster_the_primary_is_killed_and_the_proxies_front_every_node(self) -> None:
-        from chaos.harness import database_hosts, url_via
         from chaos.run import parse_args, planned
+        from harness.proxies import database_hosts, url_via
 
         args = parse_args(["--deductions", "10000", "--seed", "7", "--pg-cluster"])
         *_, faults = planned(args)
@@ -530,7 +530,8 @@ class ChaosSoakTests(SimpleTestCase):
             run = subprocess.Popen(
                 [
                     sys.executable,
-                    str(REPO / "chaos" / "run.py"),
+                    "-m",
+                    "chaos.run",
                     "--deductions",
                     str(self.DEDUCTIONS),
                     "--seed",
@@ -541,6 +542,11 @@ class ChaosSoakTests(SimpleTestCase):
                     "--http" if self.HTTP else "--no-http",
                 ],
                 cwd=workdir,
+                # The run is the package chaos.run of this checkout, which the working directory is not.
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                },
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

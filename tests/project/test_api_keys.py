@@ -33,6 +33,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from beans.services import account_create
+from harness.ports import free_port
 from project.api.routes import api
 from project.api.security import ApiKeyRateLimit
 from project.api_keys import api_key_authenticate, api_key_create, api_key_revoke
@@ -42,7 +43,6 @@ from trades.models import Trade
 
 from ..api import api_key_new, bearer
 from ..runner import TEST_REDIS_URL
-from ..web import free_port
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"

@@ -15,12 +15,13 @@ import urllib.request
 from django.test import TransactionTestCase, tag
 
 from beans.services import account_create
+from harness.environment import subprocess_env
+from harness.processes import REPO
+from harness.web import Gunicorn
 from project.api_keys import api_key_create, api_key_revoke
 from project.models import ApiKey, ApiScope
 
 from ..api import bearer
-from ..processes import REPO, subprocess_env
-from ..web import Gunicorn
 from .test_api_keys import KEY_PATTERN, key_parts, key_with_another_secret
 
 

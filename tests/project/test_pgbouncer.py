@@ -27,13 +27,15 @@ from django.db import connection, connections
 from django.test import TransactionTestCase, tag
 
 from beans.services import account_create
+from harness.environment import subprocess_env
+from harness.ports import free_port
+from harness.processes import REPO
+from harness.web import Gunicorn
 from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
 from ..api import api_key_new
-from ..processes import REPO, subprocess_env
-from ..web import Gunicorn, free_port
 
 SCRIPT = REPO / "scripts" / "pgbouncer"
 POOLER = "pgbouncer-transaction"

@@ -6,11 +6,10 @@ from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 
+from harness.rabbitmq import queues_purge
 from project.contracts import DEDUCT_TASK
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.outbox import outbox_enqueue
-
-from ..pipeline import queues_purge
 
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)

@@ -1,4 +1,4 @@
-"""A private 3-node RabbitMQ cluster for fault tests, driven through ``scripts/rabbitmq-cluster``.
+"""A private 3-node RabbitMQ cluster for fault tests and the chaos run, driven through ``scripts/rabbitmq-cluster``.
 
 The script owns the nodes (names, ports, data, the private Erlang cookie); this
 class only shells out to it and parses what ``rabbitmqctl`` prints as JSON.
@@ -6,46 +6,17 @@ class only shells out to it and parses what ``rabbitmqctl`` prints as JSON.
 
 import json
 import os
-import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chaos.harness import orphans
+from harness.clusters import ClusterError, command_run, stale_private_dirs
+from harness.polling import poll_until
+from harness.ports import free_ports
 
-# Not from Django settings: chaos/run.py drives clusters before it sets Django up.
+# Not from Django settings: the chaos run drives clusters before it sets Django up.
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "rabbitmq-cluster"
-
-
-class ClusterError(RuntimeError):
-    """The cluster script failed; the message carries its output."""
-
-
-def stale_private_dirs(suffix: str) -> list[tuple[str, Path]]:
-    """(name, directory) of the private clusters (``beans-t<pid>-<suffix>``) whose test process is gone."""
-    stale = []
-    for directory in sorted(Path(tempfile.gettempdir()).glob(f"beans-t*-{suffix}")):
-        name = directory.name.removesuffix(f"-{suffix}")
-        if orphans([name.removeprefix("beans-t")], r"(\d+)"):
-            stale.append((name, directory))
-    return stale
-
-
-def script_run(script: Path, *args: str, env: dict[str, str], timeout: float) -> str:
-    """Run a cluster script; its output, or ClusterError with what it printed."""
-    what = f"{script.name} {' '.join(args)}"
-    try:
-        completed = subprocess.run(
-            [str(script), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"{what} timed out after {exc.timeout}s") from exc
-    if completed.returncode != 0:
-        raise ClusterError(f"{what} exited {completed.returncode}:\n{completed.stdout}\n{completed.stderr}")
-    return completed.stdout
 
 
 class RabbitCluster:
@@ -88,7 +59,7 @@ class RabbitCluster:
         return reaped
 
     def _run(self, *args: str, timeout: float | None = None) -> str:
-        return script_run(SCRIPT, *args, env=self.env, timeout=timeout or self.timeout)
+        return command_run([str(SCRIPT), *args], env=self.env, timeout=timeout or self.timeout)
 
     @staticmethod
     def short(node: str) -> str:
@@ -160,37 +131,4 @@ class RabbitCluster:
         self, predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 1.0
     ) -> None:
         """Poll ``predicate`` (which may raise ClusterError while a node settles) until true."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except ClusterError as exc:
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
-
-
-def free_ports(count: int, *, start: int, stop: int, offset: int = 0) -> int:
-    """Return the first of ``count`` consecutive ports in [start, stop] free on 127.0.0.1.
-
-    The search begins ``offset`` ports in and wraps around.
-    """
-    bases = list(range(start, stop - count + 2))
-    offset %= len(bases)
-    for base in bases[offset:] + bases[:offset]:
-        if all(_port_free(port) for port in range(base, base + count)):
-            return base
-    raise ClusterError(f"no {count} consecutive free ports between {start} and {stop}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-    return True
+        poll_until(predicate, timeout=timeout, interval=interval, what=what, ignore=(ClusterError,))
