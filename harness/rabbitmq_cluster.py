@@ -183,6 +183,13 @@ class Nodes:
     def cookie(self) -> str:
         return self.cookie_file.read_text()
 
+    def cli_argv(self, tool: str, i: int, *args: str) -> list[str]:
+        """``tool`` (rabbitmqctl, rabbitmq-queues) against node i, bounded in time."""
+        return [
+            "timeout", "--kill-after=5", str(self.timeout_s + 10),
+            str(bin_dir() / tool), "--erlang-cookie", self.cookie(), "-n", self.node_name(i), *args,
+        ]  # fmt: skip
+
     def cli(
         self,
         tool: str,
@@ -191,11 +198,8 @@ class Nodes:
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
     ) -> int:
-        """Run ``tool`` (rabbitmqctl, rabbitmq-queues) against node i, bounded in time; its exit code."""
-        argv = [
-            "timeout", "--kill-after=5", str(self.timeout_s + 10),
-            str(bin_dir() / tool), "--erlang-cookie", self.cookie(), "-n", self.node_name(i), *args,
-        ]  # fmt: skip
+        """Run ``tool`` against node i; its exit code."""
+        argv = self.cli_argv(tool, i, *args)
         return subprocess.run(
             argv, cwd=self.dir, env=self.common_env(), stdout=stdout, stderr=stderr, check=False
         ).returncode
@@ -211,10 +215,7 @@ class Nodes:
 
     def clustered(self, i: int) -> bool:
         """Whether node i is a member of c1's cluster (as node i sees it)."""
-        argv = [
-            "timeout", "--kill-after=5", str(self.timeout_s + 10), str(bin_dir() / "rabbitmqctl"),
-            "--erlang-cookie", self.cookie(), "-n", self.node_name(i), "-q", "cluster_status", "--formatter", "json",
-        ]  # fmt: skip
+        argv = self.cli_argv("rabbitmqctl", i, "-q", "cluster_status", "--formatter", "json")
         done = subprocess.run(
             argv, cwd=self.dir, env=self.common_env(), capture_output=True, text=True, check=False
         )
