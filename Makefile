@@ -164,7 +164,7 @@ soak: venv services ## The pipeline through the web tier at SOAK_SHARE (0.70) of
 	PYTHONUNBUFFERED=1 $(PY) -m bench.soak --minutes $(SOAK_MINUTES) --share $(SOAK_SHARE) $(SOAK_ARGS)
 
 chaos: venv services ## Seeded faults under load, then check I1-I10 (N=10000: CI tier, the default; N=100000: full; SEED=... replays; CHAOS_ARGS=--pg-cluster: on a Patroni cluster)
-	PYTHONUNBUFFERED=1 $(PY) chaos/run.py $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
+	PYTHONUNBUFFERED=1 $(PY) -m chaos.run $(if $(N),--deductions $(N)) $(if $(SEED),--seed $(SEED)) $(CHAOS_ARGS)
 
 lint: venv ## Run ruff (lint + format check)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

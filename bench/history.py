@@ -7,7 +7,7 @@ Usage (from the repository root; ``make bench`` runs it after the other legs)::
 ``measure()`` is what ``bench/run.py`` calls. Like ``bench/metrics_scrape.py`` (whose history
 it reuses: ``history_write``), it runs in a child process of its own on a database of its own,
 ``beans_bench_history`` (created fresh, dropped at the end), with the project at its defaults
-(``chaos.harness.isolated_env``). Each size gets a history in a schema of that database (every
+(``harness.environment.isolated_env``). Each size gets a history in a schema of that database (every
 table of the pipeline's apps, created like the migrated ones), written with ``INSERT ... SELECT
 generate_series``, not through the pipeline: ``rows`` message-log rows and as many outbox rows
 (two handlers, 16 streams), one trade per two of them with its ledger deduction, dead letters and
@@ -68,7 +68,7 @@ def log(message: str) -> None:
 
 def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: int = 15) -> dict[str, Any]:
     """Time every daily page and command at ``rows_small`` and ``rows_large``; write and return the result."""
-    from chaos.harness import isolated_env
+    from harness.environment import isolated_env
     from project.environment import broker_url, database_drop, database_url
 
     url = database_url(DB_NAME)

@@ -2,11 +2,11 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/metrics_scrape.py [--rows-small 1000] [--rows-large 1000000]
+    .venv/bin/python -m bench.metrics_scrape [--rows-small 1000] [--rows-large 1000000]
                                              [--scrapes 40] [--json]
 
 ``measure()`` is what ``bench/run.py`` calls. It runs the measurement in a child process of its
-own (``chaos.harness.isolated_env``: the project at its defaults, the developer's ``DJANGO_``,
+own (``harness.environment.isolated_env``: the project at its defaults, the developer's ``DJANGO_``,
 ``CELERY_``, ``RELIABILITY_`` and database variables dropped) on a database of its own,
 ``beans_bench_metrics`` (dropped and created fresh; kept afterwards for inspection), so it works
 whatever Django settings the caller has loaded.
@@ -50,11 +50,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from project.environment import broker_url, database_recreate, database_url
 
-from project.environment import broker_url, database_recreate, database_url  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DB_NAME = "beans_bench_metrics"
 # Redis database of the bench (tests use 13 and 15, bench/ids.py 14, chaos 11); /metrics never
@@ -78,12 +76,13 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
 
     Runs in a child process on a database of its own (see the module docstring).
     """
-    from chaos.harness import isolated_env
+    from harness.environment import isolated_env
 
     env = isolated_env(database_url=database_url(DB_NAME), broker_url=broker_url(), redis_url=REDIS_URL)
     argv = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.metrics_scrape",
         "--child",
         "--rows-small",
         str(rows_small),

@@ -9,12 +9,12 @@ What it does, in order:
 
 1. **Setup.** A fresh database (``beans_<name>``, default ``beans_soak``), a private RabbitMQ
    vhost (``<name>``) and Redis database 9, passed to every process through the environment
-   (``chaos.harness.isolated_env``: the developer's ``DJANGO_``/``CELERY_``/``RELIABILITY_``
+   (``harness.environment.isolated_env``: the developer's ``DJANGO_``/``CELERY_``/``RELIABILITY_``
    variables dropped). Every retention window is shortened (``--retention-s``, default 300 s:
    ``RELIABILITY_DEDUPE_WINDOW_S`` and ``RELIABILITY_OUTBOX_RETENTION_S`` at it, the horizons
    the system checks hold them above at fractions of it, ``retention_env``) and retention runs
    every ``--retention-every-s`` (default a fifth of the window). Then the README's production
-   layout: gunicorn (``chaos.harness.WebTier``), one worker ``-X housekeeping``, one housekeeping
+   layout: gunicorn (``harness.web.WebTier``), one worker ``-X housekeeping``, one housekeeping
    worker ``-Q housekeeping -c 1`` and beat; 64 accounts rich enough never to refuse a trade.
 2. **Peak** (unless ``--peak`` gives it): ``--producers`` clients send as fast as they are
    answered for ``--peak-s`` seconds (``chaos.load``'s producers: one keep-alive connection each,
@@ -71,7 +71,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "soak.json"
 # Snowflake leases and the API's rate-limit counters: chaos 11, bench 12, tests 13 and 15,
-# bench/ids.py 14, scripts/broker-footprint.py 10.
+# bench/ids.py 14, bench/broker_footprint.py 10.
 REDIS_URL = "redis://127.0.0.1:6379/9"
 ACCOUNTS = 64
 OPENING_BALANCE = 10**15
@@ -260,7 +260,7 @@ class Names:
 class Processes:
     """The soak's processes by name; each counted with its children (a pool, gunicorn's workers)."""
 
-    children: dict[str, Any] = field(default_factory=dict)  # name -> chaos.harness.Child
+    children: dict[str, Any] = field(default_factory=dict)  # name -> harness.processes.Child
 
     def figures(self) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
         groups: dict[str, dict[str, int]] = {}
@@ -359,7 +359,7 @@ class Sampler:
         self.first_trade_id = self.last_trades
 
     def sample(self) -> dict[str, Any]:
-        from chaos.harness import queue_counts
+        from harness.rabbitmq import queue_counts
 
         now = time.monotonic()
         seconds = max(now - self.last_at, 1e-6)
@@ -531,7 +531,7 @@ def archive_create() -> None:
 def checked(requests: list[Any], liveness: Any, initial: dict[int, int]) -> tuple[Any, dict[str, Any]]:
     """The chaos checker's verdict on the whole run, the rows retention deleted given back to it."""
     from chaos import checker
-    from chaos.harness import queue_counts
+    from harness.rabbitmq import queue_counts
 
     snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
     purged_outbox = [checker.OutboxRow(*row) for row in rows("SELECT * FROM soak.purged_outbox")]
@@ -746,9 +746,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from chaos.harness import Child, WebTier, _foreign, isolated_env, wait_for
     from chaos.load import Target, _producer_init
-    from project.broker_admin import BrokerAdminError, broker_admin
+    from harness.broker_admin import BrokerAdminError, broker_admin
+    from harness.environment import foreign, isolated_env
+    from harness.polling import eventually
+    from harness.processes import Child
+    from harness.web import WebTier
     from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url
 
     names = Names(args.name)
@@ -762,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_url=REDIS_URL,
         **retention_env(args.retention_s, args.retention_every_s),
     )
-    for key in [key for key in os.environ if _foreign(key)]:
+    for key in [key for key in os.environ if foreign(key)]:
         del os.environ[key]
     os.environ.update(env)
 
@@ -839,9 +842,9 @@ def main(argv: list[str] | None = None) -> int:
                    "--without-mingle", "--without-gossip"),
         )  # fmt: skip
         start("beat", celery("beat", "--schedule", str(names.run_dir / "beat-schedule")))
-        from chaos.harness import queue_counts
+        from harness.rabbitmq import queue_counts
 
-        if not wait_for(
+        if not eventually(
             lambda: all(
                 (queue_counts(consumers=True).get(q) or 0) >= 1 for q in ("beans", "trades", "housekeeping")
             ),
@@ -871,7 +874,7 @@ def main(argv: list[str] | None = None) -> int:
             numbered = count
             load.collect(wait=args.peak_s + 120)
             placed = sum(1 for r in load.requests.values() if r.outcome == "ok")
-            if not wait_for(lambda: not pending(), timeout=300, interval=0.2):
+            if not eventually(lambda: not pending(), timeout=300, interval=0.2):
                 raise RuntimeError("the peak's trades did not settle within 300 s")
             peak = placed / (time.time() - at)
             log(f"peak: {placed} trades placed and settled at {peak:.1f}/s")

@@ -1,6 +1,7 @@
-"""The chaos run's isolation, processes and probes of the database and the broker.
+"""The chaos run's names, environment, worker pool, proxied worker and probes of the database.
 
-Like ``bench/run.py``: a database, a RabbitMQ vhost and a Redis database of the run's own,
+The pieces the tests and the bench share (processes, the environment scrub, the web tier, the
+proxies, polling, the broker's queue counts) are in ``harness``. Like ``bench/run.py``: a database, a RabbitMQ vhost and a Redis database of the run's own,
 passed to every subprocess through the environment (the developer's ``DJANGO_``,
 ``CELERY_``, ``RELIABILITY_``, ``TRADES_`` and database variables are cleared); every
 subprocess in its own session, logging to a file under ``.run/chaos/``; every wait bounded.
@@ -11,24 +12,24 @@ controller's. One worker reaches RabbitMQ and PostgreSQL through ``SilentProxy``
 it off silently.
 """
 
-import os
-import re
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from chaos.partition import SilentProxy
-from project.environment import broker_url, database_recreate, database_url, libpq_url
+# _foreign, wait_for and WebTier (and Child) are re-exported for bench/run.py, which imports them
+# from here until its split into one module per leg lands; new code imports them from harness.
+from harness.environment import foreign as _foreign  # noqa: F401
+from harness.environment import isolated_env
+from harness.polling import eventually as wait_for  # noqa: F401
+from harness.processes import Child, run_cmd
+from harness.proxies import SilentProxy, database_hosts, url_via
+from harness.web import WebTier  # noqa: F401
+from project.environment import broker_url, database_recreate, database_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +37,6 @@ REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 # A Redis database of the chaos run's own: the bench uses 12, the tests 13 and 15, bench/ids.py 14.
 REDIS_DB = 11
-POLL_S = 0.5
 
 # Short reconciler periods, as tests/pipeline.py uses, so healing shows within the run. Short
 # snowflake leases (as the test runner uses): a process started right after Redis lost its
@@ -104,40 +104,6 @@ class Names:
         return broker_url(self.vhost)
 
 
-def _foreign(key: str) -> bool:
-    """A developer's variable that could point a run at their data or change its setup."""
-    return (
-        key.startswith(
-            ("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_", "API_", "WEB_")
-        )
-        or "DATABASE_URL" in key
-        or key == "PGAPPNAME"
-    )
-
-
-def isolated_env(*, database_url: str, broker_url: str, redis_url: str, **extra: str) -> dict[str, str]:
-    """The environment of a run of its own (the chaos soak, the bench) and of every process it
-    starts: the developer's variables that could change the setup are dropped, the project runs
-    at its defaults on the run's own database, vhost and Redis database, and ``extra`` on top."""
-    env = {key: value for key, value in os.environ.items() if not _foreign(key)}
-    env.update(
-        DATABASE_URL=database_url,
-        CELERY_BROKER_URL=broker_url,
-        DJANGO_SETTINGS_MODULE="project.settings",
-        DJANGO_ENV="development",
-        DJANGO_DEBUG="false",
-        RELIABILITY_REDIS_URL=redis_url,
-        # The API's rate-limit counters too: a connection to another Redis database (the
-        # default, 2) would also stop the chaos run's Redis fault from restarting redis-server.
-        API_RATE_LIMIT_REDIS_URL=redis_url,
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(REPO),
-        PYTHONUNBUFFERED="1",
-        **extra,
-    )
-    return env
-
-
 def chaos_env(names: Names, broker_url: str) -> dict[str, str]:
     """The environment of the run and of every process it starts."""
     return isolated_env(
@@ -149,86 +115,7 @@ def chaos_env(names: Names, broker_url: str) -> dict[str, str]:
     )
 
 
-def run_cmd(argv: list[str], *, env: dict[str, str], timeout: float, check: bool = True) -> str:
-    completed = subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO, check=False
-    )
-    if check and completed.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv)} exited {completed.returncode}:\n{completed.stdout}\n{completed.stderr}"
-        )
-    return completed.stdout
-
-
-def rabbitmqctl(*args: str, env: dict[str, str], timeout: float = 120) -> str:
-    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
-    return run_cmd([ctl, "-q", *args], env=env, timeout=timeout)
-
-
-# --------------------------------------------------------------------------- leftovers of dead runs
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def orphans(names: Iterable[str], pattern: str) -> list[str]:
-    """The ``names`` that match ``pattern``, whose first group is the pid of a process now gone.
-
-    Runs name what they create after their pid (a vhost ``test-<pid>``, a database
-    ``chaos_t<pid>``), so a later run can remove what a killed one left behind.
-    """
-    found = []
-    for name in names:
-        match = re.fullmatch(pattern, name)
-        if match and not pid_alive(int(match.group(1))):
-            found.append(name)
-    return found
-
-
 # --------------------------------------------------------------------------- silent partitions
-
-
-def url_via(url: str, *ports: int) -> str:
-    """``url`` with its hosts and ports replaced by ``127.0.0.1:port`` (user, password, vhost kept).
-
-    Several ports make a libpq multi-host URL (``127.0.0.1:p1,127.0.0.1:p2``), one per host of a
-    database cluster's URL.
-    """
-    parts = urlsplit(url)
-    auth = parts.netloc.rpartition("@")[0]
-    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
-    return urlunsplit(parts._replace(netloc=f"{auth}@{hosts}" if auth else hosts))
-
-
-def database_hosts(url: str) -> list[tuple[str, int]]:
-    """The (host, port) pairs of a PostgreSQL URL, several for a multi-host one (libpq's parser).
-
-    A socket directory counts as 127.0.0.1 at the same port: the proxies speak TCP.
-    """
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(libpq_url(url))
-    hosts = str(params.get("host") or "127.0.0.1").split(",")
-    ports = str(params.get("port") or "5432").split(",")
-    if len(ports) == 1:
-        ports *= len(hosts)
-    return [
-        ("127.0.0.1" if host.startswith("/") else host, int(port))
-        for host, port in zip(hosts, ports, strict=True)
-    ]
-
-
-def partition_drops_packets() -> bool:
-    """Whether the database proxy can also drop its packets (iptables, as root), as the tests do."""
-    return os.geteuid() == 0 and shutil.which("iptables") is not None
 
 
 class WorkerProxies:
@@ -305,157 +192,6 @@ class WorkerProxies:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-class Child:
-    """A subprocess in its own session (its pool children share its process group), logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.proxied = False  # reaches the broker and the database through WorkerProxies
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    @property
-    def appname(self) -> str:
-        return self.env.get("PGAPPNAME", "")
-
-    def start(self) -> "Child":
-        with self.log_path.open("ab") as log_file:
-            log_file.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.argv)}\n".encode())
-            log_file.flush()
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=REPO,
-                env=self.env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.started_at = time.monotonic()
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def children(self) -> list[int]:
-        """The pids of the prefork pool's processes."""
-        if not self.alive():
-            return []
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        with suppress(OSError):
-            return [int(pid) for pid in path.read_text().split()]
-        return []
-
-    def signal(self, sig: int) -> None:
-        if self.process is not None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.kill(self.process.pid, sig)
-
-    def signal_group(self, sig: int) -> None:
-        if self.process is not None:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, sig)
-
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` for the main process to exit; True if it did."""
-        if self.process is None:
-            return True
-        try:
-            self.process.wait(timeout=max(timeout, 0))
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM (warm shutdown), then SIGKILL the whole process group (orphaned children too)."""
-        if self.process is None:
-            return
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            if not self.wait(timeout):
-                log(f"{self.name} did not stop within {timeout:.0f}s: killing it")
-        self.signal_group(signal.SIGKILL)
-        self.wait(10)
-
-    def tail(self, lines: int = 20) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-class WebTier:
-    """The web tier as operators run it: gunicorn with ``project/gunicorn.conf.py`` on a free port.
-
-    ``start()`` waits until ``/healthz`` answers; ``api_key()`` creates a key with
-    ``manage.py api_keys create`` (its last line is the key); ``url(path)`` names a page.
-    """
-
-    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1) -> None:
-        self.port = free_port()
-        self.env = {
-            **env,
-            "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(workers),
-            "WEB_THREADS": str(threads),
-            "DJANGO_DEBUG": "false",
-        }
-        self.child = Child(
-            "web", [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"], self.env, log_path
-        )
-
-    def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self, timeout: float = 60) -> "WebTier":
-        self.child.start()
-
-        def answers() -> bool:
-            if not self.child.alive():
-                return True  # no use waiting: said below
-            with urllib.request.urlopen(self.url("/healthz"), timeout=2) as response:  # noqa: S310 - loopback
-                return bool(response.status == 200)
-
-        if not wait_for(answers, timeout=timeout, interval=0.2) or not self.child.alive():
-            self.stop()
-            raise RuntimeError(
-                f"gunicorn did not answer /healthz within {timeout:.0f} s: {self.child.tail()}"
-            )
-        return self
-
-    def api_key(self, name: str, *scopes: str, rate_limit_per_s: int = 0) -> str:
-        """A new API key (``manage.py api_keys create``), for the same database the web tier serves."""
-        out = run_cmd(
-            [
-                sys.executable,
-                "manage.py",
-                "api_keys",
-                "create",
-                name,
-                "--scopes",
-                *(scopes or ("trades:write", "trades:read", "accounts:read")),
-                "--rate-limit",
-                str(rate_limit_per_s),
-            ],
-            env=self.env,
-            timeout=60,
-        )
-        return out.strip().splitlines()[-1]
-
-    def stop(self, timeout: float = 20) -> None:
-        self.child.stop(timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Pipeline:
@@ -548,71 +284,7 @@ class Pipeline:
         return sorted(str(child.log_path.relative_to(REPO)) for child in {*self.workers, *self.others})
 
 
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = POLL_S) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` seconds passed; return whether it became true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with suppress(Exception):
-            if predicate():
-                return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def sleep_until(moment: float) -> None:
-    delay = moment - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
-# --------------------------------------------------------------------------- broker and database
-
-
-def queue_names() -> list[str]:
-    from celery import current_app
-
-    from reliability.conf import settings
-
-    return [queue.name for queue in current_app.conf.task_queues] + [settings.RELIABILITY_DEAD_LETTER_QUEUE]
-
-
-def amqp_connection() -> Any:
-    """A connection of the run's own; every publish on it waits for the broker's confirm.
-
-    Without confirms the broker may drop a publish still in flight when the connection
-    closes: the nemesis's own messages must arrive, or the checker would blame the pipeline.
-    """
-    from celery import current_app
-    from kombu import Connection
-
-    return Connection(
-        current_app.conf.broker_url,
-        connect_timeout=5,
-        failover_strategy="round-robin",
-        transport_options={"confirm_publish": True},
-    )
-
-
-def queue_counts(*, consumers: bool = False) -> dict[str, int | None]:
-    """Messages (or consumers) of every project queue, from the queues themselves (passive declares)."""
-    counts: dict[str, int | None] = dict.fromkeys(queue_names())
-    try:
-        with amqp_connection() as conn:
-            conn.ensure_connection(max_retries=2, timeout=5)
-            for name in counts:
-                channel = conn.channel()
-                try:
-                    declared = channel.queue_declare(name, passive=True)
-                    counts[name] = declared.consumer_count if consumers else declared.message_count
-                except Exception:  # noqa: BLE001 - a missing queue closes the channel: unknown
-                    counts[name] = None
-                finally:
-                    with suppress(Exception):
-                        channel.close()
-    except Exception as exc:  # noqa: BLE001 - broker unreachable: every count unknown
-        log(f"cannot read queue counts: {exc}")
-    return counts
+# --------------------------------------------------------------------------- the database
 
 
 def scalar(sql: str, params: list[Any] | None = None) -> Any:

@@ -24,23 +24,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chaos import checker
-from chaos.harness import (
-    REDIS_DB,
-    REDIS_HOST,
-    REDIS_PORT,
-    Child,
-    Names,
-    Pipeline,
-    WorkerProxies,
-    amqp_connection,
-    queue_counts,
-    queue_names,
-    rabbitmqctl,
-    scalar,
-    sleep_until,
-    wait_for,
-)
+from chaos.harness import REDIS_DB, REDIS_HOST, REDIS_PORT, Names, Pipeline, WorkerProxies, scalar
 from chaos.schedule import Fault
+from harness.polling import eventually, sleep_until
+from harness.processes import Child
+from harness.rabbitmq import amqp_connection, queue_counts, queue_names, rabbitmqctl
 
 
 def _message_ids_in(body: Any, properties: dict[str, Any]) -> tuple[list[str], str]:
@@ -69,7 +57,7 @@ class Nemesis:
         self.broker_stopped: str | None = None  # "system" or a cluster node
         self.redis_stopped = False
         self.cluster: Any = None
-        self.pg_cluster: Any = None  # tests.pgcluster.PostgresCluster with --pg-cluster
+        self.pg_cluster: Any = None  # harness.postgres_cluster.PostgresCluster with --pg-cluster
         self.pg_killed: str | None = None  # a database node killed and not restarted yet
         self.poison_n = 0
         self.proxies: WorkerProxies | None = None  # set by the run: the proxied worker's proxies
@@ -228,7 +216,7 @@ class Nemesis:
                 with suppress(Exception):
                     scalar("SELECT pg_terminate_backend(%s)", [holder[0]])
                 handovers += 1
-                wait_for(
+                eventually(
                     lambda: (self._relay_lock_holder() or (0, ""))[1] == worker.appname,
                     timeout=3.0,
                     interval=0.1,
@@ -564,7 +552,7 @@ class Nemesis:
                 )
             )
 
-        if wait_for(back, timeout=60.0, interval=0.5) and worker.alive():
+        if eventually(back, timeout=60.0, interval=0.5) and worker.alive():
             record["rejoined_after_heal_s"] = round(time.monotonic() - healed, 1)
         fault.notes.append(self._partition_note(record, worker))
 
@@ -714,7 +702,7 @@ class Nemesis:
         fault.notes.append(self._redis_start())
 
     def _redis_start(self) -> str:
-        if wait_for(lambda: bool(self._redis().ping()), timeout=0.5):
+        if eventually(lambda: bool(self._redis().ping()), timeout=0.5):
             self.redis_stopped = False
             return "redis-server was already back"
         subprocess.run(
@@ -724,7 +712,7 @@ class Nemesis:
             timeout=30,
             check=False,
         )  # fmt: skip
-        if wait_for(lambda: bool(self._redis().ping()), timeout=30):
+        if eventually(lambda: bool(self._redis().ping()), timeout=30):
             self.redis_stopped = False
             return "redis-server restarted"
         return "redis-server did not come back within 30s"

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make chaos`` runs it)::
 
-    .venv/bin/python chaos/run.py [--deductions N] [--seed S] [--tier ci|full] [--cluster] [--http]
+    .venv/bin/python -m chaos.run [--deductions N] [--seed S] [--tier ci|full] [--cluster] [--http]
 
 What happens, Jepsen style:
 
@@ -10,14 +10,14 @@ What happens, Jepsen style:
    Redis database 11; 32 accounts (4 of them poor, so some trades are rejected for
    insufficient funds); 2 ``celery worker -c 2`` and one ``celery beat``, with short
    reconciler periods (as the integration tests use) and shorter deadlines (AMQP heartbeat
-   5 s, idle in transaction 10 s: ``harness.PROCESS_ENV``). The first worker (and whichever
+   5 s, idle in transaction 10 s: ``chaos.harness.PROCESS_ENV``). The first worker (and whichever
    replaces it) reaches RabbitMQ and PostgreSQL through silent proxies
-   (``chaos/partition.py``) that live in this process for the whole run.
+   (``harness/proxies.py``) that live in this process for the whole run.
 2. **Load.** Producer processes place N deductions through the HTTP API
    (``POST /api/trades/`` with the run's API key), paced at ``--rate`` per second, each with
    a unique ``Idempotency-Key``. With ``--http`` (the full tier's default) they go through
    the front door: the web tier as operators run it (gunicorn with
-   ``project/gunicorn.conf.py``, ``harness.WebTier``, log ``web.log``), one keep-alive
+   ``project/gunicorn.conf.py``, ``harness.web.WebTier``, log ``web.log``), one keep-alive
    connection per producer and a timeout (``--http-timeout``); its database sessions are
    named ``chaos-producer-web``, so the nemesis terminates them with the producers'.
    Otherwise (the CI tier's default) through Django's test client, in process: the same
@@ -69,32 +69,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-# These need the repository on sys.path.
-from chaos import checker  # noqa: E402
-from chaos.harness import (  # noqa: E402
+from chaos import checker
+from chaos.harness import (
     PROCESS_ENV,
     Names,
     Pipeline,
-    WebTier,
     WorkerProxies,
-    _foreign,
     chaos_env,
     database_create,
     db_progress,
     log,
-    orphans,
-    partition_drops_packets,
-    queue_counts,
     say,
     scalar,
-    sleep_until,
-    wait_for,
 )
-from chaos.load import (  # noqa: E402
+from chaos.load import (
     HTTP_TIMEOUT_S,
     LoadPlan,
     Target,
@@ -103,8 +91,8 @@ from chaos.load import (  # noqa: E402
     load_plan,
     producer_jobs,
 )
-from chaos.nemesis import Nemesis  # noqa: E402
-from chaos.schedule import (  # noqa: E402
+from chaos.nemesis import Nemesis
+from chaos.schedule import (
     CLUSTER_FAULT_KINDS,
     DB_CLUSTER_FAULT_KINDS,
     FAULT_KINDS,
@@ -112,8 +100,14 @@ from chaos.schedule import (  # noqa: E402
     Fault,
     schedule_make,
 )
-from project.broker_admin import broker_admin  # noqa: E402
-from project.environment import broker_user, database_drop  # noqa: E402
+from harness.broker_admin import broker_admin
+from harness.environment import foreign
+from harness.polling import eventually, sleep_until
+from harness.processes import REPO, orphans
+from harness.proxies import partition_drops_packets
+from harness.rabbitmq import queue_counts
+from harness.web import WebTier
+from project.environment import broker_user, database_drop
 
 ACCOUNTS = 32
 POOR_ACCOUNTS = 4  # run out of beans mid-run: their later trades are rejected for insufficient funds
@@ -143,7 +137,7 @@ def api_key_in_process(seed: int) -> str:
     """The producers' API key when they call the API in process (the web tier makes its own)."""
     from django.db import connections
 
-    from project.api_keys import api_key_create
+    from edge.services import api_key_create
 
     _, key = api_key_create(
         name=f"chaos-{seed}", scopes=["trades:write"], rate_limit_per_s=API_RATE_LIMIT_PER_S
@@ -292,7 +286,7 @@ def replay_command(args: argparse.Namespace) -> str:
     if args.http and args.http_timeout != HTTP_TIMEOUT_S:
         extra.append(f"--http-timeout {args.http_timeout:g}")
     if extra:
-        return f".venv/bin/python chaos/run.py --deductions {args.deductions} --seed {args.seed} {' '.join(extra)}"
+        return f".venv/bin/python -m chaos.run --deductions {args.deductions} --seed {args.seed} {' '.join(extra)}"
     return f"make chaos N={args.deductions} SEED={args.seed}"
 
 
@@ -463,7 +457,7 @@ def probe_liveness(
             )
         )
 
-    wait_for(lambda: settled() >= len(keys), timeout=bound - (time.monotonic() - began))
+    eventually(lambda: settled() >= len(keys), timeout=bound - (time.monotonic() - began))
     live.probe_settled = settled()
     elapsed = time.monotonic() - began
     if live.probe_settled >= len(keys) and keys:
@@ -489,7 +483,7 @@ def drain(bound: float, *, with_beat: bool = True) -> bool:
             counts.pop("housekeeping", None)  # beat keeps sending its periodic tasks
         return all(count == 0 for count in counts.values())
 
-    return wait_for(drained, timeout=bound, interval=1.0)
+    return eventually(drained, timeout=bound, interval=1.0)
 
 
 def heal_drain_reconcile(
@@ -702,7 +696,7 @@ def check_only(args: argparse.Namespace) -> int:
     saved = json.loads(Path(args.check_only).read_text())
     names = Names(saved.get("instance", ""))
     os.chdir(REPO)
-    for key in [key for key in os.environ if _foreign(key)]:
+    for key in [key for key in os.environ if foreign(key)]:
         del os.environ[key]
     os.environ.update(chaos_env(names, names.broker_url))
     import django
@@ -735,7 +729,7 @@ def pg_cluster_up() -> Any:
     Before the run's environment is made: the run's database is then created on the cluster, and
     every process it starts (web, workers, beat, producers) connects through that URL.
     """
-    from tests.pgcluster import PostgresCluster
+    from harness.postgres_cluster import PostgresCluster
 
     PostgresCluster.reap_stale()
     cluster = PostgresCluster.private()
@@ -777,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         # the database is away waits for it").
         env["RELIABILITY_REQUEUE_PAUSE_MAX_S"] = "5.0"
     # Settings read the environment once: it must be ours before django.setup().
-    for key in [key for key in os.environ if _foreign(key)]:
+    for key in [key for key in os.environ if foreign(key)]:
         del os.environ[key]
     os.environ.update(env)
 
@@ -817,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         from reliability.produce.publisher import publisher
 
         if args.cluster:
-            from tests.cluster import RabbitCluster
+            from harness.rabbitmq_cluster import RabbitCluster
 
             RabbitCluster.reap_stale()
             cluster = RabbitCluster.private()
@@ -881,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.workers):
             pipeline.start_worker()
         pipeline.start_beat()
-        if not wait_for(
+        if not eventually(
             lambda: all(
                 (queue_counts(consumers=True).get(q) or 0) >= args.workers for q in ("beans", "trades")
             ),

@@ -63,7 +63,7 @@ class Cadence:
 
 # The full tier runs the cadence of ../shared/reliability.md; the CI tier scales it down so
 # that about 10,000 deductions see every kind of fault in a few minutes. A partition is not
-# scaled down: it has to outlast the run's deadlines (harness.PROCESS_ENV: AMQP heartbeat
+# scaled down: it has to outlast the run's deadlines (chaos.harness.PROCESS_ENV: AMQP heartbeat
 # 5 s, so about 10-15 s until the broker drops a silent worker; relay claim 14 s; relay
 # leader 5 s after a 5 s confirm timeout; idle in transaction 10 s).
 TIERS = {

@@ -1,65 +1,25 @@
-"""Shared harness of the integration tests: real worker/beat processes and invariant checks."""
+"""The base class of the integration tests: real worker and beat processes, invariant checks.
 
-import subprocess
+Processes, polling and the broker's queues are ``harness``'s (``harness.processes``,
+``harness.polling``, ``harness.rabbitmq``); what is here is what a test asserts.
+"""
+
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from urllib.parse import unquote, urlsplit
 
-from celery import current_app
 from django.test import TransactionTestCase
-from kombu import Connection
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
+from harness.polling import poll_until
+from harness.processes import CeleryProcess, run_manage_command
+from harness.rabbitmq import queue_message_counts, queues_purge
 from project.invariants import pipeline_violations
 from reliability.conf import settings
 from reliability.models import OutboxMessage, ParkedMessage
 from reliability.produce.publisher import publisher
 from reliability.selectors import stream_positions
 from trades.models import Trade
-
-from .processes import CeleryProcess, run_manage_command, wait_until
-
-
-def broker_queues() -> list[str]:
-    return [queue.name for queue in current_app.conf.task_queues] + [settings.RELIABILITY_DEAD_LETTER_QUEUE]
-
-
-def rabbitmqctl(*args: str) -> None:
-    """Node control (``stop_app``, ``start_app``, ``await_startup``): root or the rabbitmq user only.
-
-    Administration (policies, vhosts, listings) goes through ``project.broker_admin`` instead.
-    """
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
-
-
-def queue_message_counts() -> dict[str, int]:
-    """Return the ready messages of every project queue, straight from the queues.
-
-    A passive declare asks the queue itself; a queue listing (``broker_admin().queues()``)
-    reports quorum-queue counts from periodic metrics and lags by seconds.
-    """
-    counts = {}
-    with Connection(current_app.conf.broker_url) as conn:
-        for name in broker_queues():
-            counts[name] = conn.channel().queue_declare(name, passive=True).message_count
-    return counts
-
-
-def queues_purge() -> None:
-    """Empty every project queue of this run's vhost (and drop the publisher's connection)."""
-    publisher().close()
-    with Connection(current_app.conf.broker_url) as conn:
-        for name in broker_queues():
-            channel = conn.channel()
-            try:
-                channel.queue_purge(name)
-            except Exception:  # noqa: BLE001 - a queue not declared yet, or one a test deleted
-                continue
-
-
-def broker_vhost() -> str:
-    return unquote(urlsplit(current_app.conf.broker_url).path[1:]) or "/"
 
 
 class PipelineTestCase(TransactionTestCase):
@@ -133,9 +93,9 @@ class PipelineTestCase(TransactionTestCase):
         return ids
 
     def wait_for(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
-        """Like ``wait_until``, with the worker and beat logs in the failure message."""
+        """Like ``poll_until``, with the worker and beat logs in the failure message."""
         try:
-            wait_until(predicate, timeout=timeout, interval=0.5, what=what)
+            poll_until(predicate, timeout=timeout, interval=0.5, what=what)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()}") from None
 
@@ -149,7 +109,7 @@ class PipelineTestCase(TransactionTestCase):
             )
 
         try:
-            wait_until(drained, timeout=timeout, interval=0.5, what="the pipeline to drain")
+            poll_until(drained, timeout=timeout, interval=0.5, what="the pipeline to drain")
         except AssertionError as exc:
             pending = Trade.objects.filter(status=Trade.Status.PENDING).count()
             outbox = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING).count()
@@ -163,7 +123,7 @@ class PipelineTestCase(TransactionTestCase):
         def empty() -> bool:
             return all(count == 0 for count in queue_message_counts().values())
 
-        wait_until(empty, timeout=timeout, interval=0.5, what="the queues to empty")
+        poll_until(empty, timeout=timeout, interval=0.5, what="the queues to empty")
 
     def assert_per_account_order(self) -> None:
         """Each account's deductions were applied in the order its trades were placed."""

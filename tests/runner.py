@@ -8,7 +8,7 @@ the run failed before teardown (an import error, a database that could not be ma
 and on SIGTERM (turned into ``KeyboardInterrupt``, so the teardown runs). A vhost left by
 a run that was SIGKILLed is recognised by its dead pid and deleted when the next run
 starts. A vhost costs the broker queues and file descriptors (README, "Broker footprint").
-Vhosts and permissions go through the broker's management API (``project.broker_admin``).
+Vhosts and permissions go through the broker's management API (``harness.broker_admin``).
 """
 
 import atexit
@@ -22,8 +22,8 @@ from django.conf import settings
 from django.db import connections
 from django.test.runner import DiscoverRunner
 
-from chaos.harness import orphans
-from project.broker_admin import BrokerAdminError, broker_admin
+from harness.broker_admin import BrokerAdminError, broker_admin
+from harness.processes import orphans
 from project.environment import broker_user, url_with_path
 from reliability.produce.publisher import publisher
 

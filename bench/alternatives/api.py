@@ -14,8 +14,8 @@ from django.http import HttpRequest
 from ninja import NinjaAPI, Router, Schema
 from ninja.decorators import decorate_view
 
-from project.api.parsing import Error, JsonBodyParser, error_handlers_install, max_body_bytes
-from project.api.security import ApiKeyRateLimit, Scope, requires
+from edge.http.parsing import Error, JsonBodyParser, error_handlers_install, max_body_bytes
+from edge.http.security import ApiKeyRateLimit, Scope, requires
 from trades.api import MAX_BODY_BYTES, Order
 
 from . import produce

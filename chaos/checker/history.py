@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from chaos.checker.rows import Injected, LedgerRow, Liveness, LogRow, OutboxRow, Request, Snapshot, TradeRow
-from project.contracts import DEDUCT_TASK, OUTCOME_TASK
+from beans.contracts import DEDUCT_TASK, OUTCOME_TASK
 
 K = TypeVar("K")
 V = TypeVar("V")

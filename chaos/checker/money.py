@@ -6,7 +6,7 @@ the ``count_*`` next to it give the verdict's counts that the same rule decides.
 
 from chaos.checker.history import History, Replayed
 from chaos.checker.rows import LedgerRow, TradeRow
-from project.contracts import DEDUCT_TASK
+from beans.contracts import DEDUCT_TASK
 
 REFUSED = frozenset({"refused", "unavailable", "not_attempted"})  # outcomes that promise no effect
 

@@ -7,13 +7,14 @@ import time
 from django.db.models import Max
 from django.test import override_settings, tag
 
-from project.broker_admin import broker_admin
+from harness.broker_admin import broker_admin
+from harness.rabbitmq import broker_vhost, queue_message_counts
 from reliability.models import OutboxMessage
 from reliability.ops import degrade
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
+from ..pipeline import PipelineTestCase
 from .test_relay_integration import queue_policy
 
 # CI places 1,000; `BACKPRESSURE_TRADES=10000 make test TEST_ARGS=tests.e2e.test_backpressure_integration`

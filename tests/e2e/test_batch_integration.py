@@ -19,14 +19,17 @@ from django.db import transaction
 from django.db.models import Count
 from django.test import override_settings, tag
 
-from project.broker_admin import broker_admin
+from harness.broker_admin import broker_admin
+from harness.environment import subprocess_env
+from harness.polling import poll_until
+from harness.processes import REPO
+from harness.rabbitmq import broker_vhost, queue_message_counts
 from reliability.models import MessageLog, OutboxMessage
 from reliability.produce.outbox import outbox_enqueue
 from reliability.produce.relay import outbox_relay_messages, relay_loop_running
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
-from ..processes import REPO, subprocess_env, wait_until
+from ..pipeline import PipelineTestCase
 from . import test_relay_integration as relay_tests  # the module, so its tests are not collected twice
 from .test_relay_integration import queue_policy
 
@@ -47,7 +50,7 @@ class BatchedPipelineIntegrationTests(PipelineTestCase):
             trade_place(account_id=accounts[n % len(accounts)], beans=10)
 
     def wait_relay_loop(self) -> None:
-        wait_until(lambda: relay_loop_running(), timeout=60, what="the worker's relay loop to take the lead")
+        poll_until(lambda: relay_loop_running(), timeout=60, what="the worker's relay loop to take the lead")
 
     def test_relay_loop_batches_and_every_trade_is_deducted_once_in_order(self) -> None:
         accounts = self.create_accounts(20, balance=100_000)
@@ -102,7 +105,7 @@ class BatchedPipelineIntegrationTests(PipelineTestCase):
         )
         self.wait_relay_loop()
         self.place(accounts, 200)
-        wait_until(lambda: len(os.listdir(fault_dir)) == 1, timeout=120, what="the relay loop's kill")
+        poll_until(lambda: len(os.listdir(fault_dir)) == 1, timeout=120, what="the relay loop's kill")
         self.start_worker(name="w2")
         self.start_beat()
         self.wait_drained(timeout=240)
@@ -145,12 +148,12 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
             text=True,
         )
         self.addCleanup(relay.kill)
-        wait_until(relay_loop_running, timeout=60, what="the relay loop to take the lead")
+        poll_until(relay_loop_running, timeout=60, what="the relay loop to take the lead")
         (account,) = self.create_accounts(1, balance=100_000)
         for _ in range(30):
             trade_place(account_id=account, beans=10)
         pending = OutboxMessage.objects.filter(status=OutboxMessage.Status.PENDING)
-        wait_until(lambda: not pending.exists(), timeout=30, what="the loop to publish every row")
+        poll_until(lambda: not pending.exists(), timeout=30, what="the loop to publish every row")
         self.assertLess(queue_message_counts()["beans"], 30, "packed into envelopes")
         relay.send_signal(signal.SIGINT)
         output, _ = relay.communicate(timeout=30)
@@ -166,7 +169,7 @@ class PipelinedRelayIntegrationTests(PipelineTestCase):
         # overshoot by a few, then refuses (basic.nack) what does not fit.
         broker_admin().policy_set(broker_vhost(), "full", "^beans$", {"max-length": 2})
         self.addCleanup(broker_admin().policy_clear, broker_vhost(), "full")
-        wait_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
+        poll_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
         for _ in range(200):
             trade_place(account_id=account, beans=10)
         sent = outbox_relay_messages(ids=None, due_only=False)

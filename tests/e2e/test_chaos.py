@@ -1,7 +1,7 @@
 """The chaos soak: its schedule replays, its HTTP client and load plan behave, and a short seeded run passes.
 
 The checker's own tests are in ``tests/chaos/test_checker.py``. ``ChaosSoakTests`` (tags
-``chaos``, ``integration``) runs ``chaos/run.py`` with a fixed seed and a few thousand
+``chaos``, ``integration``) runs ``python -m chaos.run`` with a fixed seed and a few thousand
 deductions in a subprocess, as CI's short tier; its seed's schedule includes both silent
 partitions (worker and broker, worker and database).
 """
@@ -25,7 +25,7 @@ from django.test import SimpleTestCase, tag
 
 from chaos.load import HttpClient, Item, Target, _request, load_plan, producer_jobs
 from chaos.schedule import CLUSTER_FAULT_KINDS, FAULT_KINDS, PARTITION_KINDS, TIERS, schedule_make
-from project.broker_admin import BrokerAdminError, broker_admin
+from harness.broker_admin import BrokerAdminError, broker_admin
 from project.environment import database_drop, database_url
 
 REPO = Path(settings.BASE_DIR)
@@ -88,8 +88,8 @@ class ChaosScheduleTests(SimpleTestCase):
         self.assertIn("partition_database", {fault.kind for fault in faults})
 
     def test_on_a_database_cluster_the_primary_is_killed_and_the_proxies_front_every_node(self) -> None:
-        from chaos.harness import database_hosts, url_via
         from chaos.run import parse_args, planned
+        from harness.proxies import database_hosts, url_via
 
         args = parse_args(["--deductions", "10000", "--seed", "7", "--pg-cluster"])
         *_, faults = planned(args)
@@ -262,7 +262,8 @@ class ChaosSoakTests(SimpleTestCase):
             run = subprocess.Popen(
                 [
                     sys.executable,
-                    str(REPO / "chaos" / "run.py"),
+                    "-m",
+                    "chaos.run",
                     "--deductions",
                     str(self.DEDUCTIONS),
                     "--seed",
@@ -273,6 +274,11 @@ class ChaosSoakTests(SimpleTestCase):
                     "--http" if self.HTTP else "--no-http",
                 ],
                 cwd=workdir,
+                # The run is the package chaos.run of this checkout, which the working directory is not.
+                env={
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+                },
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -22,13 +22,15 @@ from celery import current_app
 from django.test import tag
 
 from beans.models import LedgerEntry
+from harness.clusters import ClusterError
+from harness.rabbitmq import queue_names
+from harness.rabbitmq_cluster import RabbitCluster
 from reliability.models import MessageLog, OutboxMessage, ReconcileRun, StreamWatermark
 from reliability.produce.publisher import publisher
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..cluster import ClusterError, RabbitCluster
-from ..pipeline import PipelineTestCase, broker_queues
+from ..pipeline import PipelineTestCase
 
 # 5,000 by default: a few minutes, as each trade takes ~30 ms, most of it waiting for the
 # quorum queue's publisher confirm. A shorter CI tier can set CLUSTER_TEST_TRADES.
@@ -168,7 +170,7 @@ class QuorumLeaderKilledTests(PipelineTestCase):
         # I8: with beat stopped nothing new arrives; every project queue must empty
         # (ready + unacked). list_queues reports quorum-queue counts with a lag: poll.
         beat.stop()
-        project_queues = broker_queues()
+        project_queues = queue_names()
         try:
             self.cluster.wait_for(
                 lambda: all(self.cluster.message_counts().get(name) == 0 for name in project_queues),

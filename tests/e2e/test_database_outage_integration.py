@@ -13,13 +13,12 @@ from urllib.parse import urlsplit
 
 from django.test import tag
 
-from chaos.harness import url_via
-from chaos.partition import SilentProxy
+from harness.environment import test_database_url
+from harness.proxies import SilentProxy, url_via
 from reliability.models import DeadLetter
 from trades.services import trade_place
 
 from ..pipeline import PipelineTestCase
-from ..processes import test_database_url
 
 OUTAGE_S = 8.0  # four times what 20 deliveries at the tests' pause used to last
 

@@ -12,12 +12,13 @@ from kombu import Connection
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_credit
+from harness.rabbitmq import queue_message_counts
 from reliability.models import DeadLetter, MessageLog
 from reliability.ops.dead_letters import dead_letter_replay
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, queue_message_counts
+from ..pipeline import PipelineTestCase
 
 
 def dead_letters(**filters: object) -> list[DeadLetter]:

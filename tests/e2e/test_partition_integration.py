@@ -1,7 +1,7 @@
 """Silent partitions: a worker cut off from RabbitMQ or PostgreSQL, packets dropped, nothing reset.
 
 Two real workers share the load; one of them reaches the service through a
-``SilentProxy`` (chaos/partition.py) that goes silent for longer than every
+``SilentProxy`` (harness/proxies.py) that goes silent for longer than every
 timeout. The other must carry the whole pipeline while the partition lasts (the
 relay's lead, the streams, the accounts the cut-off worker had locked), the
 invariants must hold afterwards, and the cut-off worker must rejoin when the
@@ -19,13 +19,13 @@ from django.db import connections
 from django.test import tag
 from django.utils import timezone
 
-from chaos.harness import url_via
-from chaos.partition import SilentProxy
+from harness.environment import test_database_url
+from harness.processes import CeleryProcess
+from harness.proxies import SilentProxy, url_via
 from trades.models import Trade
 from trades.services import trade_place
 
 from ..pipeline import PipelineTestCase
-from ..processes import CeleryProcess, test_database_url
 
 # Deadlines short enough for a test, in the same proportions as the defaults.
 PARTITION_ENV = {

@@ -34,6 +34,7 @@ from django.db import InterfaceError, OperationalError, connection, connections
 from django.test import override_settings, tag
 
 from beans.models import LedgerEntry
+from harness.postgres_cluster import PostgresCluster
 from project.environment import database_recreate, libpq_url, url_with_path
 from project.invariants import pipeline_violations
 from project.settings import database_from_url
@@ -42,7 +43,6 @@ from reliability.selectors import stream_positions
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pgcluster import PostgresCluster
 from ..pipeline import PipelineTestCase
 
 TRADES = int(os.environ.get("PGCLUSTER_TEST_TRADES", "5000"))
@@ -128,7 +128,7 @@ class PostgresClusterTestCase(PipelineTestCase):
     def use_database(cls, url: str) -> None:
         """Point the default connection, and the processes the test starts, at ``url``.
 
-        The processes take ``settings.DATABASE_URL`` (``tests.processes.subprocess_env``); the
+        The processes take ``settings.DATABASE_URL`` (``harness.environment.subprocess_env``); the
         test runner's own database on the system server is left as it is and used again after.
         """
         default = connections["default"]

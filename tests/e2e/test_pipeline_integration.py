@@ -8,13 +8,14 @@ from celery import current_app
 from django.test import tag
 
 from beans.models import LedgerEntry
+from harness.polling import poll_until
+from harness.rabbitmq import broker_vhost, rabbitmqctl
 from reliability.envelope import outbox_envelope
 from reliability.models import MessageLog, OutboxMessage
 from trades.models import Trade
 from trades.services import TradeOrder, trade_place, trades_place_many
 
-from ..pipeline import PipelineTestCase, broker_vhost, rabbitmqctl
-from ..processes import wait_until
+from ..pipeline import PipelineTestCase
 
 
 @tag("integration")
@@ -71,7 +72,7 @@ class PipelineIntegrationTests(PipelineTestCase):
             )
         self.start_worker()
         self.wait_drained()
-        wait_until(
+        poll_until(
             lambda: MessageLog.objects.get(handler="beans.deduct").redeliveries == 2,
             timeout=30,
             what="both copies to be recognised as duplicates",
@@ -84,7 +85,7 @@ class PipelineIntegrationTests(PipelineTestCase):
         worker = self.start_worker(name="doomed")
         for n in range(150):
             trade_place(account_id=accounts[n % 10], beans=50)
-        wait_until(
+        poll_until(
             lambda: LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEDUCTION).count() >= 20,
             timeout=60,
             what="the worker to be mid-stream",
@@ -116,7 +117,7 @@ class PipelineIntegrationTests(PipelineTestCase):
         # worker goes; a warm restart hands it back to the broker for redelivery.
         worker.stop()
         self.start_worker(name="w2")
-        wait_until(
+        poll_until(
             lambda: sum(MessageLog.objects.values_list("redeliveries", flat=True)) >= 3,
             timeout=60,
             what="each message applied before a kill to come back once as a duplicate",

@@ -11,12 +11,13 @@ from django.test import override_settings, tag
 from django.utils import timezone
 from kombu import Connection
 
+from harness.polling import poll_until
+from harness.rabbitmq import queue_message_counts, rabbitmqctl
 from reliability.models import MessageLog, OutboxMessage, StreamGap
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, queue_message_counts, rabbitmqctl
-from ..processes import wait_until
+from ..pipeline import PipelineTestCase
 
 
 def queue_take(name: str, count: int) -> int:
@@ -151,7 +152,7 @@ class ReconcilerIntegrationTests(PipelineTestCase):
         self.assert_streams_contiguous()
         # A live process takes its lease back at its next renewal (every third of the TTL), or
         # its next id; on a loaded machine a renewal may come late, so wait for it, bounded.
-        wait_until(
+        poll_until(
             lambda: bool(client.keys("*")),
             timeout=15,
             what="the live processes to lease their worker ids again",

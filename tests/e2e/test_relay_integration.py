@@ -9,14 +9,15 @@ from django.test import override_settings, tag
 from django.utils import timezone
 from kombu import Connection
 
-from project.broker_admin import broker_admin
+from harness.broker_admin import broker_admin
+from harness.polling import poll_until
+from harness.rabbitmq import broker_vhost, queue_message_counts
 from reliability.models import OutboxMessage
 from reliability.produce.publisher import publisher
 from reliability.produce.relay import outbox_relay_batch, outbox_relay_messages
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, broker_vhost, queue_message_counts
-from ..processes import wait_until
+from ..pipeline import PipelineTestCase
 
 
 def queue_policy(name: str) -> str:
@@ -62,7 +63,7 @@ class RelayIntegrationTests(PipelineTestCase):
         # A full queue with overflow=reject-publish answers basic.nack.
         broker_admin().policy_set(broker_vhost(), "full", "^beans$", {"max-length": 1})
         self.addCleanup(broker_admin().policy_clear, broker_vhost(), "full")
-        wait_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
+        poll_until(lambda: queue_policy("beans") == "full", timeout=30, what="the policy to apply")
         placed = []
         for _ in range(5):  # fill the queue until the broker refuses one
             trade, _ = trade_place(account_id=self.account, beans=10)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.test import SimpleTestCase, tag
 
 from bench.soak import bytes_per_trade, retention_env, steady_state
-from project.broker_admin import BrokerAdminError, broker_admin
+from harness.broker_admin import BrokerAdminError, broker_admin
 from project.environment import database_drop, database_url
 
 REPO = Path(settings.BASE_DIR)

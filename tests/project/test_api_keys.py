@@ -37,13 +37,13 @@ from edge.http.security import ApiKeyRateLimit
 from edge.models import ApiKey, ApiScope
 from edge.selectors import api_key_authenticate
 from edge.services import api_key_create, api_key_revoke
+from harness.ports import free_port
 from project.api.routes import api
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
 from ..api import api_key_new, bearer
 from ..runner import TEST_REDIS_URL
-from ..web import free_port
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"

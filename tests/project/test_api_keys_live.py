@@ -17,10 +17,11 @@ from django.test import TransactionTestCase, tag
 from beans.services import account_create
 from edge.models import ApiKey, ApiScope
 from edge.services import api_key_create, api_key_revoke
+from harness.environment import subprocess_env
+from harness.processes import REPO
+from harness.web import Gunicorn
 
 from ..api import bearer
-from ..processes import REPO, subprocess_env
-from ..web import Gunicorn
 from .test_api_keys import KEY_PATTERN, key_parts, key_with_another_secret
 
 

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from beans.services import account_create
+from harness.environment import subprocess_env
+from harness.web import Gunicorn
 from reliability.models import OutboxMessage, StreamCounter
 from trades.models import Trade
 
 from ..api import api_key_new, bearer
-from ..processes import subprocess_env
-from ..web import Gunicorn
 
 EXAMPLES_PER_OPERATION_AND_MODE = 40
 

@@ -1,4 +1,4 @@
-"""Broker administration (``project.broker_admin``) against the real local RabbitMQ.
+"""Broker administration (``harness.broker_admin``) against the real local RabbitMQ.
 
 The same round trip through both backends: the management HTTP API (what a developer who is not
 root uses) and ``rabbitmqctl`` (the fallback). Then what its errors say, what they never say (a
@@ -23,8 +23,8 @@ import amqp
 from amqp.exceptions import AccessRefused
 from django.test import SimpleTestCase, tag
 
-from project import broker_admin as broker_admin_module
-from project.broker_admin import (
+from harness import broker_admin as broker_admin_module
+from harness.broker_admin import (
     Binding,
     BrokerAdmin,
     BrokerAdminError,
@@ -35,8 +35,8 @@ from project.broker_admin import (
     User,
     broker_admin,
 )
-
-from ..processes import rabbitmq_users_run, wait_until
+from harness.polling import poll_until
+from harness.rabbitmq import rabbitmq_users_run
 
 CLOSED_PORT_URL = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused
 
@@ -103,13 +103,13 @@ class BackendRoundTrip:
             return {queue["name"]: queue["policy"] for queue in self.admin.queues(vhost)}.get("probe", "?")
 
         # The management API lists queues from statistics collected every 5 s.
-        wait_until(lambda: policy_of_probe() == "bound", timeout=30, what="the listing to show the policy")
+        poll_until(lambda: policy_of_probe() == "bound", timeout=30, what="the listing to show the policy")
         (queue,) = self.admin.queues(vhost)
         self.assertEqual((queue["name"], queue["type"]), ("probe", "classic"))
         self.admin.policy_clear(vhost, "bound")
         self.admin.policy_clear(vhost, "bound")  # absent is fine
         self.assertEqual(self.admin.policies(vhost), [])
-        wait_until(lambda: policy_of_probe() == "", timeout=30, what="the listing to show no policy")
+        poll_until(lambda: policy_of_probe() == "", timeout=30, what="the listing to show no policy")
 
         self.admin.permissions_clear(vhost, "guest")
         self.admin.permissions_clear(vhost, "guest")  # absent is fine
@@ -168,7 +168,7 @@ class RabbitmqctlBrokerAdminTests(BackendRoundTrip, SimpleTestCase):
         with mock.patch.dict(os.environ, {"RABBITMQ_MANAGEMENT_URL": CLOSED_PORT_URL}):
             broker_admin.cache_clear()
             self.addCleanup(broker_admin.cache_clear)
-            with self.assertLogs("project.broker_admin", "WARNING") as logs:
+            with self.assertLogs("harness.broker_admin", "WARNING") as logs:
                 self.assertIsInstance(broker_admin(), RabbitmqctlBrokerAdmin)
         self.assertIn("127.0.0.1:1 unreachable, using rabbitmqctl", logs.output[0])
 
@@ -312,7 +312,7 @@ class RabbitmqUsersScriptTests(SimpleTestCase):
                 ["strace", "-f", "-qq", "-s", "65536", "-e", "trace=execve", "-o", str(trace)], {}
             )
             commands = trace.read_text()
-        self.assertIn("project/broker_admin.py", commands, "it ran the tool")
+        self.assertIn("harness/broker_admin.py", commands, "it ran the tool")
         self.assertNotIn("rabbitmqctl", commands, "the API answered: no fallback")
         self.assert_no_password_in(commands)
 

@@ -14,9 +14,8 @@ import sys
 import psycopg
 from django.test import SimpleTestCase, tag
 
+from harness.processes import REPO
 from project.environment import database_drop, database_recreate, database_url
-
-from ..processes import REPO
 
 SCRIPT = REPO / "scripts" / "postgres-roles"
 HOST, PORT = "127.0.0.1", "5432"

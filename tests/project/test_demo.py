@@ -28,10 +28,9 @@ from unittest import mock
 import psycopg
 from django.test import SimpleTestCase, tag
 
-from project.broker_admin import BrokerAdminError, broker_admin
+from harness.broker_admin import BrokerAdminError, broker_admin
+from harness.processes import REPO
 from project.environment import database_drop, database_url, libpq_url
-
-from ..processes import REPO
 
 DEMO = REPO / "scripts" / "demo"
 

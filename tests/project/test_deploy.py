@@ -9,7 +9,7 @@ from pathlib import Path
 
 from django.test import SimpleTestCase
 
-from ..processes import REPO
+from harness.processes import REPO
 
 UNITS = REPO / "deploy" / "systemd"
 INSTALLED = "/opt/beans"  # where the units expect the checkout (README, "Production")

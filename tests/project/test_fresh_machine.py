@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.test import SimpleTestCase, tag
 
-from ..processes import REPO
+from harness.processes import REPO
 
 ENSURE_SERVICES = REPO / "scripts" / "ensure-services"
 DEMO = REPO / "scripts" / "demo"

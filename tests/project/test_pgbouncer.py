@@ -28,12 +28,14 @@ from django.test import TransactionTestCase, tag
 
 from beans.contracts import DEDUCT_TASK
 from beans.services import account_create
+from harness.environment import subprocess_env
+from harness.ports import free_port
+from harness.processes import REPO
+from harness.web import Gunicorn
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
 from ..api import api_key_new
-from ..processes import REPO, subprocess_env
-from ..web import Gunicorn, free_port
 
 SCRIPT = REPO / "scripts" / "pgbouncer"
 POOLER = "pgbouncer-transaction"

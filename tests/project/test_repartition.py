@@ -7,12 +7,11 @@ from django.db import transaction
 from django.test import TransactionTestCase, override_settings
 
 from beans.contracts import DEDUCT_TASK
+from harness.rabbitmq import queues_purge
 from reliability.exceptions import StreamsNotDrained
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.ops.repartition import streams_repartition_apply, streams_repartition_plan
 from reliability.produce.outbox import outbox_enqueue
-
-from ..pipeline import queues_purge
 
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)

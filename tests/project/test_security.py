@@ -30,15 +30,17 @@ from kombu.exceptions import ContentDisallowed
 from kombu.serialization import loads, prepare_accept_content
 
 from beans.models import LedgerEntry
-from project.broker_admin import broker_admin
+from harness.broker_admin import broker_admin
+from harness.environment import subprocess_env
+from harness.processes import REPO
+from harness.rabbitmq import queue_message_counts, rabbitmq_users_run
 from reliability.envelope import outbox_envelope
 from reliability.models import DeadLetter, OutboxMessage
 from reliability.ops.dead_letters import dead_letter_from_broker
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase, queue_message_counts
-from ..processes import REPO, rabbitmq_users_run, subprocess_env
+from ..pipeline import PipelineTestCase
 
 PICKLE = "application/x-python-serialize"
 

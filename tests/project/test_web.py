@@ -14,8 +14,10 @@ from typing import Any
 
 from django.test import SimpleTestCase, TransactionTestCase, override_settings, tag
 
-from ..processes import REPO, subprocess_env
-from ..web import Gunicorn, free_port, get
+from harness.environment import subprocess_env
+from harness.ports import free_port
+from harness.processes import REPO
+from harness.web import Gunicorn, get
 
 
 def closed_port() -> int:

@@ -22,9 +22,11 @@ from django.test import TransactionTestCase, override_settings, tag
 from django.urls import reverse
 from django.utils import timezone
 
-from ..processes import subprocess_env
+from harness.browser import browser_missing, chromium_start
+from harness.environment import subprocess_env
+from harness.web import Gunicorn, static_collected
+
 from ..reliability.test_health import ALPHA_HANDLER, BETA_HANDLER, pipeline_rows_write
-from ..web import Gunicorn, browser_missing, chromium_start, static_collected
 
 PASSWORD = "correct horse battery staple"
 TRANSPARENT = ("rgba(0, 0, 0, 0)", "transparent")

@@ -11,10 +11,9 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import SimpleTestCase, override_settings, tag
 
+from harness.processes import REPO
 from reliability.conf import DEFAULTS, environment_settings
 from reliability.conf import settings as reliability_settings
-
-from ..processes import REPO
 
 KEY = "k" * 40
 

@@ -1,7 +1,7 @@
 """Every wait has a deadline, and no database lock is held across a broker wait.
 
 Against the real RabbitMQ and PostgreSQL; the silent partition comes from
-``chaos.partition.SilentProxy``. A call that would block for as long as the
+``harness.proxies.SilentProxy``. A call that would block for as long as the
 partition lasts runs in a thread whose join has a generous limit: the test fails
 on a hang, and asserts nothing about speed.
 """
@@ -23,8 +23,7 @@ from django.db.backends.postgresql.base import DatabaseWrapper
 from django.test import TestCase, override_settings, tag
 from django.utils import timezone
 
-from chaos.harness import url_via
-from chaos.partition import SilentProxy
+from harness.proxies import SilentProxy, url_via
 from project.settings import database_from_url
 from reliability.conf import settings
 from reliability.exceptions import BrokerUnavailable, PublishTimeout

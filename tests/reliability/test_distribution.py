@@ -14,8 +14,7 @@ from pathlib import Path
 from django.test import SimpleTestCase, tag
 
 import reliability
-
-from ..processes import REPO
+from harness.processes import REPO
 
 # Run by the clean venv's Python, outside the repository: only the installed wheel is importable.
 USER_SCRIPT = textwrap.dedent(

@@ -15,11 +15,11 @@ from django.test import override_settings, tag
 from django.urls import reverse
 from django.utils import timezone
 
+from harness.browser import browser_missing, chromium_start
 from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
 from reliability.ops.queues import queue_depths_record
 from reliability.produce.publisher import publisher
 
-from ..web import browser_missing, chromium_start
 from .test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
 
 SCREENSHOTS = Path(settings.BASE_DIR) / ".run" / "screenshots"

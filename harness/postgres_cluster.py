@@ -7,12 +7,13 @@ configuration; this class only shells out to it and parses what it prints.
 import getpass
 import os
 import tempfile
-import time
 from pathlib import Path
 
-from tests.cluster import ClusterError, free_ports, script_run, stale_private_dirs
+from harness.clusters import ClusterError, command_run, stale_private_dirs
+from harness.polling import poll_until
+from harness.ports import free_ports
 
-# Not from Django settings: chaos/run.py drives clusters before it sets Django up.
+# Not from Django settings: the chaos run drives clusters before it sets Django up.
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres-cluster"
 
 
@@ -68,7 +69,7 @@ class PostgresCluster:
         return reaped
 
     def _run(self, *args: str, timeout: float | None = None) -> str:
-        return script_run(SCRIPT, *args, env=self.env, timeout=timeout or self.timeout)
+        return command_run([str(SCRIPT), *args], env=self.env, timeout=timeout or self.timeout)
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -144,14 +145,23 @@ class PostgresCluster:
 
     def wait_for_new_leader(self, old: str, *, timeout: float = 60, interval: float = 0.2) -> str:
         """Poll until a member other than ``old`` holds the leader key and runs; return it."""
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                for name, member in self.members().items():
-                    if name != old and member["role"] == "leader" and member["state"] == "running":
-                        return name
-            except ClusterError as exc:
-                last = exc
-            time.sleep(interval)
-        raise AssertionError(f"no new leader after {old} within {timeout}s (last error: {last})")
+
+        def new_leader() -> str | None:
+            return next(
+                (
+                    name
+                    for name, member in self.members().items()
+                    if name != old and member["role"] == "leader" and member["state"] == "running"
+                ),
+                None,
+            )
+
+        leader = poll_until(
+            new_leader,
+            timeout=timeout,
+            interval=interval,
+            what=f"a new leader after {old}",
+            ignore=(ClusterError,),
+        )
+        assert leader is not None  # poll_until returns only what is truthy
+        return leader

@@ -18,9 +18,13 @@ from the proxy's own port, as a real partition between the client and the proxy
 would: then the client's TCP keepalives and ``tcp_user_timeout`` see it too (the
 proxy's side towards the server stays up, so the server sees a silent client).
 The rules name only that port and are removed on ``heal()`` and ``close()``.
+
+``url_via`` points a broker or database URL at proxies; ``database_hosts`` lists the hosts a
+(multi-host) PostgreSQL URL names, one proxy each.
 """
 
 import logging
+import os
 import select
 import shutil
 import socket
@@ -28,6 +32,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from contextlib import suppress
+from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +177,40 @@ class SilentProxy:
             with self._lock:
                 self._sockets.discard(source)
                 self._sockets.discard(sink)
+
+
+def url_via(url: str, *ports: int) -> str:
+    """``url`` with its hosts and ports replaced by ``127.0.0.1:port`` (user, password, vhost kept).
+
+    Several ports make a libpq multi-host URL (``127.0.0.1:p1,127.0.0.1:p2``), one per host of a
+    database cluster's URL.
+    """
+    parts = urlsplit(url)
+    auth = parts.netloc.rpartition("@")[0]
+    hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+    return urlunsplit(parts._replace(netloc=f"{auth}@{hosts}" if auth else hosts))
+
+
+def database_hosts(url: str) -> list[tuple[str, int]]:
+    """The (host, port) pairs of a PostgreSQL URL, several for a multi-host one (libpq's parser).
+
+    A socket directory counts as 127.0.0.1 at the same port: the proxies speak TCP.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    from project.environment import libpq_url
+
+    params = conninfo_to_dict(libpq_url(url))
+    hosts = str(params.get("host") or "127.0.0.1").split(",")
+    ports = str(params.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports *= len(hosts)
+    return [
+        ("127.0.0.1" if host.startswith("/") else host, int(port))
+        for host, port in zip(hosts, ports, strict=True)
+    ]
+
+
+def partition_drops_packets() -> bool:
+    """Whether a proxy can also drop its packets (iptables, as root), as the tests do."""
+    return os.geteuid() == 0 and shutil.which("iptables") is not None

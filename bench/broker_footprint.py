@@ -1,10 +1,10 @@
 """Measure what one vhost with one worker and beat costs RabbitMQ (README, "Broker footprint").
 
 Usage, from the repository root (needs root or the rabbitmq user: the counts come from
-``rabbitmqctl``; the vhost is made and deleted through ``project.broker_admin``)::
+``rabbitmqctl``; the vhost is made and deleted through ``harness.broker_admin``)::
 
-    .venv/bin/python scripts/broker-footprint.py [--concurrency 2] [--trades 200]
-                                                 [--native-delayed-delivery] [--json]
+    .venv/bin/python -m bench.broker_footprint [--concurrency 2] [--trades 200]
+                                               [--native-delayed-delivery] [--json]
 
 In a throwaway vhost (``footprint-<pid>``) and database (``beans_footprint_<pid>``), both
 deleted at the end whatever happens (a leftover of a run that was killed, recognised by its
@@ -28,16 +28,14 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from chaos.harness import orphans  # noqa: E402
-from project.broker_admin import broker_admin  # noqa: E402
-from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url  # noqa: E402
+from harness.broker_admin import broker_admin
+from harness.environment import scrubbed_env
+from harness.polling import poll_until
+from harness.processes import REPO as ROOT
+from harness.processes import orphans, pool_children
+from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url
 
 AMQP_PORT = 5672
 REDIS_URL = "redis://127.0.0.1:6379/10"  # chaos 11, bench 12, tests 13 and 15, bench/ids.py 14
@@ -97,16 +95,6 @@ def other_vhosts(mine: str) -> list[str]:
     return sorted(v for v in broker_admin().vhosts() if v not in {"/", mine})
 
 
-def clean_env() -> dict[str, str]:
-    """The caller's environment without anything that could point the run at other data."""
-    return {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("RELIABILITY_", "DJANGO_", "CELERY_", "DATABASE_", "TRADES_", "BEANS_"))
-        and "DATABASE_URL" not in key
-    }
-
-
 def client_ports() -> dict[int, int]:
     """Local port -> pid of every established client connection to the broker's AMQP port."""
     out = run(["ss", "-Htnp", "state", "established", f"( dport = :{AMQP_PORT} )"])
@@ -121,12 +109,6 @@ def client_ports() -> dict[int, int]:
     return ports
 
 
-def children_of(pid: int) -> list[int]:
-    with suppress(OSError):
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
-
-
 def stop(process: subprocess.Popen[bytes] | None) -> None:
     if process is None or process.poll() is not None:
         return
@@ -138,14 +120,6 @@ def stop(process: subprocess.Popen[bytes] | None) -> None:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-
-
-def wait_for(what: str, predicate: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(1)
 
 
 def vhost_figures(vhost: str, roles: dict[int, str]) -> dict[str, Any]:
@@ -213,7 +187,7 @@ def main() -> int:
 
     vhost, database = f"{PREFIX_VHOST}{os.getpid()}", f"{PREFIX_DB}{os.getpid()}"
     env = {
-        **clean_env(),
+        **scrubbed_env(),
         "DATABASE_URL": database_url(database),
         "CELERY_BROKER_URL": broker_url(vhost),
         "RELIABILITY_REDIS_URL": REDIS_URL,
@@ -263,18 +237,18 @@ def main() -> int:
         # The worker as README, "Scaling and back-pressure", runs it: every queue, default flags.
         worker = start("worker", "worker", "-l", "warning", "-c", str(args.concurrency), "-n", f"{vhost}@%h")
         beat = start("beat", "beat", "-l", "warning", "--schedule", str(log_dir / "beat-schedule"))
-        wait_for(
-            "the worker to consume",
+        poll_until(
             lambda: any(
                 int(q["consumers"]) for q in ctl_json("list_queues", "-p", vhost, "name", "consumers")
             ),
             timeout=120,
+            interval=1,
+            what="the worker to consume",
         )
         if args.trades:
             run([python, "manage.py", "place_trades", "--count", str(args.trades), "--beans", "1", "--no-progress"],
                 env=env, timeout=300)  # fmt: skip
-            wait_for(
-                "the trades to settle",
+            poll_until(
                 lambda: (
                     json.loads(run([python, "manage.py", "pipeline_status", "--json"], env=env))["trades"][
                         "pending"
@@ -282,14 +256,16 @@ def main() -> int:
                     == 0
                 ),
                 timeout=300,
+                interval=1,
+                what="the trades to settle",
             )
         time.sleep(args.settle)
         assert worker is not None and beat is not None
         roles = {worker.pid: "worker main process", beat.pid: "beat"}
-        roles.update(dict.fromkeys(children_of(worker.pid), "worker pool child"))
+        roles.update(dict.fromkeys(pool_children(worker.pid), "worker pool child"))
         figures["running"] = vhost_figures(vhost, roles)
         figures["node_running"] = node_fds()
-        figures["pool_children"] = len(children_of(worker.pid))
+        figures["pool_children"] = len(pool_children(worker.pid))
         figures["other_vhosts_seen"] = other_vhosts(vhost)
         stop(beat)
         stop(worker)
