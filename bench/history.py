@@ -16,7 +16,7 @@ both lists render a full page), the counters and watermarks the pipeline keeps;
 then ``VACUUM ANALYZE``, as autovacuum would have done.
 
 Timed, the two histories interleaved call by call (the session's ``search_path`` picks one, so
-other work on the machine weighs on both alike), median of ``rounds`` calls after warm-up:
+other work on the machine weighs on both alike: ``bench/histories.py``), median of ``rounds`` calls after warm-up:
 
 * the admin's change lists of the message log, the outbox, the dead letters, the trades and the
   ledger, through Django's test client as a logged-in superuser (the whole middleware stack);
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +43,8 @@ from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
+
+from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "history.json"
@@ -103,15 +104,6 @@ def _tables() -> list[str]:
     from django.apps import apps
 
     return [model._meta.db_table for label in APPS for model in apps.get_app_config(label).get_models()]
-
-
-def history_tables_create(label: str) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE SCHEMA history_{label}")
-        for table in _tables():
-            cursor.execute(f"CREATE TABLE history_{label}.{table} (LIKE public.{table} INCLUDING ALL)")
 
 
 def history_write(rows: int) -> None:
@@ -200,27 +192,8 @@ def probes() -> dict[str, Callable[[], None]]:
 
 def measurements(labels: dict[str, int], rounds: int) -> dict[str, dict[str, float]]:
     """Median ms of each probe on each history, the histories interleaved call by call."""
-    from bench.metrics_scrape import history_use
-
     history_use(next(iter(labels)))
-    timed = probes()
-    samples: dict[str, dict[str, list[float]]] = {label: {name: [] for name in timed} for label in labels}
-    for round_ in range(rounds + 1):
-        order = list(labels) if round_ % 2 == 0 else list(reversed(labels))
-        for label in order:
-            history_use(label)
-            for name, probe in timed.items():
-                for _ in range(WARMUP_CALLS if round_ == 0 else 1):
-                    probe()
-                if round_ == 0:
-                    continue
-                started = time.perf_counter()
-                probe()
-                samples[label][name].append((time.perf_counter() - started) * 1000)
-    return {
-        label: {name: round(statistics.median(values), 3) for name, values in by_probe.items()}
-        for label, by_probe in samples.items()
-    }
+    return interleaved_medians(labels, probes(), rounds, warmup=WARMUP_CALLS)
 
 
 def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
@@ -234,18 +207,10 @@ def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
     from django.db import connection
     from django.db.backends.signals import connection_created
 
-    from bench.metrics_scrape import _search_path_set, history_use
-
     call_command("migrate", verbosity=0, interactive=False)
-    connection_created.connect(_search_path_set)
+    connection_created.connect(search_path_set)
     labels = {"10k": rows_small, "10m": rows_large}
-    for label, rows in labels.items():
-        history_tables_create(label)
-        history_use(label)
-        log(f"writing a history of {rows:,} message-log rows")
-        started = time.monotonic()
-        history_write(rows)
-        log(f"written in {time.monotonic() - started:.1f}s")
+    histories_write(labels, _tables(), history_write, log)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT n.nspname, sum(pg_total_relation_size(c.oid)) FROM pg_class c "
