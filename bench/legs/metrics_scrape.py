@@ -2,10 +2,10 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/metrics_scrape.py [--rows-small 1000] [--rows-large 1000000]
-                                             [--scrapes 40] [--json]
+    .venv/bin/python -m bench.legs.metrics_scrape [--rows-small 1000] [--rows-large 1000000]
+                                                  [--scrapes 40] [--json]
 
-``measure()`` is what ``bench/run.py`` calls. It runs the measurement in a child process of its
+``measure_for_run()`` is what ``bench/run.py`` calls, after its repeats. It runs the measurement in a child process of its
 own (``chaos.harness.isolated_env``: the project at its defaults, the developer's ``DJANGO_``,
 ``CELERY_``, ``RELIABILITY_`` and database variables dropped) on a database of its own,
 ``beans_bench_metrics`` (dropped and created fresh; kept afterwards for inspection), so it works
@@ -49,12 +49,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
+from project.environment import broker_url, database_recreate, database_url
 
-from bench.histories import histories_write, history_use, interleaved_medians, search_path_set  # noqa: E402
-from project.environment import broker_url, database_recreate, database_url  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 DB_NAME = "beans_bench_metrics"
 # Redis database of the bench (tests use 13 and 15, bench/ids.py 14, chaos 11); /metrics never
@@ -83,7 +81,8 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
     env = isolated_env(database_url=database_url(DB_NAME), broker_url=broker_url(), redis_url=REDIS_URL)
     argv = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.legs.metrics_scrape",
         "--child",
         "--rows-small",
         str(rows_small),
@@ -98,6 +97,19 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
     if completed.returncode != 0:
         raise RuntimeError(f"metrics scrape bench exited {completed.returncode}:\n{completed.stdout}")
     result: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure_for_run(rows_large: int, *, scrapes: int) -> dict[str, float]:
+    """The leg as ``bench/run.py`` runs it: 1,000 rows against ``rows_large``; log the ratio, return the keys."""
+    from bench.common import log as bench_log
+
+    result = measure(1000, rows_large, scrapes=scrapes)
+    bench_log(
+        f"  /metrics {result['metrics_scrape_ms_1k']:.1f} ms at 1k rows, "
+        f"{result['metrics_scrape_ms_1m']:.1f} ms at {rows_large}: "
+        f"ratio {result['metrics_scrape_ratio_1m_vs_1k']:.2f}"
+    )
     return result
 
 

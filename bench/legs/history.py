@@ -2,10 +2,10 @@
 
 Usage (from the repository root; ``make bench`` runs it after the other legs)::
 
-    .venv/bin/python -m bench.history [--rows 10000000] [--rows-small 10000] [--rounds 15]
+    .venv/bin/python -m bench.legs.history [--rows 10000000] [--rows-small 10000] [--rounds 15]
 
-``measure()`` is what ``bench/run.py`` calls. Like ``bench/metrics_scrape.py`` (whose history
-it reuses: ``history_write``), it runs in a child process of its own on a database of its own,
+``measure_for_run()`` is what ``bench/run.py`` calls, after its repeats. Like
+``bench/legs/metrics_scrape.py`` (whose history it reuses: ``history_write``), it runs in a child process of its own on a database of its own,
 ``beans_bench_history`` (created fresh, dropped at the end), with the project at its defaults
 (``chaos.harness.isolated_env``). Each size gets a history in a schema of that database (every
 table of the pipeline's apps, created like the migrated ones), written with ``INSERT ... SELECT
@@ -46,7 +46,7 @@ from typing import Any
 
 from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results" / "history.json"
 DB_NAME = "beans_bench_history"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # the bench's; nothing here writes to Redis
@@ -74,7 +74,7 @@ def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: i
 
     url = database_url(DB_NAME)
     env = isolated_env(database_url=url, broker_url=broker_url(), redis_url=REDIS_URL)
-    argv = [sys.executable, "-m", "bench.history", "--child", "--rows-small", str(rows_small)]
+    argv = [sys.executable, "-m", "bench.legs.history", "--child", "--rows-small", str(rows_small)]
     argv += ["--rows", str(rows_large), "--rounds", str(rounds)]
     try:
         completed = subprocess.run(
@@ -97,6 +97,21 @@ def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: i
     return result
 
 
+def measure_for_run(rows_large: int, *, rounds: int) -> dict[str, Any]:
+    """The leg as ``bench/run.py`` runs it: 10,000 rows against ``rows_large``; log each page's
+    ratio, return the summary's keys (each page's ratio, and the worst)."""
+    from bench.common import log as bench_log
+
+    pages = measure(10_000, rows_large, rounds=rounds)
+    ratios = {name: figures["ratio_10m_vs_10k"] for name, figures in pages["pages"].items()}
+    for name, figures in pages["pages"].items():
+        bench_log(
+            f"  {name}: {figures['ms_10k']:.1f} ms at 10k rows, {figures['ms_10m']:.1f} ms at "
+            f"{rows_large:,}: ratio {figures['ratio_10m_vs_10k']:.2f}"
+        )
+    return {"history_ratio_10m_vs_10k": ratios, "history_worst_ratio_10m_vs_10k": max(ratios.values())}
+
+
 # --------------------------------------------------------------------------- the child process
 
 
@@ -107,10 +122,10 @@ def _tables() -> list[str]:
 
 
 def history_write(rows: int) -> None:
-    """``bench/metrics_scrape.py``'s history of ``rows`` message-log rows, and the ledger beside it."""
+    """``bench/legs/metrics_scrape.py``'s history of ``rows`` message-log rows, and the ledger beside it."""
     from django.db import connection
 
-    from bench import metrics_scrape
+    from bench.legs import metrics_scrape
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -247,7 +262,7 @@ def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.history",
+        prog="python -m bench.legs.history",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
