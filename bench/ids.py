@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/ids.py [--seconds S] [--repeats R] [--rows N]
+    .venv/bin/python -m bench.ids [--seconds S] [--repeats R] [--rows N]
 
 For each generator of ``reliability.ids`` (snowflake, uuid7, redis, database) it measures:
 
@@ -41,8 +41,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 

@@ -1,6 +1,6 @@
 """Reconciler cost against history: one pass with 1M applied messages and 10 gaps vs. 1k and 10.
 
-Run from the repo root: ``.venv/bin/python bench/reconcile.py [--history 1000000]``. It uses a
+Run from the repo root: ``.venv/bin/python -m bench.reconcile [--history 1000000]``. It uses a
 scratch database of its own (``beans_bench_reconcile``, dropped and created fresh) and never
 touches the broker (the publisher is replaced by a counter, since only the database cost of
 finding the gaps is measured here). Prints the pass time at both history sizes and their ratio;
@@ -11,15 +11,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from unittest import mock
 
+from project.environment import database_drop, database_recreate, database_url
+
 REPO = Path(__file__).resolve().parent.parent
 DATABASE = "beans_bench_reconcile"
-sys.path.insert(0, str(REPO))
-from project.environment import database_drop, database_recreate, database_url  # noqa: E402
 
 os.environ["DATABASE_URL"] = database_url(DATABASE)  # on the server of yours, if you set one
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
