@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.common import ACCOUNTS, BEANS, BENCH_SETTINGS, DB_NAME, REPO, RESULTS
-from bench.figures import PACED_FIGURES, median
+from bench.figures import PACED_FIGURES, batch_size_lines, median
 from bench.legs.alternatives import ALTERNATIVES, Alternative, alternatives_settings
 from bench.legs.baseline import Baseline
 from bench.legs.exactly_once import ExactlyOnce
@@ -307,17 +307,9 @@ def results_write(summary: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(rounded(summary), indent=2) + "\n")
 
 
-def report(summary: dict[str, Any]) -> None:
-    """Print the summary: each repeat's throughputs, then the medians, the ratios and the goals."""
-    p = summary["params"]
-    print()
-    print("=" * 78)
-    print(
-        f"N={p['trades']} trades, W={p['workers']} worker(s) x C={p['concurrency']}"
-        f"{' + a housekeeping worker x 1' if p.get('housekeeping_worker') else ''}, "
-        f"{p['producers']} producer processes, cpu_count={summary['cpu_count']}, "
-        f"repeats={p['repeats']} (medians below)"
-    )
+def _repeats_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """Each repeat's throughputs, one line per repeat."""
+    out: list[str] = []
     for i, r in enumerate(summary["repeats"], start=1):
         e, b, raw = r["exactly_once"], r["baseline"], r["raw_amqp"]
         parts = []
@@ -334,19 +326,24 @@ def report(summary: dict[str, Any]) -> None:
             parts.append(f"http {r['http']['per_s']:7.1f}/s")
         parts += [f"{name} {alt['per_s']:7.1f}/s" for name, alt in r["alternatives"].items()]
         if parts:
-            print(f"  repeat {i}: {' | '.join(parts)}")
+            out.append(f"  repeat {i}: {' | '.join(parts)}")
+    return out
+
+
+def _exactly_once_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The exactly-once legs: throughput, batch sizes, latency saturated and paced, batched placement."""
+    out: list[str] = []
     if summary["exactly_once_per_s"] is not None:
-        print(f"exactly-once : {summary['exactly_once_per_s']:9.1f} deductions/s end to end")
-        for what, size in summary["batch_sizes"].items():
-            print(f"               messages per {what}: mean {size['mean']:.1f}, max {size['max']:.0f}")
-        print(
+        out.append(f"exactly-once : {summary['exactly_once_per_s']:9.1f} deductions/s end to end")
+        out += [f"               {line}" for line in batch_size_lines(summary["batch_sizes"])]
+        out.append(
             f"               trade->deducted p50 {summary['saturated_p50_ms']:.0f} ms, "
             f"p99 {summary['saturated_p99_ms']:.0f} ms; "
             f"trade->settled p50 {summary['settled_p50_ms']:.0f} ms, p99 {summary['settled_p99_ms']:.0f} ms"
         )
-        print("               (under saturation: these include the backlog the producers build up)")
+        out.append("               (under saturation: these include the backlog the producers build up)")
     if p["paced_trades"] and summary["paced_p50_ms"] is not None:
-        print(
+        out.append(
             f"  paced run  : trade->deducted p50 {summary['paced_p50_ms']:.0f} ms, p99 {summary['paced_p99_ms']:.0f} ms; "
             f"trade->settled p50 {summary['paced_settled_p50_ms']:.0f} ms, "
             f"p99 {summary['paced_settled_p99_ms']:.0f} ms "
@@ -359,25 +356,31 @@ def report(summary: dict[str, Any]) -> None:
             if r["exactly_once_batched"]
             for what, size in r["exactly_once_batched"]["batch_sizes"].items()
         }
-        print(
+        out.append(
             f"  with trades placed {p['placement_batch']} per call (trades_place_many): "
             f"{summary['exactly_once_batched_placement_per_s']:.1f} deductions/s end to end; "
             + ", ".join(f"{what} mean {size['mean']:.1f}" for what, size in batched_sizes.items())
         )
         if summary["batched_placement_paced_p99_ms"]:
-            print(
+            out.append(
                 f"               paced at {p['paced_share']:.0%} of its throughput: trade->deducted "
                 f"p50 {summary['batched_placement_paced_p50_ms']:.0f} ms, "
                 f"p99 {summary['batched_placement_paced_p99_ms']:.0f} ms"
             )
+    return out
+
+
+def _http_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The exactly-once leg through HTTP: throughput, request and end-to-end latency, the paced run."""
+    out: list[str] = []
     if summary["http_exactly_once_per_s"]:
         h = p["http"]
-        print(
+        out.append(
             f"through HTTP : {summary['http_exactly_once_per_s']:9.1f} trades/s placed by POST /api/trades/ "
             f"and deducted ({summary['http_requests_per_s']:.1f} requests/s answered; gunicorn "
             f"{h['gunicorn_workers']} x {h['gunicorn_threads']}, {h['connections']} clients, {h['client']})"
         )
-        print(
+        out.append(
             f"               request p50 {summary['http_request_p50_ms']:.0f} ms, "
             f"p99 {summary['http_request_p99_ms']:.0f} ms; request->deducted p50 {summary['http_p50_ms']:.0f} ms, "
             f"p99 {summary['http_p99_ms']:.0f} ms; {summary['http_requests']} requests, "
@@ -385,21 +388,27 @@ def report(summary: dict[str, Any]) -> None:
             f"sessions per trade"
         )
         if summary["http_paced_p99_ms"] is not None:
-            print(
+            out.append(
                 f"               paced at {p['paced_share']:.0%} of its throughput "
                 f"({summary['http_paced_rate_per_s']:.0f} requests/s, open loop, Python client): "
                 f"request p50 {summary['http_paced_request_p50_ms']:.0f} ms, "
                 f"p99 {summary['http_paced_request_p99_ms']:.0f} ms; request->deducted "
                 f"p50 {summary['http_paced_p50_ms']:.0f} ms, p99 {summary['http_paced_p99_ms']:.0f} ms"
             )
-            print(
+            out.append(
                 f"               of which placed -> relayed (confirmed, marked sent) "
                 f"p50 {summary['http_paced_relayed_p50_ms']:.0f} ms, p99 {summary['http_paced_relayed_p99_ms']:.0f} ms; "
                 f"relayed -> deducted p50 {summary['http_paced_relayed_to_deducted_p50_ms']:.0f} ms, "
                 f"p99 {summary['http_paced_relayed_to_deducted_p99_ms']:.0f} ms"
             )
+    return out
+
+
+def _alternatives_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """Each alternative through the same web tier, against the exactly-once HTTP leg."""
+    out: list[str] = []
     if any(f"http_{name}_per_s" in summary for name in ALTERNATIVES):
-        print(
+        out.append(
             f"alternatives through the same web tier ({p['http']['requests_per_leg']} requests each, "
             f"the same clients; ratio = exactly-once through HTTP / the alternative, within each repeat):"
         )
@@ -413,27 +422,33 @@ def report(summary: dict[str, Any]) -> None:
             f"p99 {summary[f'http_{name}_request_p99_ms']:.0f} ms"
         )
         if name == "noop_view":
-            print(
+            out.append(
                 f"  {name:21s}: {summary[f'http_{name}_per_s']:9.1f} requests/s answered; {requests}; "
                 f"{ratio_text}"
             )
             continue
-        print(
+        out.append(
             f"  {name:21s}: {summary[f'http_{name}_per_s']:9.1f} trades/s placed and deducted "
             f"({summary[f'http_{name}_requests_per_s']:.1f} requests/s answered); {ratio_text}"
         )
-        print(
+        out.append(
             f"  {'':21s}  {requests}; request->deducted p50 {summary[f'http_{name}_p50_ms']:.0f} ms, "
             f"p99 {summary[f'http_{name}_p99_ms']:.0f} ms; {summary[f'http_{name}_deducted']} deducted, "
             f"{summary[f'http_{name}_duplicates']} duplicates, {summary[f'http_{name}_non_201']} not 201; "
             f"{summary[f'http_{name}_db_sessions_per_item']:.2f} new database sessions per trade"
         )
+    return out
+
+
+def _others_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The baseline, raw AMQP, and CPU per item of every leg."""
+    out: list[str] = []
     if summary["baseline_per_s"] is not None:
-        print(
+        out.append(
             f"baseline     : {summary['baseline_per_s']:9.1f} updates/s (plain Celery, acks_late, no confirms)"
         )
     if summary["raw_amqp_per_s"]:
-        print(
+        out.append(
             f"raw AMQP     : {summary['raw_amqp_per_s']:9.1f} msgs/s "
             f"({p['raw_messages']} persistent msgs, batched confirms, manual acks)"
         )
@@ -442,24 +457,30 @@ def report(summary: dict[str, Any]) -> None:
             continue
         busy = per_group.get("machine_busy_share", 0)
         groups = ", ".join(f"{g} {ms:.1f}" for g, ms in per_group.items() if g != "machine_busy_share")
-        print(f"CPU ms per {kind:12s}: {groups} (machine busy {busy:.0%})")
+        out.append(f"CPU ms per {kind:12s}: {groups} (machine busy {busy:.0%})")
+    return out
+
+
+def _ratios_lines(summary: dict[str, Any], p: dict[str, Any]) -> list[str]:
+    """The ratios, the goals, and the placement ceiling."""
+    out: list[str] = []
     if summary["ratio_vs_baseline"] is not None:
-        print(f"ratio exactly_once/baseline = {summary['ratio_vs_baseline']:.3f}")
+        out.append(f"ratio exactly_once/baseline = {summary['ratio_vs_baseline']:.3f}")
     if summary["cpu_cost_ratio_vs_baseline"]:
-        print(
+        out.append(
             f"  CPU-cost ratio (baseline own CPU per msg / exactly-once own CPU per trade) = "
             f"{summary['cpu_cost_ratio_vs_baseline']:.3f}"
         )
     if summary["ratio_vs_raw_amqp"]:
-        print(f"ratio exactly_once/raw_amqp = {summary['ratio_vs_raw_amqp']:.4f}")
+        out.append(f"ratio exactly_once/raw_amqp = {summary['ratio_vs_raw_amqp']:.4f}")
     if summary["ratio_http_vs_baseline"]:
-        print(f"ratio http_exactly_once/baseline = {summary['ratio_http_vs_baseline']:.3f}")
+        out.append(f"ratio http_exactly_once/baseline = {summary['ratio_http_vs_baseline']:.3f}")
     for name in ALTERNATIVES:
         if summary.get(f"ratio_http_vs_{name}"):
-            print(f"ratio http_exactly_once/{name} = {summary[f'ratio_http_vs_{name}']:.3f}")
-    print("goals (README, Performance): " + "; ".join(goal_lines(summary)))
+            out.append(f"ratio http_exactly_once/{name} = {summary[f'ratio_http_vs_{name}']:.3f}")
+    out.append("goals (README, Performance): " + "; ".join(goal_lines(summary)))
     if summary["ratio_batched_placement_vs_baseline"]:
-        print(
+        out.append(
             f"with batched placement ({p['placement_batch']} trades per call): "
             f"{summary['ratio_batched_placement_vs_baseline']:.2f}x baseline"
             + (
@@ -475,11 +496,35 @@ def report(summary: dict[str, Any]) -> None:
             if summary["baseline_per_s"]
             else ""
         )
-        print(
+        out.append(
             f"placement alone (trade_place, one transaction): {placement['python_cpu_ms']:.2f} ms Python + "
             f"{placement['postgres_cpu_ms']:.2f} ms PostgreSQL CPU per trade -> at most "
             f"{placement['ceiling_per_s']:.0f} trades/s on {summary['cpu_count']} cores"
             f"{vs_baseline} even if relay and consumers were free"
         )
+    return out
+
+
+def report(summary: dict[str, Any]) -> None:
+    """Print the summary: each repeat's throughputs, then the medians, the ratios and the goals."""
+    p = summary["params"]
+    print()
+    print("=" * 78)
+    print(
+        f"N={p['trades']} trades, W={p['workers']} worker(s) x C={p['concurrency']}"
+        f"{' + a housekeeping worker x 1' if p.get('housekeeping_worker') else ''}, "
+        f"{p['producers']} producer processes, cpu_count={summary['cpu_count']}, "
+        f"repeats={p['repeats']} (medians below)"
+    )
+    for section in (
+        _repeats_lines,
+        _exactly_once_lines,
+        _http_lines,
+        _alternatives_lines,
+        _others_lines,
+        _ratios_lines,
+    ):
+        for line in section(summary, p):
+            print(line)
     print(f"results: {RESULTS.relative_to(REPO)}")
     print("=" * 78)
