@@ -11,7 +11,9 @@ trades placed many per call.
 
 import argparse
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench import cpu
 from bench.common import BEANS, Children, database_reset, log, queues_reset, scalar_rows
@@ -104,7 +106,6 @@ def pipeline_measure(
     args: argparse.Namespace, children: Children, tag: str, *, total: int, placement_batch: int = 1
 ) -> ExactlyOnce:
     """The pipeline end to end, ``total`` trades, ``placement_batch`` per placement call (1: ``trade_place``)."""
-    from reliability.conf import settings
 
     def placing(total: int) -> list[tuple[list[int], int, int]]:
         return [(own, n, placement_batch) for own, n in jobs(accounts, total, args.producers)]
@@ -139,30 +140,11 @@ def pipeline_measure(
         )
         cpu_s = cpu_usage(cpu_before, [*workers, beat])
         seconds = finished - started
-        paced: dict[str, float] = {}
-        if args.paced_trades:
-            # Latency without a backlog: trades placed at a fixed share of the throughput.
-            rate = max(args.paced_share * total / seconds, 1.0)
-            # As many trades as the run's share of --trades: the same seconds of pacing at any speed.
-            paced_trades = args.paced_trades * total // args.trades
-            paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
-            work = [
-                (own, n, placement_batch, rate / args.producers)
-                for own, n in jobs(accounts, paced_trades, args.producers)
-            ]
-            produce_and_wait(
-                pool, place_trades_paced, work, done=settled, timeout=args.timeout, what="paced trades"
-            )
-            d50, d99, _ = percentiles(TRADE_TO_DEDUCTED, [paced_base])
-            t50, t99, _ = percentiles(TRADE_TO_SETTLED, [paced_base])
-            paced = {
-                "rate_per_s": rate,
-                "trades": paced_trades,
-                "p50_ms": d50,
-                "p99_ms": d99,
-                "settled_p50_ms": t50,
-                "settled_p99_ms": t99,
-            }
+        paced = (
+            paced_run(args, pool, accounts, settled, total=total, seconds=seconds, batch=placement_batch)
+            if args.paced_trades
+            else {}
+        )
     end_id = base_id + total
     between = [base_id, end_id]
     p50, p99, _ = percentiles(TRADE_TO_DEDUCTED + " AND t.id <= %s", between)
@@ -188,25 +170,7 @@ def pipeline_measure(
         )
     )
     window = [started, finished]
-    # A row published later than the fast path's grace period went out through the sweep.
-    relayed = int(
-        scalar(
-            "SELECT count(*) FROM reliability_outboxmessage "
-            "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) "
-            "AND (sent_at - created_at >= make_interval(secs => %s) OR attempts > 0)",
-            [*window, settings.RELIABILITY_RELAY_GRACE_S * 0.9],
-        )
-    )
-    publish_delay = {
-        task: list(
-            percentiles(
-                "SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM reliability_outboxmessage "
-                "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND task_name = %s",
-                [*window, task],
-            )
-        )
-        for task in ("beans.deduct", "trades.record_outcome")
-    }
+    relayed, publish_delay = outbox_figures(window)
     gaps_found = None
     if scalar("SELECT to_regclass('reliability_streamwatermark') IS NOT NULL"):
         gaps_found = int(scalar("SELECT coalesce(sum(gaps_found), 0) FROM reliability_streamwatermark"))
@@ -235,6 +199,63 @@ def pipeline_measure(
         gaps_found=gaps_found,
         batch_sizes=batch_sizes(window),
     )
+
+
+def paced_run(
+    args: argparse.Namespace,
+    pool: Any,
+    accounts: list[int],
+    settled: Callable[[], bool],
+    *,
+    total: int,
+    seconds: float,
+    batch: int,
+) -> dict[str, float]:
+    """Latency without a backlog: trades placed at ``--paced-share`` of the throughput (``total`` in ``seconds``).
+
+    As many trades as the run's share of ``--trades``: the same seconds of pacing at any speed.
+    """
+    rate = max(args.paced_share * total / seconds, 1.0)
+    paced_trades = args.paced_trades * total // args.trades
+    paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+    work = [(own, n, batch, rate / args.producers) for own, n in jobs(accounts, paced_trades, args.producers)]
+    produce_and_wait(pool, place_trades_paced, work, done=settled, timeout=args.timeout, what="paced trades")
+    d50, d99, _ = percentiles(TRADE_TO_DEDUCTED, [paced_base])
+    t50, t99, _ = percentiles(TRADE_TO_SETTLED, [paced_base])
+    return {
+        "rate_per_s": rate,
+        "trades": paced_trades,
+        "p50_ms": d50,
+        "p99_ms": d99,
+        "settled_p50_ms": t50,
+        "settled_p99_ms": t99,
+    }
+
+
+def outbox_figures(window: list[float]) -> tuple[int, dict[str, list[float]]]:
+    """Outbox rows of the ``window`` relayed by the sweep, and created -> confirmed [p50, p99, max] per task."""
+    from reliability.conf import settings
+
+    # A row published later than the fast path's grace period went out through the sweep.
+    relayed = int(
+        scalar(
+            "SELECT count(*) FROM reliability_outboxmessage "
+            "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) "
+            "AND (sent_at - created_at >= make_interval(secs => %s) OR attempts > 0)",
+            [*window, settings.RELIABILITY_RELAY_GRACE_S * 0.9],
+        )
+    )
+    publish_delay = {
+        task: list(
+            percentiles(
+                "SELECT extract(epoch FROM sent_at - created_at) * 1000 AS ms FROM reliability_outboxmessage "
+                "WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s) AND task_name = %s",
+                [*window, task],
+            )
+        )
+        for task in ("beans.deduct", "trades.record_outcome")
+    }
+    return relayed, publish_delay
 
 
 def measure(args: argparse.Namespace, children: Children, tag: str) -> ExactlyOnce:
