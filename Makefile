@@ -158,7 +158,7 @@ cluster-test: venv services ## Kill -9 the quorum leader of a local 3-node clust
 	PYTHONUNBUFFERED=1 $(PY) manage.py test --noinput --tag cluster tests.e2e.test_cluster_integration
 
 bench: venv services ## Run the benchmark (extra arguments: BENCH_ARGS=...)
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 soak: venv services ## The pipeline through the web tier at SOAK_SHARE (0.70) of its peak for SOAK_MINUTES (60), retention windows of 5 min; steady state and I1-I10 (SOAK_ARGS=...)
 	PYTHONUNBUFFERED=1 $(PY) -m bench.soak --minutes $(SOAK_MINUTES) --share $(SOAK_SHARE) $(SOAK_ARGS)

@@ -11,7 +11,7 @@ reaps them (its children's time), as ``postgres:exited``. A client that connects
 task leaves most of its database CPU there: Celery's Django fixup closes the connections before
 and after every task (``CELERY_DB_REUSE_MAX`` unset), so a worker that runs one task per message
 has a backend that lives for one task, which no snapshot sees. The postmaster does not say which
-database its children served: ``bench/run.py`` splits ``postgres:exited`` by the sessions each
+database its children served: ``bench/figures.py`` splits ``postgres:exited`` by the sessions each
 database opened (``pg_stat_database``).
 """
 

@@ -1,4 +1,4 @@
-"""py-spy profiles of the bench's processes (``bench/run.py --profile DIR``).
+"""py-spy profiles of the bench's processes (``python -m bench.run --profile DIR``).
 
 While the exactly-once HTTP leg runs, one ``py-spy record --subprocesses`` per process kind
 (gunicorn's master and its workers, a Celery worker and its pool children, beat) samples

@@ -23,7 +23,7 @@ MONITORING_METRICS_ENABLED = False
 # Celery's Django fixup closes every database connection before and after each task unless
 # CELERY_DB_REUSE_MAX is set (Celery >= 5.6: celery/celery#9824; CONN_MAX_AGE is not consulted),
 # so a worker that runs one task per message opens a connection per message. Celery's default
-# unless bench/run.py --celery-db-reuse-max N (which always sets this variable; 0: the default)
+# unless python -m bench.run --celery-db-reuse-max N (which always sets this variable; 0: the default)
 # asks otherwise, for every worker of the HTTP legs alike.
 if int(os.environ.get("BENCH_CELERY_DB_REUSE_MAX", "0") or 0) > 0:
     CELERY_DB_REUSE_MAX = int(os.environ["BENCH_CELERY_DB_REUSE_MAX"])

@@ -4,7 +4,7 @@ Every model here is written only by the pipeline, so the admin can look but not
 touch. The one write, "Publish now", goes through the relay service: it marks a
 row sent only after the broker confirmed it, exactly as the sweep would.
 
-The lists stay as fast with months of history as with a day's (``bench/history.py`` times them
+The lists stay as fast with months of history as with a day's (``bench/legs/history.py`` times them
 at 10k and 10M rows): no full count (``BoundedCountPaginator``), no filter that reads a whole
 table for its choices (``RecentValuesFieldListFilter``), and no date hierarchy on the tables
 that grow with every message (its year and month links are a ``SELECT DISTINCT`` over every

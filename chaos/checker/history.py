@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
-from chaos.checker.rows import Injected, LedgerRow, Liveness, LogRow, OutboxRow, Request, Snapshot, TradeRow
 from beans.contracts import DEDUCT_TASK, OUTCOME_TASK
+from chaos.checker.rows import Injected, LedgerRow, Liveness, LogRow, OutboxRow, Request, Snapshot, TradeRow
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -7,9 +7,9 @@ import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from beans.contracts import DEDUCT_TASK, OUTCOME_TASK
 from chaos.checker.history import History, message_made_at, seq_holes_not_past_retention
 from chaos.checker.rows import TradeRow
-from beans.contracts import DEDUCT_TASK, OUTCOME_TASK
 
 NEMESIS_STREAM_PREFIX = "chaos."  # streams of the nemesis's own poison messages
 

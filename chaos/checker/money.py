@@ -4,9 +4,9 @@ Each ``invariant_*`` takes the run's ``History`` and returns its violations, in 
 the ``count_*`` next to it give the verdict's counts that the same rule decides.
 """
 
+from beans.contracts import DEDUCT_TASK
 from chaos.checker.history import History, Replayed
 from chaos.checker.rows import LedgerRow, TradeRow
-from beans.contracts import DEDUCT_TASK
 
 REFUSED = frozenset({"refused", "unavailable", "not_attempted"})  # outcomes that promise no effect
 

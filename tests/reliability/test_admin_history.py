@@ -1,4 +1,4 @@
-"""The audit console's lists cost the same however long the history (issue 23; ``bench/history.py``).
+"""The audit console's lists cost the same however long the history (issue 23; ``bench/legs/history.py``).
 
 ``BoundedCountPaginator`` counts at most its cap, then shows the planner's estimate for a whole
 table; ``RecentValuesFieldListFilter`` offers the values of the newest rows only, never a

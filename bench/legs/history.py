@@ -2,10 +2,10 @@
 
 Usage (from the repository root; ``make bench`` runs it after the other legs)::
 
-    .venv/bin/python -m bench.history [--rows 10000000] [--rows-small 10000] [--rounds 15]
+    .venv/bin/python -m bench.legs.history [--rows 10000000] [--rows-small 10000] [--rounds 15]
 
-``measure()`` is what ``bench/run.py`` calls. Like ``bench/metrics_scrape.py`` (whose history
-it reuses: ``history_write``), it runs in a child process of its own on a database of its own,
+``measure_for_run()`` is what ``bench/run.py`` calls, after its repeats. Like
+``bench/legs/metrics_scrape.py`` (whose history it reuses: ``history_write``), it runs in a child process of its own on a database of its own,
 ``beans_bench_history`` (created fresh, dropped at the end), with the project at its defaults
 (``harness.environment.isolated_env``). Each size gets a history in a schema of that database (every
 table of the pipeline's apps, created like the migrated ones), written with ``INSERT ... SELECT
@@ -16,7 +16,7 @@ both lists render a full page), the counters and watermarks the pipeline keeps;
 then ``VACUUM ANALYZE``, as autovacuum would have done.
 
 Timed, the two histories interleaved call by call (the session's ``search_path`` picks one, so
-other work on the machine weighs on both alike), median of ``rounds`` calls after warm-up:
+other work on the machine weighs on both alike: ``bench/histories.py``), median of ``rounds`` calls after warm-up:
 
 * the admin's change lists of the message log, the outbox, the dead letters, the trades and the
   ledger, through Django's test client as a logged-in superuser (the whole middleware stack);
@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -45,7 +44,9 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
+
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results" / "history.json"
 DB_NAME = "beans_bench_history"
 REDIS_URL = "redis://127.0.0.1:6379/12"  # the bench's; nothing here writes to Redis
@@ -73,7 +74,7 @@ def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: i
 
     url = database_url(DB_NAME)
     env = isolated_env(database_url=url, broker_url=broker_url(), redis_url=REDIS_URL)
-    argv = [sys.executable, "-m", "bench.history", "--child", "--rows-small", str(rows_small)]
+    argv = [sys.executable, "-m", "bench.legs.history", "--child", "--rows-small", str(rows_small)]
     argv += ["--rows", str(rows_large), "--rounds", str(rounds)]
     try:
         completed = subprocess.run(
@@ -96,6 +97,21 @@ def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: i
     return result
 
 
+def measure_for_run(rows_large: int, *, rounds: int) -> dict[str, Any]:
+    """The leg as ``bench/run.py`` runs it: 10,000 rows against ``rows_large``; log each page's
+    ratio, return the summary's keys (each page's ratio, and the worst)."""
+    from bench.common import log as bench_log
+
+    pages = measure(10_000, rows_large, rounds=rounds)
+    ratios = {name: figures["ratio_10m_vs_10k"] for name, figures in pages["pages"].items()}
+    for name, figures in pages["pages"].items():
+        bench_log(
+            f"  {name}: {figures['ms_10k']:.1f} ms at 10k rows, {figures['ms_10m']:.1f} ms at "
+            f"{rows_large:,}: ratio {figures['ratio_10m_vs_10k']:.2f}"
+        )
+    return {"history_ratio_10m_vs_10k": ratios, "history_worst_ratio_10m_vs_10k": max(ratios.values())}
+
+
 # --------------------------------------------------------------------------- the child process
 
 
@@ -106,10 +122,10 @@ def _tables() -> list[str]:
 
 
 def history_write(rows: int) -> None:
-    """``bench/metrics_scrape.py``'s history of ``rows`` message-log rows, and the ledger beside it."""
+    """``bench/legs/metrics_scrape.py``'s history of ``rows`` message-log rows, and the ledger beside it."""
     from django.db import connection
 
-    from bench import metrics_scrape
+    from bench.legs import metrics_scrape
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -191,27 +207,8 @@ def probes() -> dict[str, Callable[[], None]]:
 
 def measurements(labels: dict[str, int], rounds: int) -> dict[str, dict[str, float]]:
     """Median ms of each probe on each history, the histories interleaved call by call."""
-    from bench.metrics_scrape import history_use
-
     history_use(next(iter(labels)))
-    timed = probes()
-    samples: dict[str, dict[str, list[float]]] = {label: {name: [] for name in timed} for label in labels}
-    for round_ in range(rounds + 1):
-        order = list(labels) if round_ % 2 == 0 else list(reversed(labels))
-        for label in order:
-            history_use(label)
-            for name, probe in timed.items():
-                for _ in range(WARMUP_CALLS if round_ == 0 else 1):
-                    probe()
-                if round_ == 0:
-                    continue
-                started = time.perf_counter()
-                probe()
-                samples[label][name].append((time.perf_counter() - started) * 1000)
-    return {
-        label: {name: round(statistics.median(values), 3) for name, values in by_probe.items()}
-        for label, by_probe in samples.items()
-    }
+    return interleaved_medians(labels, probes(), rounds, warmup=WARMUP_CALLS)
 
 
 def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
@@ -225,18 +222,10 @@ def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
     from django.db import connection
     from django.db.backends.signals import connection_created
 
-    from bench import metrics_scrape
-    from bench.metrics_scrape import _search_path_set
-
     call_command("migrate", verbosity=0, interactive=False)
-    connection_created.connect(_search_path_set)
+    connection_created.connect(search_path_set)
     labels = {"10k": rows_small, "10m": rows_large}
-    for label, rows in labels.items():
-        metrics_scrape.history_tables_create(label, _tables())
-        log(f"writing a history of {rows:,} message-log rows")
-        started = time.monotonic()
-        history_write(rows)
-        log(f"written in {time.monotonic() - started:.1f}s")
+    histories_write(labels, _tables(), history_write, log)
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT n.nspname, sum(pg_total_relation_size(c.oid)) FROM pg_class c "
@@ -282,7 +271,7 @@ def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.history",
+        prog="python -m bench.legs.history",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

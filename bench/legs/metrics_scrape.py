@@ -2,10 +2,10 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python -m bench.metrics_scrape [--rows-small 1000] [--rows-large 1000000]
-                                             [--scrapes 40] [--json]
+    .venv/bin/python -m bench.legs.metrics_scrape [--rows-small 1000] [--rows-large 1000000]
+                                                  [--scrapes 40] [--json]
 
-``measure()`` is what ``bench/run.py`` calls. It runs the measurement in a child process of its
+``measure_for_run()`` is what ``bench/run.py`` calls, after its repeats. It runs the measurement in a child process of its
 own (``harness.environment.isolated_env``: the project at its defaults, the developer's ``DJANGO_``,
 ``CELERY_``, ``RELIABILITY_`` and database variables dropped) on a database of its own,
 ``beans_bench_metrics`` (dropped and created fresh; kept afterwards for inspection), so it works
@@ -27,7 +27,8 @@ service's repair and spread over its shards, as the consumers would have kept th
 It then times GETs of ``/metrics`` through Django's test client (the whole middleware and URL
 stack, as a loopback client), of the admin's pipeline health page (a staff user) and of each
 collector's ``collect()`` alone, switching between the two histories (the session's
-``search_path``) call by call, so that other work on the machine weighs on both alike: after 3
+``search_path``: ``bench/histories.py``) call by call, so that other work on the machine weighs
+on both alike: after 3
 warm-up calls, ``scrapes`` rounds of one untimed and one timed call of each on each history; the
 median is reported. Each scrape is checked to show its own history's message count. The broker is only read (passive
 declares, no queue created), on your ``CELERY_BROKER_URL`` (default: the local RabbitMQ).
@@ -42,17 +43,16 @@ the library's own figures), the same for the health page (``health_page_ms_*``),
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
 from project.environment import broker_url, database_recreate, database_url
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 DB_NAME = "beans_bench_metrics"
 # Redis database of the bench (tests use 13 and 15, bench/ids.py 14, chaos 11); /metrics never
@@ -82,7 +82,7 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
     argv = [
         sys.executable,
         "-m",
-        "bench.metrics_scrape",
+        "bench.legs.metrics_scrape",
         "--child",
         "--rows-small",
         str(rows_small),
@@ -100,6 +100,19 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
     return result
 
 
+def measure_for_run(rows_large: int, *, scrapes: int) -> dict[str, float]:
+    """The leg as ``bench/run.py`` runs it: 1,000 rows against ``rows_large``; log the ratio, return the keys."""
+    from bench.common import log as bench_log
+
+    result = measure(1000, rows_large, scrapes=scrapes)
+    bench_log(
+        f"  /metrics {result['metrics_scrape_ms_1k']:.1f} ms at 1k rows, "
+        f"{result['metrics_scrape_ms_1m']:.1f} ms at {rows_large}: "
+        f"ratio {result['metrics_scrape_ratio_1m_vs_1k']:.2f}"
+    )
+    return result
+
+
 # --------------------------------------------------------------------------- the child process
 
 
@@ -113,7 +126,6 @@ def _tables() -> list[str]:
     ]
 
 
-DAY_MS = 86_400_000
 # A UUIDv7 made at the time ``made`` (its 48-bit Unix millisecond, version 7, variant 10, a
 # random tail), as ``reliability.ids`` makes them: so each row lands in its time slice.
 UUID7_MADE = (
@@ -271,58 +283,6 @@ def trade_figures_write() -> None:
         )
 
 
-# --------------------------------------------------------------------------- two histories, side by side
-
-# Each size's history lives in a schema of its own (the pipeline's tables, created LIKE the
-# migrated ones), and the session's search_path picks one. So the scrapes of the two sizes are
-# interleaved, and a change in the machine's load (other work on it) hits both alike.
-_current = {"schema": ""}
-
-
-def _search_path_set(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
-    """On every new database session (Django reconnects after CONN_MAX_AGE): the current history."""
-    if _current["schema"] and connection is not None:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET search_path TO {_current['schema']}, public")
-
-
-def history_use(label: str) -> None:
-    from django.db import connection
-
-    _current["schema"] = f"history_{label}"
-    if connection.connection is not None:
-        _search_path_set(connection=connection)
-
-
-def history_tables_create(label: str, tables: Iterable[str]) -> None:
-    """Make the schema of one history: ``tables`` created like the migrated ones, and the
-    partitioned ones (the outbox, the message log) partitioned alike: a slice per day over the
-    history's 14 days and the default partition, so a history is laid out as the pipeline's is."""
-    from django.db import connection
-    from django.utils import timezone
-
-    from reliability.ops.partitions import partition_default_create, partitions_ensure
-
-    schema = f"history_{label}"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT relname, pg_get_partkeydef(oid) FROM pg_class "
-            "WHERE relkind = 'p' AND relnamespace = 'public'::regnamespace"
-        )
-        partitioned = dict(cursor.fetchall())
-        cursor.execute(f"CREATE SCHEMA {schema}")
-        for table in tables:
-            by = f" PARTITION BY {partitioned[table]}" if table in partitioned else ""
-            cursor.execute(f"CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL){by}")
-    history_use(label)  # the partitions are made in the first schema of the search path: this one
-    now_ms = int(timezone.now().timestamp() * 1000)
-    for table in sorted(partitioned.keys() & set(tables)):
-        partition_default_create(table=table)
-        partitions_ensure(
-            table=table, now_ms=now_ms, since_ms=now_ms - 15 * DAY_MS, width_s=DAY_MS / 1000, ahead=1
-        )
-
-
 def measurements(labels: dict[str, int], scrapes: int) -> dict[str, dict[str, float]]:
     """Median ms per history of a ``/metrics`` scrape, of the health page, and of each collector alone."""
     import re
@@ -362,27 +322,18 @@ def measurements(labels: dict[str, int], scrapes: int) -> dict[str, dict[str, fl
     }
     for collector in _metrics_collectors():
         probes[f"collector_{type(collector).__name__}"] = (lambda c=collector: list(c.collect()), {})
-    samples: dict[str, dict[str, list[float]]] = {label: {name: [] for name in probes} for label in labels}
-    # Round 0 warms up (WARMUP_SCRAPES calls of each); then each round times one call of each
-    # probe on each history, after one untimed call, alternating which history goes first.
-    for round_ in range(scrapes + 1):
-        order = list(labels) if round_ % 2 == 0 else list(reversed(labels))
-        for label in order:
-            history_use(label)
-            expected["rows"] = labels[label]
-            for name, (probe, overrides) in probes.items():
-                with override_settings(**overrides):
-                    for _ in range(WARMUP_SCRAPES if round_ == 0 else 1):
-                        probe()
-                    if round_ == 0:
-                        continue
-                    started = time.perf_counter()
-                    probe()
-                    samples[label][name].append((time.perf_counter() - started) * 1000)
-    return {
-        label: {name: round(statistics.median(values), 3) for name, values in by_probe.items()}
-        for label, by_probe in samples.items()
-    }
+
+    def switched(label: str) -> None:
+        expected["rows"] = labels[label]
+
+    return interleaved_medians(
+        labels,
+        {name: probe for name, (probe, _) in probes.items()},
+        scrapes,
+        warmup=WARMUP_SCRAPES,
+        on_switch=switched,
+        around=lambda name: override_settings(**probes[name][1]),
+    )
 
 
 def child(rows_small: int, rows_large: int, scrapes: int) -> dict[str, float]:
@@ -395,14 +346,9 @@ def child(rows_small: int, rows_large: int, scrapes: int) -> dict[str, float]:
     from django.db.backends.signals import connection_created
 
     call_command("migrate", verbosity=0, interactive=False)
-    connection_created.connect(_search_path_set)
+    connection_created.connect(search_path_set)
     labels = {"1k": rows_small, "1m": rows_large}
-    for label, rows in labels.items():
-        history_tables_create(label, _tables())
-        log(f"writing a history of {rows:,} message-log rows")
-        started = time.monotonic()
-        history_write(rows)
-        log(f"written in {time.monotonic() - started:.1f}s")
+    histories_write(labels, _tables(), history_write, log)
     log(f"timing {scrapes} scrapes of each history, interleaved")
     by_size = measurements(labels, scrapes)
     for label, figures in by_size.items():
