@@ -49,12 +49,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # DROP of a partition takes ACCESS EXCLUSIVE on its parent, and while it waits for that lock
-# every insert into the table queues behind it: so one attempt waits at most LOCK_TIMEOUT_MS
-# (the pipeline's own transactions are shorter), and is tried again DROP_ATTEMPTS times,
-# DROP_PAUSE_S apart, behind a long transaction. What it could not drop, the next run drops.
-# (DETACH ... CONCURRENTLY would need no such lock, but PostgreSQL refuses it on a table with a
-# default partition.)
+# every insert into the table queues behind it. So an attempt is made only when no transaction
+# that holds the parent is older than OLD_HOLDER_MS (one that old may run long: waiting behind it
+# would stall the pipeline for nothing), it waits at most LOCK_TIMEOUT_MS (the pipeline's own
+# transactions are shorter), and it is tried DROP_ATTEMPTS times, DROP_PAUSE_S apart. What it
+# could not drop, the next run drops. (DETACH ... CONCURRENTLY would need no such lock, but
+# PostgreSQL refuses it on a table with a default partition.)
 LOCK_TIMEOUT_MS = 200
+OLD_HOLDER_MS = 100
 DROP_ATTEMPTS = 10
 DROP_PAUSE_S = 0.3
 _BOUND = re.compile(r"FROM \('([0-9a-f-]{36})'\) TO \('([0-9a-f-]{36})'\)")
@@ -217,10 +219,12 @@ def partitions_drop(
             try:
                 with transaction.atomic(using=using), connections[using].cursor() as cursor:
                     cursor.execute(f"SET LOCAL lock_timeout = {LOCK_TIMEOUT_MS}")
+                    if _old_lock_holder(cursor, table=table):
+                        raise _Busy(f"a transaction older than {OLD_HOLDER_MS} ms holds {table}")
                     if before is not None and not before(cursor, part):
                         break
                     cursor.execute(f"DROP TABLE {part.name}")
-            except OperationalError as exc:  # lock_timeout: a transaction holds the table
+            except (OperationalError, _Busy) as exc:  # lock_timeout, or not tried: the table is held
                 if attempt == DROP_ATTEMPTS:
                     logger.warning(
                         "partition %s of %s not dropped (the next run retries): %s", part.name, table, exc
@@ -236,3 +240,22 @@ def partitions_drop(
             dropped.append(part.name)
             break
     return dropped
+
+
+class _Busy(Exception):
+    """A drop not attempted: it would have queued the table's inserts behind a long transaction."""
+
+
+def _old_lock_holder(cursor: CursorWrapper, *, table: str) -> bool:
+    """Whether another session's transaction older than ``OLD_HOLDER_MS`` holds a lock on ``table``.
+
+    A session of another role shows no ``xact_start`` to a role without ``pg_read_all_stats``:
+    it is not counted, and the attempt's ``lock_timeout`` still bounds the wait.
+    """
+    cursor.execute(
+        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.relation = %s::regclass AND l.granted "
+        "AND l.pid <> pg_backend_pid() AND a.xact_start < clock_timestamp() - make_interval(secs => %s) LIMIT 1",
+        [table, OLD_HOLDER_MS / 1000],
+    )
+    return cursor.fetchone() is not None

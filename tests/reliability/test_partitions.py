@@ -4,6 +4,7 @@ the figures kept right, and the migration that partitions tables already holding
 import itertools
 import random
 import threading
+import time
 import uuid
 from datetime import timedelta
 from io import StringIO
@@ -11,7 +12,7 @@ from unittest import mock
 
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import ProgrammingError, connection, connections, transaction
+from django.db import OperationalError, ProgrammingError, connection, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.utils import timezone
@@ -19,7 +20,13 @@ from django.utils import timezone
 from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
 from reliability.ids import message_id_new
 from reliability.models import MessageLog, OutboxMessage
-from reliability.ops.partitions import LOCK_TIMEOUT_MS, partitions_drop, partitions_ensure, partitions_list
+from reliability.ops.partitions import (
+    LOCK_TIMEOUT_MS,
+    OLD_HOLDER_MS,
+    partitions_drop,
+    partitions_ensure,
+    partitions_list,
+)
 from reliability.ops.retention import retention_purge
 from reliability.selectors import message_log_stats
 
@@ -258,6 +265,34 @@ class PartitionDropLockTests(TransactionTestCase):
             threading.Timer(3 * LOCK_TIMEOUT_MS / 1000, held.released.set).start()
             dropped = partitions_drop(table=OUTBOX, partitions=[self.oldest])
         self.assertEqual(dropped, [self.oldest.name])
+
+    def drop_and_close(self) -> None:
+        try:
+            partitions_drop(table=OUTBOX, partitions=[self.oldest])
+        finally:
+            connection.close()  # this thread's own
+
+    def test_a_drop_never_queues_the_tables_inserts_behind_a_long_transaction(self) -> None:
+        # A DROP waiting for the parent's lock would queue every insert behind it: an insert
+        # allowed to wait 50 ms would then fail. Behind a transaction already old, no drop is tried.
+        refused = []
+        with mock.patch("reliability.ops.partitions.DROP_ATTEMPTS", 4), HeldTable(OUTBOX):
+            time.sleep(2 * OLD_HOLDER_MS / 1000)
+            with self.assertLogs("reliability.ops.partitions", level="WARNING"):
+                dropping = threading.Thread(target=self.drop_and_close)
+                dropping.start()
+                for seq in itertools.count(1):
+                    try:
+                        with transaction.atomic():
+                            connection.cursor().execute("SET LOCAL lock_timeout = '50ms'")
+                            outbox(message_id_new(), seq=seq)
+                    except OperationalError as exc:
+                        refused.append(str(exc))
+                    if not dropping.is_alive():
+                        break
+                    time.sleep(0.01)
+                dropping.join()
+        self.assertEqual(refused, [], "an insert waited behind the drop")
 
     def test_a_drop_behind_a_long_transaction_is_left_for_the_next_run(self) -> None:
         with (
