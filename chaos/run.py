@@ -39,7 +39,7 @@ What happens, Jepsen style:
    the relay's leader), and on the 3-node cluster the queue leader killed.
 4. **Heal, drain, reconcile.** Everything is healed; trades placed after the heal must settle
    within a bound (I10); the pipeline drains; one reconciler pass runs; workers stop.
-5. **Check** (``chaos/checker.py``): I1-I10 against the database and the broker. Output: the
+5. **Check** (``chaos/checker/``): I1-I10 against the database and the broker. Output: the
    seed, the schedule as it ran, the summary line ``attempted / ok / failed / indeterminate /
    lost / duplicated deliveries / duplicated effects``, the invariant table, and
    ``chaos-report.json`` in the working directory. Exit 0 only if every invariant holds.
