@@ -21,14 +21,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# _foreign, wait_for and WebTier (and Child) are re-exported for bench/run.py, which imports them
-# from here until its split into one module per leg lands; new code imports them from harness.
-from harness.environment import foreign as _foreign  # noqa: F401
 from harness.environment import isolated_env
-from harness.polling import eventually as wait_for  # noqa: F401
 from harness.processes import Child, run_cmd
 from harness.proxies import SilentProxy, database_hosts, url_via
-from harness.web import WebTier  # noqa: F401
 from project.environment import broker_url, database_recreate, database_url
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
@@ -171,7 +171,7 @@ def _account_exists_sql(using: str) -> str:
 
 def trades_place_many(
     *,
-    orders: Sequence[TradeOrder] | Sequence[Mapping[str, Any]],
+    orders: Sequence[TradeOrder],
     idempotency_key: str | None = None,
     client_id: int = 0,
 ) -> tuple[list[Trade], bool]:
@@ -192,10 +192,9 @@ def trades_place_many(
         raise TradeInvalid(f"trades must be a list of 1 to {settings.TRADES_BATCH_MAX} orders")
     validated = []
     for index, order in enumerate(orders):
-        typed = _order_from_mapping(order, index) if isinstance(order, Mapping) else order
-        if not isinstance(typed, TradeOrder):
+        if not isinstance(order, TradeOrder):
             raise TradeInvalid(f"trades[{index}] must be a TradeOrder, got {type(order).__name__}")
-        validated.append(_order_validated(typed.account_id, typed.beans, where=f"trades[{index}]."))
+        validated.append(_order_validated(order.account_id, order.beans, where=f"trades[{index}]."))
     keys: list[str | None] = [None] * len(validated)
     if idempotency_key is not None:
         longest = len(f"{idempotency_key}/{len(validated) - 1}")
@@ -235,17 +234,6 @@ def trades_place_many(
             outbox_enqueue_many(task_name=DEDUCT_TASK, queue=queue, messages=by_queue[queue])
     logger.info("%d trades placed in one batch, trades %d to %d", len(trades), trades[0].pk, trades[-1].pk)
     return trades, True
-
-
-def _order_from_mapping(order: Mapping[str, Any], index: int) -> TradeOrder:
-    """A ``{"account": id, "beans": n}`` order as a ``TradeOrder``.
-
-    For the callers written before ``TradeOrder`` (bench/run.py); drop it once they pass
-    ``TradeOrder``. The API parses its orders itself (``trades.api``).
-    """
-    if order.keys() != {"account", "beans"}:
-        raise TradeInvalid(f'trades[{index}] must be an object like {{"account": 1, "beans": 100}}')
-    return TradeOrder(account_id=order["account"], beans=order["beans"])
 
 
 def _batch_placed_before(

@@ -70,11 +70,12 @@ class ExactlyOnce:
 
 def _place(accounts: list[int], first: int, size: int, *, batched: bool) -> None:
     """Place trades ``first`` to ``first + size - 1`` (trade i on account i mod len) in one call."""
-    from trades.services import trade_place, trades_place_many
+    from trades.services import TradeOrder, trade_place, trades_place_many
 
     if batched:
         orders = [
-            {"account": accounts[i % len(accounts)], "beans": BEANS} for i in range(first, first + size)
+            TradeOrder(account_id=accounts[i % len(accounts)], beans=BEANS)
+            for i in range(first, first + size)
         ]
         trades_place_many(orders=orders)
     else:
