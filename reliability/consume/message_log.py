@@ -92,13 +92,21 @@ def message_log_record_outcome(
 def message_log_record_outcomes(
     *, handler: str, outcomes: Sequence[tuple[uuid.UUID, str]], using: str = "default"
 ) -> None:
-    """Record the outcome of many messages in one statement."""
+    """Record the outcome of many messages in one statement.
+
+    ``message_id = ANY(...)`` repeats the join's ids as a condition on the partition key, so the
+    planner prunes the table to the slices that hold them (usually the newest). Joined only, the
+    update probed every slice's index and held the consumer's transaction several times longer:
+    long enough, on a busy host, for retention's ``DROP`` of an old slice to time out behind it and
+    queue the pipeline's inserts meanwhile (the 70% soak of 2026-12-07).
+    """
     table = MessageLog._meta.db_table
+    message_ids = [m for m, _ in outcomes]
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"UPDATE {table} AS l SET outcome = u.o FROM unnest(%s::uuid[], %s::text[]) AS u(m, o) "  # noqa: S608
-            "WHERE l.handler = %s AND l.message_id = u.m",
-            [[m for m, _ in outcomes], [o[:200] for _, o in outcomes], handler],
+            "WHERE l.handler = %s AND l.message_id = u.m AND l.message_id = ANY(%s::uuid[])",
+            [message_ids, [o[:200] for _, o in outcomes], handler, message_ids],
         )
 
 

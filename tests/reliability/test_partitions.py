@@ -15,9 +15,14 @@ from django.core.management import CommandError, call_command
 from django.db import OperationalError, ProgrammingError, connection, connections, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import TestCase, TransactionTestCase, override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from reliability.consume.message_log import message_log_count_redelivery, message_log_insert
+from reliability.consume.message_log import (
+    message_log_count_redelivery,
+    message_log_insert,
+    message_log_record_outcomes,
+)
 from reliability.ids import message_id_new
 from reliability.models import MessageLog, OutboxMessage
 from reliability.ops.partitions import (
@@ -82,6 +87,10 @@ def outbox(message_id: uuid.UUID, *, seq: int, sent: bool = True) -> None:
     )
 
 
+def partitions_list_names(table: str, using: str) -> list[str]:
+    return [part.name for part in partitions_list(table=table, using=using)] + [f"{table}_default"]
+
+
 class PartitionTests(TestCase):
     databases = "__all__"
 
@@ -113,6 +122,30 @@ class PartitionTests(TestCase):
         log(other)
         self.assertEqual(
             partition_of(LOG, other, BEANS), f"{LOG}_default", "any other id to the default partition"
+        )
+
+    def test_recording_outcomes_reads_only_the_slices_of_their_messages(self) -> None:
+        # The consumer's outcome update runs in its transaction: were it to probe every slice,
+        # it would hold the table long enough for retention's DROP to queue the inserts behind it.
+        message_ids = [message_id_new() for _ in range(3)]
+        for seq, message_id in enumerate(message_ids, start=1):
+            log(message_id, seq=seq)
+        with CaptureQueriesContext(connections[BEANS]) as captured:
+            message_log_record_outcomes(
+                handler=HANDLER, outcomes=[(m, "applied") for m in message_ids], using=BEANS
+            )
+        with connections[BEANS].cursor() as cursor:
+            cursor.execute("EXPLAIN " + captured.captured_queries[-1]["sql"])
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+        scanned = {name for name in partitions_list_names(LOG, BEANS) if f" {name} " in plan}
+        self.assertEqual(len(scanned), 1, f"one slice holds the three messages; the plan reads:\n{plan}")
+        self.assertEqual(
+            set(
+                MessageLog.objects.using(BEANS)
+                .filter(message_id__in=message_ids)
+                .values_list("outcome", flat=True)
+            ),
+            {"applied"},
         )
 
     @override_settings(**FOUR_DAY_WINDOWS)
