@@ -33,6 +33,7 @@ from reliability.ops.partitions import (
     partitions_list,
 )
 from reliability.ops.retention import retention_purge
+from reliability.produce.relay import _outbox_mark_sent
 from reliability.selectors import message_log_stats
 
 DAY_S = 86_400
@@ -124,9 +125,18 @@ class PartitionTests(TestCase):
             partition_of(LOG, other, BEANS), f"{LOG}_default", "any other id to the default partition"
         )
 
+    def assert_last_statement_reads_one_slice(
+        self, captured: CaptureQueriesContext, table: str, using: str
+    ) -> None:
+        # The consumer's and the relay's updates run while they hold the table: were they to probe
+        # every slice, they would hold it long enough for retention's DROP to queue inserts.
+        with connections[using].cursor() as cursor:
+            cursor.execute("EXPLAIN " + captured.captured_queries[-1]["sql"])
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+        scanned = {name for name in partitions_list_names(table, using) if f" {name} " in plan}
+        self.assertEqual(len(scanned), 1, f"one slice holds the three messages; the plan reads:\n{plan}")
+
     def test_recording_outcomes_reads_only_the_slices_of_their_messages(self) -> None:
-        # The consumer's outcome update runs in its transaction: were it to probe every slice,
-        # it would hold the table long enough for retention's DROP to queue the inserts behind it.
         message_ids = [message_id_new() for _ in range(3)]
         for seq, message_id in enumerate(message_ids, start=1):
             log(message_id, seq=seq)
@@ -134,11 +144,7 @@ class PartitionTests(TestCase):
             message_log_record_outcomes(
                 handler=HANDLER, outcomes=[(m, "applied") for m in message_ids], using=BEANS
             )
-        with connections[BEANS].cursor() as cursor:
-            cursor.execute("EXPLAIN " + captured.captured_queries[-1]["sql"])
-            plan = "\n".join(line for (line,) in cursor.fetchall())
-        scanned = {name for name in partitions_list_names(LOG, BEANS) if f" {name} " in plan}
-        self.assertEqual(len(scanned), 1, f"one slice holds the three messages; the plan reads:\n{plan}")
+        self.assert_last_statement_reads_one_slice(captured, LOG, BEANS)
         self.assertEqual(
             set(
                 MessageLog.objects.using(BEANS)
@@ -146,6 +152,19 @@ class PartitionTests(TestCase):
                 .values_list("outcome", flat=True)
             ),
             {"applied"},
+        )
+
+    def test_marking_messages_sent_reads_only_the_slices_of_their_messages(self) -> None:
+        message_ids = [message_id_new() for _ in range(3)]
+        for seq, message_id in enumerate(message_ids, start=1):
+            outbox(message_id, seq=seq, sent=False)
+        messages = list(OutboxMessage.objects.filter(message_id__in=message_ids))
+        with CaptureQueriesContext(connection) as captured:
+            _outbox_mark_sent(messages, using="default")
+        self.assert_last_statement_reads_one_slice(captured, OUTBOX, "default")
+        self.assertEqual(
+            set(OutboxMessage.objects.filter(message_id__in=message_ids).values_list("status", flat=True)),
+            {OutboxMessage.Status.SENT},
         )
 
     @override_settings(**FOUR_DAY_WINDOWS)
