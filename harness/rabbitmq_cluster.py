@@ -37,7 +37,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from typing import IO, Any, NoReturn
 
 from harness.clusters import ClusterError, command_run, stale_private_dirs
 from harness.polling import poll_until
-from harness.ports import free_ports
+from harness.ports import free_ports, port_in_use
 
 REPO = Path(__file__).resolve().parent.parent
 USAGE = "\n\n".join(__doc__.split("\n\n")[:2]) if __doc__ else ""
@@ -476,12 +475,6 @@ def bin_dir() -> Path:
     if not found:
         raise Refused("rabbitmq-server not found: apt-get install rabbitmq-server")
     return Path(os.path.realpath(found)).parent
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def signal_quietly(pid: int, sig: int) -> None:
