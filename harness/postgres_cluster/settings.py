@@ -62,7 +62,9 @@ class Settings:
         self.name = get("POSTGRES_CLUSTER_NAME", "beans")
         node_count = get("POSTGRES_CLUSTER_NODES", "3")
         # Empty when not 1..9: `check` refuses it, `down` then has no node to stop.
-        self.nodes = tuple(range(1, int(node_count) + 1)) if re.fullmatch(r"[1-9]", node_count) else ()
+        self.nodes: tuple[int, ...] = (
+            tuple(range(1, int(node_count) + 1)) if re.fullmatch(r"[1-9]", node_count) else ()
+        )
         self.pg_port_text = get("POSTGRES_CLUSTER_PG_PORT", "5441")
         self.api_port_text = get("POSTGRES_CLUSTER_API_PORT", "8101")
         self.etcd_port_text = get("POSTGRES_CLUSTER_ETCD_PORT", "2479")
