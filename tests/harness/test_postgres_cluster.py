@@ -123,7 +123,7 @@ class SettingsTests(SimpleTestCase):
 
 
 class FilesTests(SimpleTestCase):
-    settings = Settings(
+    cluster = Settings(
         {
             "POSTGRES_CLUSTER_DIR": "/srv/pgc",
             "POSTGRES_CLUSTER_NAME": "t9",
@@ -132,7 +132,7 @@ class FilesTests(SimpleTestCase):
     )
 
     def test_a_node_listens_on_loopback_on_its_own_ports_and_data(self) -> None:
-        config = patroni_config(self.settings, 2, BIN)
+        config = patroni_config(self.cluster, 2, BIN)
         for line in (
             "scope: t9\n",
             "name: p2\n",
@@ -149,7 +149,7 @@ class FilesTests(SimpleTestCase):
         self.assertNotIn("5432", config)
 
     def test_failover_is_synchronous_and_immediate_unless_asked_otherwise(self) -> None:
-        config = patroni_config(self.settings, 1, BIN)
+        config = patroni_config(self.cluster, 1, BIN)
         for line in ("    synchronous_mode: true\n", "    primary_start_timeout: 0\n", "    ttl: 10\n"):
             self.assertIn(line, config)
         self.assertIn("    maximum_lag_on_failover: 1048576\n", config)
@@ -162,13 +162,13 @@ class FilesTests(SimpleTestCase):
 
     def test_patronictl_sees_the_scope_and_etcd(self) -> None:
         self.assertEqual(
-            patronictl_config(self.settings),
+            patronictl_config(self.cluster),
             "# Written by harness.postgres_cluster: patronictl's view of cluster t9.\n"
             "scope: t9\netcd3:\n  hosts: 127.0.0.1:2479\n",
         )
 
     def test_post_bootstrap_makes_the_app_role_and_database(self) -> None:
-        script = post_bootstrap_script(self.settings, BIN)
+        script = post_bootstrap_script(self.cluster, BIN)
         self.assertTrue(script.startswith("#!/bin/sh\n"))
         self.assertIn(
             '"/usr/lib/postgresql/16/bin/psql" -X -q -v ON_ERROR_STOP=1 -d "$1" <<\'SQL\'\n', script
