@@ -4,16 +4,13 @@ import sys
 from typing import NoReturn
 
 import harness.postgres_cluster
+from harness.clusters import usage_exit
 from harness.postgres_cluster.nodes import Nodes
 from harness.postgres_cluster.settings import Refused, log
 
-DOC = harness.postgres_cluster.__doc__ or ""
-USAGE = "\n\n".join(DOC.split("\n\n")[:2])
-
 
 def usage() -> NoReturn:
-    sys.stderr.write("\n".join(line.replace("    ", "  ", 1) for line in USAGE.splitlines()) + "\n\n")
-    raise SystemExit(2)
+    usage_exit(harness.postgres_cluster.__doc__ or "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ import json
 import os
 import pwd
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from harness.clusters import private_dir_claim, private_dir_remove
 from harness.ports import port_in_use
 from harness.postgres_cluster import files, install, procs
 from harness.postgres_cluster.settings import HOST, Refused, Settings, is_root, log
@@ -173,13 +173,8 @@ class Nodes(Settings):
     # --- files ----------------------------------------------------------------------------
 
     def dir_ensure(self) -> None:
-        if self.dir.is_dir() and not self.marker.is_file() and any(self.dir.iterdir()):
-            raise Refused(
-                f"{self.dir} exists and is not a cluster directory of this script; refusing to use it"
-            )
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
-        self.marker.touch()
+        private_dir_claim(self.dir, self.marker)
+        self.socket_dir.mkdir(exist_ok=True)
         self.ctl_config.write_text(files.patronictl_config(self))
         self.post_bootstrap.write_text(files.post_bootstrap_script(self, self.bin_dir()))
         self.post_bootstrap.chmod(0o700)
@@ -389,11 +384,7 @@ class Nodes(Settings):
         if etcd is not None:
             log(f"stopping etcd (pid {etcd})")
             self.stop("etcd", [etcd])
-        if self.dir.is_dir():
-            if self.marker.is_file():
-                shutil.rmtree(self.dir)
-            else:
-                log(f"warning: {self.dir} is not a cluster directory of this script; not removing it")
+        private_dir_remove(self.dir, self.marker, log)
         log("cluster is down")
 
     def status(self) -> None:

@@ -1,7 +1,7 @@
 """The cluster as ``POSTGRES_CLUSTER_*`` describes it: names, ports, places, URLs, what is refused.
 
-Reading the environment and checking it start nothing and write nothing. ``Refused`` and ``log``
-are how every command says what went wrong and what it does.
+Reading the environment and checking it start nothing and write nothing. ``Refused`` (shared with the
+RabbitMQ cluster) and ``log`` are how every command says what went wrong and what it does.
 """
 
 import os
@@ -10,6 +10,8 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+
+from harness.clusters import Refused
 
 HOST = "127.0.0.1"
 # Ports of the system cluster and of Debian's etcd service.
@@ -23,10 +25,6 @@ SYSTEM_DIRS = (
 )
 # The role Patroni replicates with.
 REPLICATION_USER = "replicator"
-
-
-class Refused(Exception):
-    """A step failed; the command line prints ``error: <message>`` and exits 1."""
 
 
 def log(message: str) -> None:

@@ -2,11 +2,9 @@
 starts them): names, ports, URLs, the files it writes, the settings it refuses, the command line,
 and a directory it never takes or removes."""
 
-import io
 import os
 import sys
 import tempfile
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
@@ -20,17 +18,13 @@ from harness.postgres_cluster.nodes import Member, Nodes
 from harness.postgres_cluster.procs import argv_of, runs
 from harness.postgres_cluster.settings import Refused, Settings
 
+from .command_line import command_line_run
+
 BIN = Path("/usr/lib/postgresql/16/bin")
 
 
 def run(*argv: str, **env: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, env), redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-    return code, out.getvalue(), err.getvalue()
+    return command_line_run(main, *argv, **env)
 
 
 def env_of(**env: str) -> dict[str, str]:
