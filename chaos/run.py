@@ -204,7 +204,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--pg-cluster",
         action="store_true",
         help="run on a private 3-node PostgreSQL cluster (Patroni, synchronous replication; "
-        "scripts/postgres-cluster) and kill the database primary (db_primary_kill)",
+        "python -m harness.postgres_cluster) and kill the database primary (db_primary_kill)",
     )
     parser.add_argument(
         "--http",

@@ -1,4 +1,4 @@
-"""Free TCP ports on 127.0.0.1: one for a web tier, a run of consecutive ones for a cluster's nodes."""
+"""Free TCP ports on 127.0.0.1 (one for a web tier, a run of consecutive ones for a cluster's nodes), and taken ones."""
 
 import socket
 
@@ -22,6 +22,13 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def free_ports(count: int, *, start: int, stop: int, offset: int = 0) -> int:

@@ -37,7 +37,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -47,20 +46,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-from harness.clusters import ClusterError, command_run, stale_private_dirs
+from harness.clusters import (
+    ClusterError,
+    Refused,
+    command_run,
+    private_dir_claim,
+    private_dir_remove,
+    stale_private_dirs,
+    usage_exit,
+)
 from harness.polling import poll_until
-from harness.ports import free_ports
+from harness.ports import free_ports, port_in_use
 
 REPO = Path(__file__).resolve().parent.parent
-USAGE = "\n\n".join(__doc__.split("\n\n")[:2]) if __doc__ else ""
 HOST = "localhost"
 NODES = (1, 2, 3)
 SYSTEM_AMQP_PORT = 5672
 SYSTEM_DIST_PORT = 25672
-
-
-class Refused(Exception):
-    """A step failed; the command line prints ``error: <message>`` and exits 1."""
 
 
 def log(message: str) -> None:
@@ -344,13 +346,7 @@ class Nodes:
     # --- the cluster ----------------------------------------------------------------------
 
     def dir_ensure(self) -> None:
-        if self.dir.is_dir() and not self.marker.is_file() and any(self.dir.iterdir()):
-            raise Refused(
-                f"{self.dir} exists and is not a cluster directory of this script; refusing to use it"
-            )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o700)
-        self.marker.touch()
+        private_dir_claim(self.dir, self.marker)
         (self.dir / "rabbitmq-env.conf").write_text("")
         if not self.cookie_file.is_file() or self.cookie_file.stat().st_size == 0:
             # Erlang wants the cookie readable by its owner only.
@@ -414,11 +410,7 @@ class Nodes:
                 signal_quietly(pid, signal.SIGKILL)
             if not self.wait_gone(pid, 30):
                 raise Refused(f"process {pid} did not exit")
-        if self.dir.is_dir():
-            if self.marker.is_file():
-                shutil.rmtree(self.dir)
-            else:
-                log(f"warning: {self.dir} is not a cluster directory of this script; not removing it")
+        private_dir_remove(self.dir, self.marker, log)
         log("cluster is down")
 
     def status(self) -> None:
@@ -478,12 +470,6 @@ def bin_dir() -> Path:
     return Path(os.path.realpath(found)).parent
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(2)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def signal_quietly(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
@@ -492,8 +478,7 @@ def signal_quietly(pid: int, sig: int) -> None:
 
 
 def usage() -> NoReturn:
-    sys.stderr.write("\n".join(line.replace("    ", "  ", 1) for line in USAGE.splitlines()) + "\n\n")
-    raise SystemExit(2)
+    usage_exit(__doc__ or "")
 
 
 def main(argv: list[str] | None = None) -> int:

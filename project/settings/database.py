@@ -96,7 +96,7 @@ def _multi_host_database(url: str, *, conn_max_age: int) -> dict[str, Any]:
     which Django hands to the driver as it is (``host=a,b port=5441,5442``). libpq then tries
     the hosts in turn and, with ``target_session_attrs=read-write``, keeps the one that takes
     writes: after a failover every new connection finds the new primary by itself
-    (``scripts/postgres-cluster urls``; README, "A highly available database").
+    (``python -m harness.postgres_cluster urls``; README, "A highly available database").
     """
     if urlsplit(url).scheme not in ("postgres", "postgresql"):
         raise ValueError("a multi-host URL must be postgres:// or postgresql://")

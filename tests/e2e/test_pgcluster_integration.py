@@ -2,7 +2,7 @@
 
 PostgreSQL is the source of truth at both ends (the outbox, and the message log that
 recognises a redelivery), so it must survive a node. A private 3-node cluster
-(``scripts/postgres-cluster``: Patroni + etcd, synchronous replication) holds this test's
+(``harness.postgres_cluster``: Patroni + etcd, synchronous replication) holds this test's
 database; the test process, a real worker and beat all connect through the multi-host URL
 (``target_session_attrs=read-write``). Under load the primary's postmaster is SIGKILLed:
 Patroni (``primary_start_timeout`` 0) promotes the synchronous standby rather than restart it

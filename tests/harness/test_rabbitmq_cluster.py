@@ -1,16 +1,16 @@
 """The private cluster's command line, short of starting nodes (``tests/e2e/test_cluster_integration.py``
 starts them): names, ports, URLs, config, the settings it refuses, and a directory it never removes."""
 
-import io
 import os
 import tempfile
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
 from django.test import SimpleTestCase
 
 from harness.rabbitmq_cluster import Nodes, Refused, main
+
+from .command_line import command_line_run
 
 
 def nodes(**env: str) -> Nodes:
@@ -19,13 +19,7 @@ def nodes(**env: str) -> Nodes:
 
 
 def run(*argv: str, **env: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with mock.patch.dict(os.environ, env), redirect_stdout(out), redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = int(exit_.code or 0)
-    return code, out.getvalue(), err.getvalue()
+    return command_line_run(main, *argv, **env)
 
 
 class NodesTests(SimpleTestCase):

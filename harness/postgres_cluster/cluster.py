@@ -1,20 +1,21 @@
-"""A private PostgreSQL HA cluster (p1..p3 under Patroni, one etcd) for failover tests.
+"""``PostgresCluster``: what the failover tests and the chaos run hold.
 
-Driven through ``scripts/postgres-cluster``: the script owns the processes, ports, data and
-configuration; this class only shells out to it and parses what it prints.
+It runs the command line (``python -m harness.postgres_cluster``) in a subprocess for what
+starts, stops or asks the nodes, and parses what it prints; names, ports and URLs it reads from
+the same ``Settings`` the command line does.
 """
 
-import getpass
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 from harness.clusters import ClusterError, command_run, stale_private_dirs
 from harness.polling import poll_until
 from harness.ports import free_ports
+from harness.postgres_cluster.settings import Settings
 
-# Not from Django settings: the chaos run drives clusters before it sets Django up.
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "postgres-cluster"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class PostgresCluster:
@@ -37,7 +38,7 @@ class PostgresCluster:
     ) -> "PostgresCluster":
         """Return a cluster of this process's own: scope, ports and directory no one else uses.
 
-        Two test runs at once (or a developer's ``scripts/postgres-cluster up``) then never
+        Two test runs at once (or a developer's ``python -m harness.postgres_cluster up``) then never
         stop or follow each other's nodes. ``synchronous=False`` replicates asynchronously
         (the negative control: a failover may lose acknowledged commits).
         """
@@ -69,11 +70,21 @@ class PostgresCluster:
         return reaped
 
     def _run(self, *args: str, timeout: float | None = None) -> str:
-        return command_run([str(SCRIPT), *args], env=self.env, timeout=timeout or self.timeout)
+        # Not from Django settings: the chaos run drives clusters before it sets Django up.
+        return command_run(
+            [sys.executable, "-m", "harness.postgres_cluster", *args],
+            env=self.env,
+            timeout=timeout or self.timeout,
+            cwd=REPO,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(self.env)
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return tuple(f"p{i}" for i in range(1, int(self.env.get("POSTGRES_CLUSTER_NODES", "3")) + 1))
+        return tuple(Settings.node_name(i) for i in self.settings.nodes)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -113,17 +124,15 @@ class PostgresCluster:
 
     def urls(self) -> str:
         """The libpq multi-host URL that reaches the primary (``target_session_attrs=read-write``)."""
-        return self._run("urls").strip()
+        return self.settings.url()
 
     def node_url(self, node: str, *, dbname: str = "postgres") -> str:
         """A URL to ``node`` (``p1``..) alone, primary or not: to look inside one member."""
-        first = int(self.env.get("POSTGRES_CLUSTER_PG_PORT", "5441"))
-        user = self.env.get("POSTGRES_CLUSTER_APP_USER") or getpass.getuser()
-        return f"postgresql://{user}@127.0.0.1:{first + self.nodes.index(node)}/{dbname}"
+        return self.settings.node_url(self.settings.index(node), dbname=dbname)
 
     def conninfo(self) -> str:
         """The same in libpq's keyword form."""
-        return self._run("urls", "--conninfo").strip()
+        return self.settings.conninfo()
 
     def status(self) -> str:
         return self._run("status")

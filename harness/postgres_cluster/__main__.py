@@ -1,0 +1,5 @@
+import sys
+
+from harness.postgres_cluster.cli import main
+
+sys.exit(main())
