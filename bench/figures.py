@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from bench import cpu
-from bench.common import DB_NAME, scalar_rows
+from bench.common import DB_NAME
+from harness.database import rows
 from harness.processes import Child
 
 
@@ -66,7 +67,7 @@ def batch_sizes(window: list[float]) -> dict[str, dict[str, float]]:
         "GROUP BY task_name, sent_at) AS b GROUP BY task_name",
     }
     for kind, sql in queries.items():
-        for task, mean, top in scalar_rows(sql, window):
+        for task, mean, top in rows(sql, window):
             sizes[f"{kind} {task}"] = {"mean": float(mean), "max": float(top)}
     return sizes
 
@@ -158,7 +159,7 @@ class CpuWatch:
 
 def database_sessions() -> tuple[int, int]:
     """Sessions ever opened to the bench database, and to all databases (``pg_stat_database``)."""
-    ours, every = scalar_rows(
+    ours, every = rows(
         "SELECT coalesce(sum(sessions) FILTER (WHERE datname = %s), 0), coalesce(sum(sessions), 0) "
         "FROM pg_stat_database",
         [DB_NAME],
@@ -168,8 +169,8 @@ def database_sessions() -> tuple[int, int]:
 
 def backend_names() -> dict[int, str]:
     """The bench database's PostgreSQL backends by the name their client gave (PGAPPNAME ``bench-<name>``)."""
-    rows = scalar_rows(
+    named = rows(
         "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s AND application_name LIKE %s",
         [DB_NAME, "bench-%"],
     )
-    return {int(pid): str(name).removeprefix("bench-") for pid, name in rows}
+    return {int(pid): str(name).removeprefix("bench-") for pid, name in named}

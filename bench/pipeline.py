@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import POLL_S, RUN_DIR, Children, celery_argv, check_alive, scalar_rows, wait_consumers
-from chaos.harness import scalar
+from bench.common import POLL_S, RUN_DIR, Children, celery_argv, check_alive, wait_consumers
+from harness.database import rows, scalar
 from harness.processes import Child
 
 
@@ -74,7 +74,7 @@ def pipeline_settled(processes: list[Child]) -> Callable[[], bool]:
     """A predicate: no trade is pending any more (raises if a message was dead-lettered or a process died)."""
 
     def settled() -> bool:
-        pending, dead = scalar_rows(
+        pending, dead = rows(
             "SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending'), "
             "(SELECT count(*) FROM reliability_deadletter)"
         )[0]

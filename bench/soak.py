@@ -68,6 +68,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.database import rows, scalar
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "soak.json"
 # Snowflake leases and the API's rate-limit counters: chaos 11, bench 12, tests 13 and 15,
@@ -325,18 +327,6 @@ ORDER BY 1
 """
 
 
-def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
-        return list(cursor.fetchall())
-
-
-def one(sql: str, params: Sequence[Any] = ()) -> Any:
-    return rows(sql, params)[0][0]
-
-
 @dataclass
 class Sampler:
     """What the soak records every ``--sample-s``: one entry of ``per_minute`` per call."""
@@ -353,9 +343,9 @@ class Sampler:
 
     def begin(self) -> None:
         self.started = self.last_at = time.monotonic()
-        self.last_wal = int(one("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        self.last_trades = int(one("SELECT coalesce(max(id), 0) FROM trades_trade"))
-        self.last_ledger_id = int(one("SELECT coalesce(max(id), 0) FROM beans_ledgerentry"))
+        self.last_wal = int(scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        self.last_trades = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+        self.last_ledger_id = int(scalar("SELECT coalesce(max(id), 0) FROM beans_ledgerentry"))
         self.first_trade_id = self.last_trades
 
     def sample(self) -> dict[str, Any]:
@@ -363,8 +353,8 @@ class Sampler:
 
         now = time.monotonic()
         seconds = max(now - self.last_at, 1e-6)
-        wal = int(one("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        trades = int(one("SELECT coalesce(max(id), 0) FROM trades_trade"))
+        wal = int(scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        trades = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
         ledger_id, deducted = rows(
             "SELECT coalesce(max(id), %s), count(*) FILTER (WHERE kind = 'deduction') FROM beans_ledgerentry "
             "WHERE id > %s",
@@ -390,7 +380,7 @@ class Sampler:
             )
         )
         backlog = float(
-            one(
+            scalar(
                 "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM trades_trade WHERE status = 'pending'"
             )
         )
@@ -859,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError(f"{name} exited:\n{child.tail()}")
 
         def pending() -> bool:
-            return bool(one("SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending')"))
+            return bool(scalar("SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending')"))
 
         connections.close_all()  # nothing of ours inherited by the forked producers
         pool = mp.get_context("fork").Pool(args.producers, initializer=_producer_init)
@@ -881,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = max(peak * args.share, 1.0)
         sampler = Sampler(db=names.db, processes=processes)
         sampler.begin()
-        autovacuum = {"server": str(one("SHOW autovacuum")), "stand_in_runs": 0, "stand_in_errors": []}
+        autovacuum = {"server": str(scalar("SHOW autovacuum")), "stand_in_runs": 0, "stand_in_errors": []}
         if autovacuum["server"] == "off" and args.vacuum_stand_in:
             log("autovacuum is off on this server: the soak vacuums its own tables as autovacuum would")
             stand_in = VacuumStandIn(db_url)
@@ -947,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
         requests = [load.requests[n] for n in sorted(load.requests)]
         last_minute = [r.key for r in requests[-max(int(rate * 60), 1) :] if r.outcome == "ok"]
         settled = int(
-            one(
+            scalar(
                 "SELECT count(*) FROM trades_trade WHERE idempotency_key = ANY(%s) AND status <> 'pending'",
                 [last_minute],
             )

@@ -76,11 +76,9 @@ from chaos.harness import (
     Pipeline,
     WorkerProxies,
     chaos_env,
-    database_create,
     db_progress,
     log,
     say,
-    scalar,
 )
 from chaos.load import (
     HTTP_TIMEOUT_S,
@@ -101,6 +99,7 @@ from chaos.schedule import (
     schedule_make,
 )
 from harness.broker_admin import broker_admin
+from harness.database import database_migrated, scalar
 from harness.environment import foreign
 from harness.polling import eventually, sleep_until
 from harness.processes import REPO, orphans
@@ -848,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
             + (" (the database's with iptables drops)" if proxies.drop_database_packets else "")
             + f"; deadlines {deadlines_line()}"
         )
-        database_create(names, env)
+        log(f"creating database {names.db} and running migrations")
+        database_migrated(names.database_url, env)
         publisher().close()
         publisher().topology_declare()
         publisher().close()

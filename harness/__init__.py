@@ -5,6 +5,8 @@ never the reverse (an import-linter contract keeps it so). Importing a module he
 Django up; what needs settings imports them when called.
 
 - ``polling``: wait, bounded, until something holds (``poll_until``, ``eventually``).
+- ``database``: one value or every row of a query (``scalar``, ``rows``), a database made afresh
+  and migrated (``database_migrated``).
 - ``processes``: subprocesses in sessions of their own (``Child``, ``CeleryProcess``), commands,
   leftovers of dead runs (``orphans``).
 - ``environment``: the environment scrub (``isolated_env``) and the test subprocesses' environment.

@@ -28,13 +28,12 @@ from bench.common import (
     log,
     queue_depths,
     queues_reset,
-    scalar_rows,
     wait_consumers,
     wait_until,
 )
 from bench.figures import CpuWatch, cpu_line, percentiles, sessions_line
 from bench.web import WebServer, http_checked, http_load, load_spec
-from chaos.harness import scalar
+from harness.database import rows, scalar
 from harness.processes import Child
 
 
@@ -269,12 +268,10 @@ def measure(
     cpu_s = watch.attribute(groups, load_cpu_s)
     between = [base_id]
     counts = dict(
-        scalar_rows(
-            "SELECT status, count(*) FROM bench_alternatives_trade WHERE id > %s GROUP BY status", between
-        )
+        rows("SELECT status, count(*) FROM bench_alternatives_trade WHERE id > %s GROUP BY status", between)
     )
     trades = sum(counts.values())
-    deductions, deducted = scalar_rows(
+    deductions, deducted = rows(
         "SELECT count(*), count(DISTINCT trade_id) FROM bench_alternatives_deduction WHERE trade_id > %s",
         between,
     )[0]

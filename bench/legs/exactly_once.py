@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import cpu
-from bench.common import BEANS, Children, database_reset, log, queues_reset, scalar_rows
+from bench.common import BEANS, Children, database_reset, log, queues_reset
 from bench.figures import (
     TRADE_TO_DEDUCTED,
     TRADE_TO_SETTLED,
@@ -34,7 +34,7 @@ from bench.pipeline import (
     produce_and_wait,
     producer_pool,
 )
-from chaos.harness import scalar
+from harness.database import rows, scalar
 
 
 @dataclass
@@ -152,9 +152,7 @@ def pipeline_measure(
     s50, s99, smax = percentiles(TRADE_TO_SETTLED + " AND t.id <= %s", between)
     trades = int(scalar("SELECT count(*) FROM trades_trade WHERE id > %s AND id <= %s", between))
     counts = dict(
-        scalar_rows(
-            "SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= %s GROUP BY status", between
-        )
+        rows("SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= %s GROUP BY status", between)
     )
     entries = int(
         scalar(

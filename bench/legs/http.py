@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
-from bench.common import BENCH_SETTINGS, Children, database_reset, log, queues_reset, scalar_rows, wait_until
+from bench.common import BENCH_SETTINGS, Children, database_reset, log, queues_reset, wait_until
 from bench.figures import (
     RELAYED_TO_DEDUCTED,
     TRADE_TO_DEDUCTED,
@@ -33,7 +33,7 @@ from bench.figures import (
 from bench.pipeline import pipeline_settled, pipeline_start, pipeline_tallies
 from bench.profile import Profiles
 from bench.web import WebServer, http_checked, http_load, load_spec
-from chaos.harness import scalar
+from harness.database import rows, scalar
 from harness.processes import Child
 
 
@@ -132,9 +132,7 @@ def measure(
     between = [base_id]
     p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, between)
     s50, s99, _ = percentiles(TRADE_TO_SETTLED, between)
-    counts = dict(
-        scalar_rows("SELECT status, count(*) FROM trades_trade WHERE id > %s GROUP BY status", between)
-    )
+    counts = dict(rows("SELECT status, count(*) FROM trades_trade WHERE id > %s GROUP BY status", between))
     trades = sum(counts.values())
     entries = int(
         scalar(
