@@ -78,7 +78,7 @@ class Children:
         return child.start()
 
     def adopt(self, child: Child) -> Child:
-        """Stop ``child`` too (one started by someone else, e.g. ``WebTier``), even on failure."""
+        """Stop ``child`` too (one started by someone else, e.g. ``Gunicorn``), even on failure."""
         self.running.append(child)
         return child
 

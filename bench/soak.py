@@ -14,7 +14,7 @@ What it does, in order:
    ``RELIABILITY_DEDUPE_WINDOW_S`` and ``RELIABILITY_OUTBOX_RETENTION_S`` at it, the horizons
    the system checks hold them above at fractions of it, ``retention_env``) and retention runs
    every ``--retention-every-s`` (default a fifth of the window). Then the README's production
-   layout: gunicorn (``harness.web.WebTier``), one worker ``-X housekeeping``, one housekeeping
+   layout: gunicorn (``harness.web.Gunicorn``), one worker ``-X housekeeping``, one housekeeping
    worker ``-Q housekeeping -c 1`` and beat; 64 accounts rich enough never to refuse a trade.
 2. **Peak** (unless ``--peak`` gives it): ``--producers`` clients send as fast as they are
    answered for ``--peak-s`` seconds (``chaos.load``'s producers: one keep-alive connection each,
@@ -741,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.environment import foreign, isolated_env
     from harness.polling import eventually
     from harness.processes import Child
-    from harness.web import WebTier
+    from harness.web import Gunicorn
     from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url
 
     names = Names(args.name)
@@ -809,14 +809,14 @@ def main(argv: list[str] | None = None) -> int:
         def celery(*extra: str) -> list[str]:
             return [sys.executable, "-m", "celery", "-A", "project", *extra, "-l", args.loglevel]
 
-        web = WebTier(
-            env={**env, "PGAPPNAME": "soak-web", "GUNICORN_CMD_ARGS": "--no-control-socket"},
+        web = Gunicorn(
+            {**env, "PGAPPNAME": "soak-web", "GUNICORN_CMD_ARGS": "--no-control-socket"},
             log_path=names.run_dir / "web.log",
             workers=args.http_workers,
             threads=args.http_threads,
         )
         processes.children["web"] = web.child
-        web.start(timeout=90)
+        web.wait_answering(timeout=90)
         key = web.api_key("soak", "trades:write", rate_limit_per_s=1_000_000)
         # The README's layout: deductions and outcomes on the workers, the periodic tasks on one
         # of their own, exactly one beat.

@@ -17,7 +17,7 @@ What happens, Jepsen style:
    (``POST /api/trades/`` with the run's API key), paced at ``--rate`` per second, each with
    a unique ``Idempotency-Key``. With ``--http`` (the full tier's default) they go through
    the front door: the web tier as operators run it (gunicorn with
-   ``project/gunicorn.conf.py``, ``harness.web.WebTier``, log ``web.log``), one keep-alive
+   ``project/gunicorn.conf.py``, ``harness.web.Gunicorn``, log ``web.log``), one keep-alive
    connection per producer and a timeout (``--http-timeout``); its database sessions are
    named ``chaos-producer-web``, so the nemesis terminates them with the producers'.
    Otherwise (the CI tier's default) through Django's test client, in process: the same
@@ -105,7 +105,7 @@ from harness.polling import eventually, sleep_until
 from harness.processes import REPO, orphans
 from harness.proxies import partition_drops_packets
 from harness.rabbitmq import queue_counts
-from harness.web import WebTier
+from harness.web import Gunicorn
 from project.environment import broker_user, database_drop
 
 ACCOUNTS = 32
@@ -556,7 +556,7 @@ def report(
     history: Path,
     started: float,
     partitions: list[dict[str, Any]],
-    web: WebTier | None = None,
+    web: Gunicorn | None = None,
 ) -> dict[str, Any]:
     c = verdict.counts
     tier = tier_of(args)
@@ -674,10 +674,10 @@ def producer_kind(args: argparse.Namespace) -> str:
     return f"{args.producers} producer processes through Django's test client, in process"
 
 
-def web_start(args: argparse.Namespace, web: WebTier) -> Target:
+def web_start(args: argparse.Namespace, web: Gunicorn) -> Target:
     """Start the web tier and make the producers' key with ``manage.py api_keys``, as an operator would."""
     log(f"starting the web tier (gunicorn, log {web.child.log_path.relative_to(REPO)})")
-    web.start()
+    web.wait_answering()
     key = web.api_key(f"chaos-{args.seed}", "trades:write", rate_limit_per_s=API_RATE_LIMIT_PER_S)
     log(f"web tier up at {web.url()}; producers POST over HTTP (timeout {args.http_timeout:g}s)")
     return Target(api_key=key, url=web.url(), timeout_s=args.http_timeout)
@@ -793,7 +793,7 @@ def main(argv: list[str] | None = None) -> int:
     vhost_made = False
     cluster = None
     proxies: WorkerProxies | None = None
-    web: WebTier | None = None
+    web: Gunicorn | None = None
     result: dict[str, Any] = {
         "seed": args.seed,
         "tier": tier,
@@ -860,8 +860,8 @@ def main(argv: list[str] | None = None) -> int:
         nemesis.accounts = accounts
         if args.http:
             # Its own database sessions are named as the producers' (pg_terminate faults end them too).
-            web = WebTier(
-                env={**env, "PGAPPNAME": "chaos-producer-web"},
+            web = Gunicorn(
+                {**env, "PGAPPNAME": "chaos-producer-web"},
                 log_path=names.run_dir / "web.log",
                 workers=2,
                 threads=2,  # gthread: keep-alive connections, as a client's pool expects

@@ -11,7 +11,7 @@ Django up; what needs settings imports them when called.
   leftovers of dead runs (``orphans``).
 - ``environment``: the environment scrub (``isolated_env``) and the test subprocesses' environment.
 - ``ports``: free TCP ports on 127.0.0.1.
-- ``web``: the web tier as operators run it (``WebTier``, ``Gunicorn``); ``browser``: headless Chromium.
+- ``web``: the web tier as operators run it (``Gunicorn``); ``browser``: headless Chromium.
 - ``rabbitmq``: probes of the broker's queues; ``broker_admin``: vhosts, users, policies.
 - ``proxies``: a TCP proxy that goes silent (a partition), and URLs rewritten through it.
 - ``clusters``, ``rabbitmq_cluster``, ``postgres_cluster``: private clusters on this host.

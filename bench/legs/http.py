@@ -1,7 +1,7 @@
 """Exactly-once through HTTP: the pipeline behind the web tier, ``POST /api/trades/``, one trade per request.
 
 The workers and beat of the exactly-once leg, plus the web tier as operators run it
-(``harness.web.WebTier``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers``
+(``harness.web.Gunicorn``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers``
 processes x ``--http-threads``; ``bench/web.py``) and an API key of the bench's own;
 ``--http-connections`` clients (wrk, else a Python client: ``bench/httpload.py`` says why) each
 send ``POST /api/trades/``, one trade per request and one request at a time, ``--http-trades``
