@@ -26,6 +26,20 @@ def percentiles(sql: str, params: list[Any]) -> tuple[float, float, float]:
     return float(p50 or 0), float(p99 or 0), float(top or 0)
 
 
+def latencies(stages: dict[str, str], params: list[Any]) -> dict[str, Any]:
+    """p50 and p99 in ms of each stage, named ``<prefix>p50_ms`` and ``<prefix>p99_ms``.
+
+    ``stages``: a name prefix (``""`` for request -> deducted, ``"settled_"``, ...) -> the SQL of
+    its ms (``percentiles``), every one with ``params``. (Typed ``Any``, as ``request_figures`` and
+    ``pipeline_tallies``, so that mypy lets a leg pass them as keywords to its record.)
+    """
+    figures: dict[str, Any] = {}
+    for prefix, sql in stages.items():
+        p50, p99, _ = percentiles(sql, params)
+        figures[f"{prefix}p50_ms"], figures[f"{prefix}p99_ms"] = p50, p99
+    return figures
+
+
 TRADE_TO_DEDUCTED = (
     "SELECT extract(epoch FROM l.created_at - t.created_at) * 1000 AS ms "
     "FROM trades_trade t JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id "

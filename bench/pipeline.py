@@ -89,7 +89,25 @@ def pipeline_settled(processes: list[Child]) -> Callable[[], bool]:
     return settled
 
 
-def pipeline_tallies() -> dict[str, int]:
+def trades_booked(base_id: int, end_id: int | None = None) -> tuple[dict[str, int], int]:
+    """The trades after ``base_id`` (up to ``end_id``) by status, and the ledger entries of their deductions."""
+    between = [base_id, end_id]
+    counts = dict(
+        rows(
+            "SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= coalesce(%s::bigint, id) "
+            "GROUP BY status",
+            between,
+        )
+    )
+    entries = scalar(
+        "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id "
+        "WHERE t.id > %s AND t.id <= coalesce(%s::bigint, t.id)",
+        between,
+    )
+    return counts, int(entries)
+
+
+def pipeline_tallies() -> dict[str, Any]:
     """The dead letters and the duplicates the message log suppressed, as a leg ends."""
     return {
         "dead_letters": int(scalar("SELECT count(*) FROM reliability_deadletter")),

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import cpu
 from bench.common import (
@@ -104,6 +105,22 @@ def http_checked(result: LoadResult, expected: int, web: Gunicorn, what: str) ->
             f"({result.non_201} not 201), client errors {result.errors}; web tier log "
             f"{web.child.log_path.relative_to(REPO)}:\n{web.child.tail(30)}"
         )
+
+
+def request_figures(result: LoadResult) -> dict[str, Any]:
+    """What the client saw of a measured load: its answers and their latency, in ms.
+
+    The fields the HTTP legs' records (``Http``, ``Alternative``) share.
+    """
+    return {
+        "requests": result.requests,
+        "statuses": result.statuses,
+        "non_201": result.non_201,
+        "request_per_s": result.per_s,
+        "request_p50_ms": result.percentile(0.5),
+        "request_p99_ms": result.percentile(0.99),
+        "request_max_ms": max(result.latencies_ms, default=0.0),
+    }
 
 
 @dataclass
