@@ -151,15 +151,7 @@ def steady_state(
             f"{peak(last, 'retained_table_bytes'):,.0f} bytes)"
         )
     names = sorted({name for sample in judged for name in sample["processes"]})
-    by_process: dict[str, float] = {}
-    for name in names:
-        before = max((s["processes"][name]["rss"] for s in first if name in s["processes"]), default=0)
-        after = max((s["processes"][name]["rss"] for s in last if name in s["processes"]), default=0)
-        by_process[name] = round(_growth(before, after), 4)
-        if by_process[name] > tolerance:
-            failures.append(
-                f"RSS of {name} grew {by_process[name]:.1%} ({span}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB)"
-            )
+    by_process = _rss_growth_by_process(names, first, last, span=span, tolerance=tolerance, failures=failures)
     result["rss_growth_by_process"] = by_process
     result["rss_growth"] = max(by_process.values(), default=0.0)
     p99s_first = [float(s["p99_ms"]) for s in first if s["p99_ms"] is not None]
@@ -179,6 +171,29 @@ def steady_state(
         )
     result["ok"] = not failures
     return result
+
+
+def _rss_growth_by_process(
+    names: list[str],
+    first: Sequence[Mapping[str, Any]],
+    last: Sequence[Mapping[str, Any]],
+    *,
+    span: str,
+    tolerance: float,
+    failures: list[str],
+) -> dict[str, float]:
+    """Each process's RSS growth, the highest of ``last`` against the highest of ``first``; a
+    failure for each beyond ``tolerance``."""
+    by_process: dict[str, float] = {}
+    for name in names:
+        before = max((s["processes"][name]["rss"] for s in first if name in s["processes"]), default=0)
+        after = max((s["processes"][name]["rss"] for s in last if name in s["processes"]), default=0)
+        by_process[name] = round(_growth(before, after), 4)
+        if by_process[name] > tolerance:
+            failures.append(
+                f"RSS of {name} grew {by_process[name]:.1%} ({span}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB)"
+            )
+    return by_process
 
 
 def bytes_per_trade(per_minute: Sequence[Mapping[str, Any]], *, before_minute: float) -> dict[str, Any]:
@@ -333,6 +348,23 @@ ORDER BY 1
 """
 
 
+def tables_figures() -> dict[str, dict[str, int]]:
+    """Each table's rows, bytes (heap, indexes, TOAST), dead tuples and vacuum and analyze runs."""
+    tables: dict[str, dict[str, int]] = {}
+    for name, live, dead, autovacuum, autoanalyze, heap, indexes, toast in rows(TABLES_SQL):
+        tables[name] = {
+            "rows": int(live),
+            "heap": int(heap),
+            "indexes": int(indexes),
+            "toast": int(toast),
+            "total": int(heap) + int(indexes) + int(toast),
+            "dead": int(dead),
+            "autovacuum": int(autovacuum),
+            "autoanalyze": int(autoanalyze),
+        }
+    return tables
+
+
 @dataclass
 class Sampler:
     """What the soak records every ``--sample-s``: one entry of ``per_minute`` per call."""
@@ -366,18 +398,7 @@ class Sampler:
             "WHERE id > %s",
             [self.last_ledger_id, self.last_ledger_id],
         )[0]
-        tables: dict[str, dict[str, int]] = {}
-        for name, live, dead, autovacuum, autoanalyze, heap, indexes, toast in rows(TABLES_SQL):
-            tables[name] = {
-                "rows": int(live),
-                "heap": int(heap),
-                "indexes": int(indexes),
-                "toast": int(toast),
-                "total": int(heap) + int(indexes) + int(toast),
-                "dead": int(dead),
-                "autovacuum": int(autovacuum),
-                "autoanalyze": int(autoanalyze),
-            }
+        tables = tables_figures()
         sessions = dict(
             rows(
                 "SELECT coalesce(nullif(application_name, ''), '?'), count(*) FROM pg_stat_activity "
