@@ -64,6 +64,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -963,37 +964,33 @@ def cleanup(run: Run) -> None:
     for note in run.nemesis.heal_all():
         log(f"cleanup: {note}")
     if run.web is not None:
-        try:
-            run.web.stop()
-        except Exception as exc:  # noqa: BLE001 - reported; the rest of the cleanup goes on
-            log(f"could not stop the web tier: {exc}")
+        cleanup_step(run.web.stop, "could not stop the web tier")
     run.pipeline.stop_all()
     if run.proxies is not None:
         run.proxies.close()
     if run.vhost_made:
-        try:
-            broker_admin().vhost_delete(run.names.vhost)
-        except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
-            log(f"could not delete vhost {run.names.vhost!r}: {exc}")
+        cleanup_step(
+            lambda: broker_admin().vhost_delete(run.names.vhost),
+            f"could not delete vhost {run.names.vhost!r}",
+        )
     if run.cluster is not None:
-        try:
-            run.cluster.down()
-        except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
-            log(f"could not stop the cluster: {exc}")
+        cleanup_step(run.cluster.down, "could not stop the cluster")
     if run.args.drop_database:
         with suppress(Exception):
             from django.db import connections
 
             connections.close_all()
-        try:
-            database_drop(run.names.database_url)
-        except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
-            log(f"could not drop database {run.names.db}: {exc}")
+        cleanup_step(lambda: database_drop(run.names.database_url), f"could not drop database {run.names.db}")
     if run.pg_cluster is not None:
-        try:
-            run.pg_cluster.down()
-        except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
-            log(f"could not stop the database cluster: {exc}")
+        cleanup_step(run.pg_cluster.down, "could not stop the database cluster")
+
+
+def cleanup_step(step: Callable[[], object], failure: str) -> None:
+    """One step of the cleanup: a failure is logged (``failure: error``), and the cleanup goes on."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
+        log(f"{failure}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
