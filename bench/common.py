@@ -7,7 +7,6 @@ DJANGO_/CELERY_/RELIABILITY_/TRADES_ variables are cleared, so the project runs 
 Worker and beat logs: ``.run/bench/``.
 """
 
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,10 +15,11 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from harness.broker_admin import BrokerAdminError, broker_admin
+from harness.database import database_migrated
 from harness.environment import isolated_env
 from harness.polling import poll_until
 from harness.processes import Child
-from project.environment import broker_url, broker_user, database_recreate, database_url
+from project.environment import broker_url, broker_user, database_url
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_DIR = REPO / ".run" / "bench"
@@ -62,20 +62,6 @@ def bench_env() -> dict[str, str]:
     return isolated_env(database_url=DATABASE_URL, broker_url=BROKER_URL, redis_url=REDIS_URL)
 
 
-def run(
-    *argv: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        list(argv),
-        check=check,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**bench_env(), **(env or {})},
-        cwd=REPO,
-    )
-
-
 # --------------------------------------------------------------------------- processes
 
 
@@ -92,7 +78,7 @@ class Children:
         return child.start()
 
     def adopt(self, child: Child) -> Child:
-        """Stop ``child`` too (one started by someone else, e.g. ``WebTier``), even on failure."""
+        """Stop ``child`` too (one started by someone else, e.g. ``Gunicorn``), even on failure."""
         self.running.append(child)
         return child
 
@@ -212,13 +198,8 @@ def wait_consumers(queues: list[str], workers: int, children: list[Child], *, ti
 
 def database_create() -> None:
     log(f"creating database {DB_NAME} and running migrations")
-    database_recreate(DATABASE_URL)
     # bench.settings: the project's tables and the alternatives' (bench/alternatives/, django_celery_outbox).
-    result = run(
-        sys.executable, "manage.py", "migrate", "--noinput", timeout=300, check=False, env=BENCH_SETTINGS
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"migrate failed:\n{result.stdout}\n{result.stderr}")
+    database_migrated(DATABASE_URL, {**bench_env(), **BENCH_SETTINGS}, timeout=300)
 
 
 def database_reset() -> list[int]:
@@ -240,14 +221,6 @@ def database_reset() -> list[int]:
     ids = [account_create(owner=f"bench-{i}", balance=OPENING_BALANCE).pk for i in range(ACCOUNTS)]
     connection.close()  # nothing of ours may be inherited by the forked producers
     return ids
-
-
-def scalar_rows(sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
-        return list(cursor.fetchall())
 
 
 # --------------------------------------------------------------------------- vhost

@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from bench import cpu
-from bench.common import DB_NAME, scalar_rows
+from bench.common import DB_NAME
+from harness.database import rows
 from harness.processes import Child
 
 
@@ -23,6 +24,20 @@ def percentiles(sql: str, params: list[Any]) -> tuple[float, float, float]:
         cursor.execute(f"{select} FROM ({sql}) AS s", params)
         p50, p99, top = cursor.fetchone()
     return float(p50 or 0), float(p99 or 0), float(top or 0)
+
+
+def latencies(stages: dict[str, str], params: list[Any]) -> dict[str, Any]:
+    """p50 and p99 in ms of each stage, named ``<prefix>p50_ms`` and ``<prefix>p99_ms``.
+
+    ``stages``: a name prefix (``""`` for request -> deducted, ``"settled_"``, ...) -> the SQL of
+    its ms (``percentiles``), every one with ``params``. (Typed ``Any``, as ``request_figures`` and
+    ``pipeline_tallies``, so that mypy lets a leg pass them as keywords to its record.)
+    """
+    figures: dict[str, Any] = {}
+    for prefix, sql in stages.items():
+        p50, p99, _ = percentiles(sql, params)
+        figures[f"{prefix}p50_ms"], figures[f"{prefix}p99_ms"] = p50, p99
+    return figures
 
 
 TRADE_TO_DEDUCTED = (
@@ -66,7 +81,7 @@ def batch_sizes(window: list[float]) -> dict[str, dict[str, float]]:
         "GROUP BY task_name, sent_at) AS b GROUP BY task_name",
     }
     for kind, sql in queries.items():
-        for task, mean, top in scalar_rows(sql, window):
+        for task, mean, top in rows(sql, window):
             sizes[f"{kind} {task}"] = {"mean": float(mean), "max": float(top)}
     return sizes
 
@@ -158,7 +173,7 @@ class CpuWatch:
 
 def database_sessions() -> tuple[int, int]:
     """Sessions ever opened to the bench database, and to all databases (``pg_stat_database``)."""
-    ours, every = scalar_rows(
+    ours, every = rows(
         "SELECT coalesce(sum(sessions) FILTER (WHERE datname = %s), 0), coalesce(sum(sessions), 0) "
         "FROM pg_stat_database",
         [DB_NAME],
@@ -168,8 +183,8 @@ def database_sessions() -> tuple[int, int]:
 
 def backend_names() -> dict[int, str]:
     """The bench database's PostgreSQL backends by the name their client gave (PGAPPNAME ``bench-<name>``)."""
-    rows = scalar_rows(
+    named = rows(
         "SELECT pid, application_name FROM pg_stat_activity WHERE datname = %s AND application_name LIKE %s",
         [DB_NAME, "bench-%"],
     )
-    return {int(pid): str(name).removeprefix("bench-") for pid, name in rows}
+    return {int(pid): str(name).removeprefix("bench-") for pid, name in named}

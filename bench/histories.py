@@ -4,17 +4,75 @@ Each size's history lives in a schema of its own (the pipeline's tables, created
 migrated ones, the partitioned ones partitioned alike), and the session's ``search_path`` picks one. So the calls on the two sizes are
 interleaved, and a change in the machine's load (other work on it) weighs on both alike. Used by
 the ``/metrics`` leg (``bench/legs/metrics_scrape.py``) and the history leg
-(``bench/legs/history.py``).
+(``bench/legs/history.py``), each in a child process of its own on a database of its own:
+``histories_child_run`` starts it, ``histories_prepare`` (in the child) makes the database and
+writes the histories.
 """
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 DAY_MS = 86_400_000
 _current = {"schema": ""}
+
+# A UUIDv7 made at the time ``made`` (its 48-bit Unix millisecond, version 7, variant 10, a
+# random tail), as ``reliability.ids`` makes them: so each row lands in its time slice.
+UUID7_MADE = (
+    "(lpad(to_hex((extract(epoch FROM made) * 1000)::bigint), 12, '0') || '7' || "
+    "substr(md5(random()::text), 1, 3) || '8' || substr(md5(random()::text), 1, 15))::uuid"
+)
+
+
+def histories_child_run(
+    module: str, db_name: str, args: list[str], *, timeout: float, what: str, drop: bool = False
+) -> dict[str, Any]:
+    """Run ``python -m <module> --child <args>`` on the database ``db_name``; return its result.
+
+    The child runs with the project at its defaults (``harness.environment.isolated_env``: the
+    developer's ``DJANGO_``, ``CELERY_``, ``RELIABILITY_`` and database variables dropped), so it
+    works whatever Django settings the caller has loaded; its last line of output is the result
+    (JSON), its log goes to this process's standard error. ``drop``: drop the database afterwards,
+    however the child ended (else it is kept for inspection).
+    """
+    from bench.common import REDIS_URL  # the bench's; nothing here writes to Redis
+    from harness.environment import isolated_env
+    from harness.processes import REPO
+    from project.environment import broker_url, database_drop, database_url
+
+    url = database_url(db_name)
+    env = isolated_env(database_url=url, broker_url=broker_url(), redis_url=REDIS_URL)
+    try:
+        completed = subprocess.run(
+            [sys.executable, "-m", module, "--child", *args],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        if drop:
+            database_drop(url)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{what} exited {completed.returncode}:\n{completed.stdout}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def history_tables(apps: Iterable[str]) -> list[str]:
+    """The tables of every model of ``apps``: what a history is made of."""
+    from django.apps import apps as registry
+
+    return [model._meta.db_table for label in apps for model in registry.get_app_config(label).get_models()]
 
 
 def search_path_set(sender: Any = None, connection: Any = None, **kwargs: Any) -> None:
@@ -65,10 +123,24 @@ def history_tables_create(label: str, tables: list[str]) -> None:
         )
 
 
-def histories_write(
-    labels: dict[str, int], tables: list[str], write: Callable[[int], None], log: Callable[[str], None]
+def histories_prepare(
+    labels: dict[str, int], apps: Iterable[str], write: Callable[[int], None], log: Callable[[str], None]
 ) -> None:
-    """Create each history's tables and ``write`` its rows into them (``labels``: label -> rows)."""
+    """In the child: its database (``DATABASE_URL``) made afresh and migrated, Django set up, and
+    each history's tables created (those of ``apps``) and ``write`` run for its rows
+    (``labels``: label -> rows); every new session then reads the current history."""
+    from project.environment import database_recreate
+
+    database_recreate(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db.backends.signals import connection_created
+
+    call_command("migrate", verbosity=0, interactive=False)
+    connection_created.connect(search_path_set)
+    tables = history_tables(apps)
     for label, rows in labels.items():
         history_tables_create(label, tables)
         history_use(label)

@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from bench.common import POLL_S, RUN_DIR, Children, celery_argv, check_alive, scalar_rows, wait_consumers
-from chaos.harness import scalar
+from bench.common import POLL_S, RUN_DIR, Children, celery_argv, check_alive, wait_consumers
+from harness.database import rows, scalar
 from harness.processes import Child
 
 
@@ -74,7 +74,7 @@ def pipeline_settled(processes: list[Child]) -> Callable[[], bool]:
     """A predicate: no trade is pending any more (raises if a message was dead-lettered or a process died)."""
 
     def settled() -> bool:
-        pending, dead = scalar_rows(
+        pending, dead = rows(
             "SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending'), "
             "(SELECT count(*) FROM reliability_deadletter)"
         )[0]
@@ -89,7 +89,25 @@ def pipeline_settled(processes: list[Child]) -> Callable[[], bool]:
     return settled
 
 
-def pipeline_tallies() -> dict[str, int]:
+def trades_booked(base_id: int, end_id: int | None = None) -> tuple[dict[str, int], int]:
+    """The trades after ``base_id`` (up to ``end_id``) by status, and the ledger entries of their deductions."""
+    between = [base_id, end_id]
+    counts = dict(
+        rows(
+            "SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= coalesce(%s::bigint, id) "
+            "GROUP BY status",
+            between,
+        )
+    )
+    entries = scalar(
+        "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l ON l.message_id = t.deduction_message_id "
+        "WHERE t.id > %s AND t.id <= coalesce(%s::bigint, t.id)",
+        between,
+    )
+    return counts, int(entries)
+
+
+def pipeline_tallies() -> dict[str, Any]:
     """The dead letters and the duplicates the message log suppressed, as a leg ends."""
     return {
         "dead_letters": int(scalar("SELECT count(*) FROM reliability_deadletter")),

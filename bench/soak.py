@@ -14,7 +14,7 @@ What it does, in order:
    ``RELIABILITY_DEDUPE_WINDOW_S`` and ``RELIABILITY_OUTBOX_RETENTION_S`` at it, the horizons
    the system checks hold them above at fractions of it, ``retention_env``) and retention runs
    every ``--retention-every-s`` (default a fifth of the window). Then the README's production
-   layout: gunicorn (``harness.web.WebTier``), one worker ``-X housekeeping``, one housekeeping
+   layout: gunicorn (``harness.web.Gunicorn``), one worker ``-X housekeeping``, one housekeeping
    worker ``-Q housekeeping -c 1`` and beat; 64 accounts rich enough never to refuse a trade.
 2. **Peak** (unless ``--peak`` gives it): ``--producers`` clients send as fast as they are
    answered for ``--peak-s`` seconds (``chaos.load``'s producers: one keep-alive connection each,
@@ -67,6 +67,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness.database import rows, scalar
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "soak.json"
@@ -149,15 +151,7 @@ def steady_state(
             f"{peak(last, 'retained_table_bytes'):,.0f} bytes)"
         )
     names = sorted({name for sample in judged for name in sample["processes"]})
-    by_process: dict[str, float] = {}
-    for name in names:
-        before = max((s["processes"][name]["rss"] for s in first if name in s["processes"]), default=0)
-        after = max((s["processes"][name]["rss"] for s in last if name in s["processes"]), default=0)
-        by_process[name] = round(_growth(before, after), 4)
-        if by_process[name] > tolerance:
-            failures.append(
-                f"RSS of {name} grew {by_process[name]:.1%} ({span}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB)"
-            )
+    by_process = _rss_growth_by_process(names, first, last, span=span, tolerance=tolerance, failures=failures)
     result["rss_growth_by_process"] = by_process
     result["rss_growth"] = max(by_process.values(), default=0.0)
     p99s_first = [float(s["p99_ms"]) for s in first if s["p99_ms"] is not None]
@@ -177,6 +171,29 @@ def steady_state(
         )
     result["ok"] = not failures
     return result
+
+
+def _rss_growth_by_process(
+    names: list[str],
+    first: Sequence[Mapping[str, Any]],
+    last: Sequence[Mapping[str, Any]],
+    *,
+    span: str,
+    tolerance: float,
+    failures: list[str],
+) -> dict[str, float]:
+    """Each process's RSS growth, the highest of ``last`` against the highest of ``first``; a
+    failure for each beyond ``tolerance``."""
+    by_process: dict[str, float] = {}
+    for name in names:
+        before = max((s["processes"][name]["rss"] for s in first if name in s["processes"]), default=0)
+        after = max((s["processes"][name]["rss"] for s in last if name in s["processes"]), default=0)
+        by_process[name] = round(_growth(before, after), 4)
+        if by_process[name] > tolerance:
+            failures.append(
+                f"RSS of {name} grew {by_process[name]:.1%} ({span}: {before / 2**20:.1f} -> {after / 2**20:.1f} MiB)"
+            )
+    return by_process
 
 
 def bytes_per_trade(per_minute: Sequence[Mapping[str, Any]], *, before_minute: float) -> dict[str, Any]:
@@ -262,6 +279,12 @@ class Processes:
 
     children: dict[str, Any] = field(default_factory=dict)  # name -> harness.processes.Child
 
+    def check_alive(self) -> None:
+        """Raise if a process the soak started has exited."""
+        for name, child in self.children.items():
+            if not child.alive():
+                raise RuntimeError(f"{name} exited:\n{child.tail()}")
+
     def figures(self) -> tuple[dict[str, dict[str, int]], list[dict[str, Any]]]:
         groups: dict[str, dict[str, int]] = {}
         each: list[dict[str, Any]] = []
@@ -325,16 +348,21 @@ ORDER BY 1
 """
 
 
-def rows(sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, list(params))
-        return list(cursor.fetchall())
-
-
-def one(sql: str, params: Sequence[Any] = ()) -> Any:
-    return rows(sql, params)[0][0]
+def tables_figures() -> dict[str, dict[str, int]]:
+    """Each table's rows, bytes (heap, indexes, TOAST), dead tuples and vacuum and analyze runs."""
+    tables: dict[str, dict[str, int]] = {}
+    for name, live, dead, autovacuum, autoanalyze, heap, indexes, toast in rows(TABLES_SQL):
+        tables[name] = {
+            "rows": int(live),
+            "heap": int(heap),
+            "indexes": int(indexes),
+            "toast": int(toast),
+            "total": int(heap) + int(indexes) + int(toast),
+            "dead": int(dead),
+            "autovacuum": int(autovacuum),
+            "autoanalyze": int(autoanalyze),
+        }
+    return tables
 
 
 @dataclass
@@ -353,9 +381,9 @@ class Sampler:
 
     def begin(self) -> None:
         self.started = self.last_at = time.monotonic()
-        self.last_wal = int(one("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        self.last_trades = int(one("SELECT coalesce(max(id), 0) FROM trades_trade"))
-        self.last_ledger_id = int(one("SELECT coalesce(max(id), 0) FROM beans_ledgerentry"))
+        self.last_wal = int(scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        self.last_trades = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
+        self.last_ledger_id = int(scalar("SELECT coalesce(max(id), 0) FROM beans_ledgerentry"))
         self.first_trade_id = self.last_trades
 
     def sample(self) -> dict[str, Any]:
@@ -363,25 +391,14 @@ class Sampler:
 
         now = time.monotonic()
         seconds = max(now - self.last_at, 1e-6)
-        wal = int(one("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-        trades = int(one("SELECT coalesce(max(id), 0) FROM trades_trade"))
+        wal = int(scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        trades = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
         ledger_id, deducted = rows(
             "SELECT coalesce(max(id), %s), count(*) FILTER (WHERE kind = 'deduction') FROM beans_ledgerentry "
             "WHERE id > %s",
             [self.last_ledger_id, self.last_ledger_id],
         )[0]
-        tables: dict[str, dict[str, int]] = {}
-        for name, live, dead, autovacuum, autoanalyze, heap, indexes, toast in rows(TABLES_SQL):
-            tables[name] = {
-                "rows": int(live),
-                "heap": int(heap),
-                "indexes": int(indexes),
-                "toast": int(toast),
-                "total": int(heap) + int(indexes) + int(toast),
-                "dead": int(dead),
-                "autovacuum": int(autovacuum),
-                "autoanalyze": int(autoanalyze),
-            }
+        tables = tables_figures()
         sessions = dict(
             rows(
                 "SELECT coalesce(nullif(application_name, ''), '?'), count(*) FROM pg_stat_activity "
@@ -390,7 +407,7 @@ class Sampler:
             )
         )
         backlog = float(
-            one(
+            scalar(
                 "SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM trades_trade WHERE status = 'pending'"
             )
         )
@@ -744,261 +761,404 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    from chaos.load import Target, _producer_init
-    from harness.broker_admin import BrokerAdminError, broker_admin
+@dataclass
+class Run:
+    """What the steps of one soak share, and what ``cleanup`` removes whatever happened."""
+
+    args: argparse.Namespace
+    names: Names
+    env: dict[str, str]
+    db_url: str
+    started: float  # monotonic
+    processes: Processes = field(default_factory=Processes)
+    pool: Any = None  # the producers' multiprocessing pool
+    admin: Any = None  # harness.broker_admin's client, once the vhost is being made
+    stand_in: VacuumStandIn | None = None
+
+
+def run_make(args: argparse.Namespace) -> Run:
+    """The soak's names, a clean log directory, and its environment made this process's own."""
     from harness.environment import foreign, isolated_env
-    from harness.polling import eventually
-    from harness.processes import Child
-    from harness.web import WebTier
-    from project.environment import broker_url, broker_user, database_drop, database_recreate, database_url
+    from project.environment import broker_url, database_url
 
     names = Names(args.name)
     names.run_dir.mkdir(parents=True, exist_ok=True)
     for stale in names.run_dir.glob("*"):
         stale.unlink()
-    db_url, amqp_url = database_url(names.db), broker_url(names.vhost)
+    db_url = database_url(names.db)
     env = isolated_env(
         database_url=db_url,
-        broker_url=amqp_url,
+        broker_url=broker_url(names.vhost),
         redis_url=REDIS_URL,
         **retention_env(args.retention_s, args.retention_every_s),
     )
+    # Settings read the environment once: it must be ours before django.setup().
     for key in [key for key in os.environ if foreign(key)]:
         del os.environ[key]
     os.environ.update(env)
+    return Run(args=args, names=names, env=env, db_url=db_url, started=time.monotonic())
+
+
+def setup(run: Run) -> dict[int, int]:
+    """Step 1: the vhost and the database made afresh and checked, Django set up, the copy of what
+    retention deletes, and the accounts; return their opening balances by id."""
+    import subprocess
+
+    from harness.broker_admin import broker_admin
+    from project.environment import broker_user, database_recreate
+
+    args, names = run.args, run.names
+    run.admin = admin = broker_admin()
+    if names.vhost in admin.vhosts():
+        admin.vhost_delete(names.vhost)
+    admin.vhost_add(names.vhost)
+    admin.permissions_set(names.vhost, broker_user(), ".*", ".*", ".*")
+    log(
+        f"database {names.db}, vhost {names.vhost}; retention windows {args.retention_s:g}s, every {args.retention_every_s:g}s"
+    )
+    database_recreate(run.db_url)
+    # check: the retention horizons (reliability.E004) among them.
+    for command in (["migrate", "--noinput", "-v0"], ["check", "--fail-level", "ERROR"]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command], env=run.env, cwd=REPO, check=True, timeout=600
+        )
+    import django
+
+    django.setup()
+    from beans.services import account_create
+
+    archive_create()
+    return {
+        account_create(owner=f"soak-{n}", balance=OPENING_BALANCE).pk: OPENING_BALANCE
+        for n in range(ACCOUNTS)
+    }
+
+
+def pipeline_start(run: Run) -> Any:
+    """Step 1 (continued): the README's production layout, each process logging under the run's
+    directory; return where and how the producers send (``chaos.load.Target``) once every queue
+    has its consumer."""
+    from chaos.load import Target
+    from harness.polling import eventually
+    from harness.processes import Child
+    from harness.rabbitmq import queue_counts
+    from harness.web import Gunicorn
+
+    args, names, env = run.args, run.names, run.env
+
+    def start(name: str, argv: list[str]) -> None:
+        child = Child(name, argv, {**env, "PGAPPNAME": f"soak-{name}"}, names.run_dir / f"{name}.log")
+        run.processes.children[name] = child
+        child.start()
+
+    def celery(*extra: str) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "project", *extra, "-l", args.loglevel]
+
+    web = Gunicorn(
+        {**env, "PGAPPNAME": "soak-web", "GUNICORN_CMD_ARGS": "--no-control-socket"},
+        log_path=names.run_dir / "web.log",
+        workers=args.http_workers,
+        threads=args.http_threads,
+    )
+    run.processes.children["web"] = web.child
+    web.wait_answering(timeout=90)
+    key = web.api_key("soak", "trades:write", rate_limit_per_s=1_000_000)
+    # The README's layout: deductions and outcomes on the workers, the periodic tasks on one
+    # of their own, exactly one beat.
+    for n in range(1, args.workers + 1):
+        start(
+            f"worker{n}",
+            celery("worker", "-n", f"soak{n}@%h", "-c", str(args.concurrency), "-X", "housekeeping",
+                   "--without-mingle", "--without-gossip"),
+        )  # fmt: skip
+    start(
+        "housekeeping",
+        celery("worker", "-n", "soak-housekeeping@%h", "-c", "1", "-Q", "housekeeping",
+               "--without-mingle", "--without-gossip"),
+    )  # fmt: skip
+    start("beat", celery("beat", "--schedule", str(names.run_dir / "beat-schedule")))
+    if not eventually(
+        lambda: all(
+            (queue_counts(consumers=True).get(q) or 0) >= 1 for q in ("beans", "trades", "housekeeping")
+        ),
+        timeout=120,
+        interval=1,
+    ):
+        raise RuntimeError("the workers did not consume within 120 s")
+    return Target(api_key=key, url=web.url())
+
+
+def load_start(run: Run, target: Any) -> Load:
+    """The producers' pool (forked: nothing of ours inherited), sending to ``target``."""
+    from django.db import connections
+
+    from chaos.load import _producer_init
+
+    connections.close_all()  # nothing of ours inherited by the forked producers
+    run.pool = mp.get_context("fork").Pool(run.args.producers, initializer=_producer_init)
+    return Load(pool=run.pool, producers=run.args.producers, target=target)
+
+
+def peak_measure(run: Run, load: Load, accounts: list[int]) -> tuple[float, int]:
+    """Step 2: the peak in trades/s (``--peak``, else measured), and how many requests that sent."""
+    from harness.polling import eventually
+
+    args = run.args
+    if args.peak is not None:
+        return args.peak, 0
+    count = int(args.peak_s * 1000)
+    log(f"peak: {args.producers} clients as fast as answered for {args.peak_s:g}s")
+    at = time.time() + 0.5
+    load.send(plan(0, count, accounts, run.names.name), start_at=at, rate=1e6, deadline=at + args.peak_s)
+    load.collect(wait=args.peak_s + 120)
+    placed = sum(1 for r in load.requests.values() if r.outcome == "ok")
+    if not eventually(
+        lambda: not scalar("SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending')"),
+        timeout=300,
+        interval=0.2,
+    ):
+        raise RuntimeError("the peak's trades did not settle within 300 s")
+    peak = placed / (time.time() - at)
+    log(f"peak: {placed} trades placed and settled at {peak:.1f}/s")
+    return peak, count
+
+
+def autovacuum_watch(run: Run) -> dict[str, Any]:
+    """What the server's autovacuum is; where it is off, the stand-in started (``--vacuum-stand-in``)."""
+    autovacuum = {"server": str(scalar("SHOW autovacuum")), "stand_in_runs": 0, "stand_in_errors": []}
+    if autovacuum["server"] == "off" and run.args.vacuum_stand_in:
+        log("autovacuum is off on this server: the soak vacuums its own tables as autovacuum would")
+        run.stand_in = VacuumStandIn(run.db_url)
+        run.stand_in.start()
+    return autovacuum
+
+
+def minute_line(entry: dict[str, Any]) -> str:
+    """One sample, as the soak logs it."""
+    return (
+        f"minute {entry['minute']:5.1f}: {entry['trades_per_s']:.1f} trades/s, tables "
+        f"{entry['table_bytes'] / 2**20:.1f} MiB (under retention {entry['retained_table_bytes'] / 2**20:.1f}), "
+        f"dead tuples {entry['dead_tuples']}, WAL/trade {entry['wal_bytes_per_trade']}, RSS "
+        + ", ".join(f"{n} {p['rss'] / 2**20:.0f}M" for n, p in entry["processes"].items())
+        + f"; oldest pending trade {entry['backlog_s']:.0f}s"
+    )
+
+
+def soak_loop(run: Run, load: Load, sampler: Sampler, accounts: list[int], rate: float, numbered: int) -> str:
+    """Step 3: ``rate`` trades/s for ``--minutes``, one schedule and one sample per ``--sample-s``.
+
+    Return why the load stopped early ("" when it did not): the oldest pending trade grew older
+    than ``BACKLOG_GUARD`` of the maximum message age.
+    """
+    args = run.args
+    end = sampler.started + args.minutes * 60
+    max_age_s = float(
+        retention_env(args.retention_s, args.retention_every_s)["RELIABILITY_MAX_MESSAGE_AGE_S"]
+    )
+    segment_start_wall = time.time()
+    next_sample = sampler.started + args.sample_s
+    while time.monotonic() < end - 0.5:
+        seconds = min(args.sample_s, end - time.monotonic())
+        count = max(round(rate * seconds), 1)
+        load.send(
+            plan(numbered, count, accounts, run.names.name),
+            start_at=segment_start_wall,
+            rate=rate,
+            deadline=segment_start_wall + seconds * 1.5 + 60,
+        )
+        numbered += count
+        segment_start_wall += seconds
+        while time.monotonic() < next_sample and time.monotonic() < end:
+            time.sleep(0.5)
+            run.processes.check_alive()
+        load.collect()
+        entry = sampler.sample()
+        next_sample += args.sample_s
+        log(minute_line(entry))
+        if entry["backlog_s"] > BACKLOG_GUARD * max_age_s:
+            stopped = (
+                f"stopped at minute {entry['minute']:g}: the oldest pending trade was {entry['backlog_s']:.0f}s old "
+                f"(more than {BACKLOG_GUARD:.0%} of RELIABILITY_MAX_MESSAGE_AGE_S, {max_age_s:g}s, past which it "
+                f"would be dead-lettered as expired): {rate:.1f} trades/s is not sustained here"
+            )
+            log(stopped)
+            return stopped
+    return ""
+
+
+def load_finish(run: Run, load: Load, autovacuum: dict[str, Any]) -> list[Any]:
+    """The producers' last answers, the pool closed, the stand-in stopped; every request, in order."""
+    load.collect(wait=run.args.sample_s * 1.5 + 120)
+    run.pool.close()
+    if run.stand_in is not None:
+        run.stand_in.stop()
+        autovacuum.update(stand_in_runs=run.stand_in.runs, stand_in_errors=run.stand_in.errors[:5])
+    return [load.requests[n] for n in sorted(load.requests)]
+
+
+def drained(run: Run, requests: list[Any], rate: float) -> Any:
+    """Step 4: drain, one reconciler pass, drain, beat stopped, drain; the liveness the checker
+    judges (``chaos.checker.Liveness``: the last minute's trades had the whole drain to settle)."""
+    from chaos.checker import Liveness
+    from chaos.run import drain
+    from reliability.ops.reconciler import reconcile_all
+
+    log("drain, one reconciler pass, drain")
+    began = time.monotonic()
+    done = drain(300.0)
+    reconcile_all()
+    done = drain(60.0) and done
+    run.processes.children["beat"].stop(timeout=15)
+    drain(30.0, with_beat=False)
+    last_minute = [r.key for r in requests[-max(int(rate * 60), 1) :] if r.outcome == "ok"]
+    settled = int(
+        scalar(
+            "SELECT count(*) FROM trades_trade WHERE idempotency_key = ANY(%s) AND status <> 'pending'",
+            [last_minute],
+        )
+    )
+    return Liveness(
+        probe_ok=len(last_minute),
+        probe_settled=settled,
+        drained=done,
+        drain_s=round(time.monotonic() - began, 1),
+        bound_s=round(time.monotonic() - began, 1),  # the last minute's trades had the whole drain
+    )
+
+
+def judged(args: argparse.Namespace, samples: list[dict[str, Any]], stopped: str) -> dict[str, Any]:
+    """Step 5: the steady state after warm-up and two retention windows; a load stopped early fails it."""
+    steady = steady_state(samples, judged_from_minute=args.warmup_minutes + 2 * args.retention_s / 60)
+    if stopped:
+        steady["failures"].insert(0, stopped)
+        steady["ok"] = False
+    return steady
+
+
+def result_make(
+    run: Run,
+    samples: list[dict[str, Any]],
+    verdict: Any,
+    past_retention: dict[str, Any],
+    *,
+    stopped: str,
+    peak: float,
+    rate: float,
+    autovacuum: dict[str, Any],
+    steady: dict[str, Any],
+    not_ok: dict[str, int],
+) -> dict[str, Any]:
+    """The soak's JSON (and its plots, written beside it)."""
+    args = run.args
+    sizes = bytes_per_trade(samples, before_minute=args.retention_s / 60)
+    plots = plots_write(samples, args.results.with_suffix(""))
+    counts = verdict.counts
+    result = {
+        "minutes": args.minutes,
+        "minutes_run": samples[-1]["minute"] if samples else 0,
+        "stopped_early": stopped or None,
+        "peak_per_s": round(peak, 2),
+        "share": args.share,
+        "offered_per_s": round(rate, 2),
+        "retention": retention_env(args.retention_s, args.retention_every_s),
+        "layout": {
+            "web": f"gunicorn {args.http_workers} x {args.http_threads}",
+            "workers": f"{args.workers} x -c {args.concurrency} -X housekeeping",
+            "housekeeping": "1 x -c 1 -Q housekeeping",
+            "beat": 1,
+            "producers": args.producers,
+        },
+        "autovacuum": autovacuum,
+        "per_minute": samples,
+        "steady_state": steady,
+        "bytes_per_trade": sizes,
+        "lost": counts["lost"],
+        "duplicated_effects": counts["duplicated_effects"],
+        "counts": counts,
+        "invariants": verdict.invariants,
+        "violations": {name: found[:5] for name, found in verdict.violations.items() if found},
+        "past_retention": past_retention,
+        "client_answers_not_ok": not_ok,
+        "plots": plots,
+        "elapsed_s": round(time.monotonic() - run.started, 1),
+    }
+    result["ok"] = bool(verdict.passed and steady["ok"])
+    return result
+
+
+def cleanup(run: Run) -> None:
+    """Stop and remove whatever the soak made, however it ended (a second Ctrl-C cannot cut it short)."""
+    from harness.broker_admin import BrokerAdminError
+    from project.environment import database_drop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    names = run.names
+    if run.stand_in is not None:
+        run.stand_in.stop()
+    if run.pool is not None:
+        run.pool.terminate()
+        run.pool.join()
+    for child in reversed(list(run.processes.children.values())):
+        child.stop(timeout=20)
+    with suppress(Exception):
+        from django.db import connections
+
+        connections.close_all()
+    if run.admin is not None:
+        try:
+            run.admin.vhost_delete(names.vhost)
+        except BrokerAdminError as exc:
+            log(f"could not delete vhost {names.vhost!r}: {exc}")
+    if not run.args.keep_database:
+        try:
+            database_drop(run.db_url)
+        except Exception as exc:  # noqa: BLE001 - reported; the cleanup goes on
+            log(f"could not drop database {names.db}: {exc}")
+    with suppress(Exception):
+        import redis
+
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    log(f"done in {time.monotonic() - run.started:.0f}s; logs in {names.run_dir.relative_to(REPO)}/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = run_make(args)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    started = time.monotonic()
-    processes = Processes()
-    pool = None
-    admin = None
-    stand_in: VacuumStandIn | None = None
     try:
-        admin = broker_admin()
-        if names.vhost in admin.vhosts():
-            admin.vhost_delete(names.vhost)
-        admin.vhost_add(names.vhost)
-        admin.permissions_set(names.vhost, broker_user(), ".*", ".*", ".*")
-        log(
-            f"database {names.db}, vhost {names.vhost}; retention windows {args.retention_s:g}s, every {args.retention_every_s:g}s"
-        )
-        database_recreate(db_url)
-
-        def manage(*argv: str) -> None:
-            import subprocess
-
-            subprocess.run([sys.executable, "manage.py", *argv], env=env, cwd=REPO, check=True, timeout=600)
-
-        manage("migrate", "--noinput", "-v0")
-        manage("check", "--fail-level", "ERROR")  # the retention horizons (reliability.E004) among them
-        import django
-
-        django.setup()
-        from django.db import connections
-
-        from beans.services import account_create
-
-        archive_create()
-        initial = {
-            account_create(owner=f"soak-{n}", balance=OPENING_BALANCE).pk: OPENING_BALANCE
-            for n in range(ACCOUNTS)
-        }
+        initial = setup(run)
         accounts = sorted(initial)
-
-        def start(name: str, argv: list[str]) -> Any:
-            child = Child(name, argv, {**env, "PGAPPNAME": f"soak-{name}"}, names.run_dir / f"{name}.log")
-            processes.children[name] = child
-            return child.start()
-
-        def celery(*extra: str) -> list[str]:
-            return [sys.executable, "-m", "celery", "-A", "project", *extra, "-l", args.loglevel]
-
-        web = WebTier(
-            env={**env, "PGAPPNAME": "soak-web", "GUNICORN_CMD_ARGS": "--no-control-socket"},
-            log_path=names.run_dir / "web.log",
-            workers=args.http_workers,
-            threads=args.http_threads,
-        )
-        processes.children["web"] = web.child
-        web.start(timeout=90)
-        key = web.api_key("soak", "trades:write", rate_limit_per_s=1_000_000)
-        # The README's layout: deductions and outcomes on the workers, the periodic tasks on one
-        # of their own, exactly one beat.
-        for n in range(1, args.workers + 1):
-            start(
-                f"worker{n}",
-                celery("worker", "-n", f"soak{n}@%h", "-c", str(args.concurrency), "-X", "housekeeping",
-                       "--without-mingle", "--without-gossip"),
-            )  # fmt: skip
-        start(
-            "housekeeping",
-            celery("worker", "-n", "soak-housekeeping@%h", "-c", "1", "-Q", "housekeeping",
-                   "--without-mingle", "--without-gossip"),
-        )  # fmt: skip
-        start("beat", celery("beat", "--schedule", str(names.run_dir / "beat-schedule")))
-        from harness.rabbitmq import queue_counts
-
-        if not eventually(
-            lambda: all(
-                (queue_counts(consumers=True).get(q) or 0) >= 1 for q in ("beans", "trades", "housekeeping")
-            ),
-            timeout=120,
-            interval=1,
-        ):
-            raise RuntimeError("the workers did not consume within 120 s")
-
-        def alive() -> None:
-            for name, child in processes.children.items():
-                if not child.alive():
-                    raise RuntimeError(f"{name} exited:\n{child.tail()}")
-
-        def pending() -> bool:
-            return bool(one("SELECT EXISTS (SELECT 1 FROM trades_trade WHERE status = 'pending')"))
-
-        connections.close_all()  # nothing of ours inherited by the forked producers
-        pool = mp.get_context("fork").Pool(args.producers, initializer=_producer_init)
-        load = Load(pool=pool, producers=args.producers, target=Target(api_key=key, url=web.url()))
-        numbered = 0
-        peak = args.peak
-        if peak is None:
-            count = int(args.peak_s * 1000)
-            log(f"peak: {args.producers} clients as fast as answered for {args.peak_s:g}s")
-            at = time.time() + 0.5
-            load.send(plan(0, count, accounts, names.name), start_at=at, rate=1e6, deadline=at + args.peak_s)
-            numbered = count
-            load.collect(wait=args.peak_s + 120)
-            placed = sum(1 for r in load.requests.values() if r.outcome == "ok")
-            if not eventually(lambda: not pending(), timeout=300, interval=0.2):
-                raise RuntimeError("the peak's trades did not settle within 300 s")
-            peak = placed / (time.time() - at)
-            log(f"peak: {placed} trades placed and settled at {peak:.1f}/s")
+        load = load_start(run, pipeline_start(run))
+        peak, numbered = peak_measure(run, load, accounts)
         rate = max(peak * args.share, 1.0)
-        sampler = Sampler(db=names.db, processes=processes)
+        sampler = Sampler(db=run.names.db, processes=run.processes)
         sampler.begin()
-        autovacuum = {"server": str(one("SHOW autovacuum")), "stand_in_runs": 0, "stand_in_errors": []}
-        if autovacuum["server"] == "off" and args.vacuum_stand_in:
-            log("autovacuum is off on this server: the soak vacuums its own tables as autovacuum would")
-            stand_in = VacuumStandIn(db_url)
-            stand_in.start()
+        autovacuum = autovacuum_watch(run)
         log(f"soak: {rate:.1f} trades/s ({args.share:.0%} of {peak:.1f}) for {args.minutes:g} min")
-        end = sampler.started + args.minutes * 60
-        max_age_s = float(
-            retention_env(args.retention_s, args.retention_every_s)["RELIABILITY_MAX_MESSAGE_AGE_S"]
-        )
-        guard_s = BACKLOG_GUARD * max_age_s
-        stopped = ""
-        segment_start_wall = time.time()
-        next_sample = sampler.started + args.sample_s
-        while time.monotonic() < end - 0.5:
-            seconds = min(args.sample_s, end - time.monotonic())
-            count = max(round(rate * seconds), 1)
-            load.send(
-                plan(numbered, count, accounts, names.name),
-                start_at=segment_start_wall,
-                rate=rate,
-                deadline=segment_start_wall + seconds * 1.5 + 60,
-            )
-            numbered += count
-            segment_start_wall += seconds
-            while time.monotonic() < next_sample and time.monotonic() < end:
-                time.sleep(0.5)
-                alive()
-            load.collect()
-            entry = sampler.sample()
-            next_sample += args.sample_s
-            if entry["backlog_s"] > guard_s:
-                stopped = (
-                    f"stopped at minute {entry['minute']:g}: the oldest pending trade was {entry['backlog_s']:.0f}s old "
-                    f"(more than {BACKLOG_GUARD:.0%} of RELIABILITY_MAX_MESSAGE_AGE_S, {max_age_s:g}s, past which it "
-                    f"would be dead-lettered as expired): {rate:.1f} trades/s is not sustained here"
-                )
-            log(
-                f"minute {entry['minute']:5.1f}: {entry['trades_per_s']:.1f} trades/s, tables "
-                f"{entry['table_bytes'] / 2**20:.1f} MiB (under retention {entry['retained_table_bytes'] / 2**20:.1f}), "
-                f"dead tuples {entry['dead_tuples']}, WAL/trade {entry['wal_bytes_per_trade']}, RSS "
-                + ", ".join(f"{n} {p['rss'] / 2**20:.0f}M" for n, p in entry["processes"].items())
-                + f"; oldest pending trade {entry['backlog_s']:.0f}s"
-            )
-            if stopped:
-                log(stopped)
-                break
-        load.collect(wait=args.sample_s * 1.5 + 120)
-        pool.close()
-        if stand_in is not None:
-            stand_in.stop()
-            autovacuum.update(stand_in_runs=stand_in.runs, stand_in_errors=stand_in.errors[:5])
-        log("drain, one reconciler pass, drain")
-        from chaos.checker import Liveness
-        from chaos.run import drain
-        from reliability.ops.reconciler import reconcile_all
-
-        began = time.monotonic()
-        drained = drain(300.0)
-        reconcile_all()
-        drained = drain(60.0) and drained
-        processes.children["beat"].stop(timeout=15)
-        drain(30.0, with_beat=False)
-        requests = [load.requests[n] for n in sorted(load.requests)]
-        last_minute = [r.key for r in requests[-max(int(rate * 60), 1) :] if r.outcome == "ok"]
-        settled = int(
-            one(
-                "SELECT count(*) FROM trades_trade WHERE idempotency_key = ANY(%s) AND status <> 'pending'",
-                [last_minute],
-            )
-        )
-        liveness = Liveness(
-            probe_ok=len(last_minute),
-            probe_settled=settled,
-            drained=drained,
-            drain_s=round(time.monotonic() - began, 1),
-            bound_s=round(time.monotonic() - began, 1),  # the last minute's trades had the whole drain
-        )
+        stopped = soak_loop(run, load, sampler, accounts, rate, numbered)
+        requests = load_finish(run, load, autovacuum)
+        liveness = drained(run, requests, rate)
         latencies_fill(sampler.samples)
         verdict, past_retention = checked(requests, liveness, initial)
-        judged_from = args.warmup_minutes + 2 * args.retention_s / 60
-        steady = steady_state(sampler.samples, judged_from_minute=judged_from)
-        if stopped:
-            steady["failures"].insert(0, stopped)
-            steady["ok"] = False
-        sizes = bytes_per_trade(sampler.samples, before_minute=args.retention_s / 60)
-        plots = plots_write(sampler.samples, args.results.with_suffix(""))
-        counts = verdict.counts
-        result = {
-            "minutes": args.minutes,
-            "minutes_run": sampler.samples[-1]["minute"] if sampler.samples else 0,
-            "stopped_early": stopped or None,
-            "peak_per_s": round(peak, 2),
-            "share": args.share,
-            "offered_per_s": round(rate, 2),
-            "retention": retention_env(args.retention_s, args.retention_every_s),
-            "layout": {
-                "web": f"gunicorn {args.http_workers} x {args.http_threads}",
-                "workers": f"{args.workers} x -c {args.concurrency} -X housekeeping",
-                "housekeeping": "1 x -c 1 -Q housekeeping",
-                "beat": 1,
-                "producers": args.producers,
-            },
-            "autovacuum": autovacuum,
-            "per_minute": sampler.samples,
-            "steady_state": steady,
-            "bytes_per_trade": sizes,
-            "lost": counts["lost"],
-            "duplicated_effects": counts["duplicated_effects"],
-            "counts": counts,
-            "invariants": verdict.invariants,
-            "violations": {name: found[:5] for name, found in verdict.violations.items() if found},
-            "past_retention": past_retention,
-            "client_answers_not_ok": load.not_ok,
-            "plots": plots,
-            "elapsed_s": round(time.monotonic() - started, 1),
-        }
-        result["ok"] = bool(verdict.passed and steady["ok"])
+        steady = judged(args, sampler.samples, stopped)
+        result = result_make(
+            run,
+            sampler.samples,
+            verdict,
+            past_retention,
+            stopped=stopped,
+            peak=peak,
+            rate=rate,
+            autovacuum=autovacuum,
+            steady=steady,
+            not_ok=load.not_ok,
+        )
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1) + "\n")
         report(result)
@@ -1007,34 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted: cleaning up")
         return 130
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        if stand_in is not None:
-            stand_in.stop()
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        for child in reversed(list(processes.children.values())):
-            child.stop(timeout=20)
-        with suppress(Exception):
-            from django.db import connections as _connections
-
-            _connections.close_all()
-        if admin is not None:
-            try:
-                admin.vhost_delete(names.vhost)
-            except BrokerAdminError as exc:
-                log(f"could not delete vhost {names.vhost!r}: {exc}")
-        if not args.keep_database:
-            try:
-                database_drop(db_url)
-            except Exception as exc:  # noqa: BLE001 - reported; the cleanup goes on
-                log(f"could not drop database {names.db}: {exc}")
-        with suppress(Exception):
-            import redis
-
-            redis.Redis.from_url(REDIS_URL).flushdb()
-        log(f"done in {time.monotonic() - started:.0f}s; logs in {names.run_dir.relative_to(REPO)}/")
+        cleanup(run)
 
 
 def report(result: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import cpu
 from bench.common import (
@@ -22,7 +23,7 @@ from bench.common import (
 )
 from bench.httpload import LoadResult, LoadSpec
 from harness.processes import Child
-from harness.web import WebTier
+from harness.web import Gunicorn
 
 # Requests a second the bench's API key may send: far above anything two cores serve.
 HTTP_RATE_LIMIT_PER_S = 1_000_000
@@ -96,7 +97,7 @@ def http_load(
     return result, cpu_s if result.cpu_s is None else result.cpu_s, child.pid
 
 
-def http_checked(result: LoadResult, expected: int, web: WebTier, what: str) -> None:
+def http_checked(result: LoadResult, expected: int, web: Gunicorn, what: str) -> None:
     """Fail loudly on a missing answer, a socket error or any answer but 201."""
     if result.requests != expected or result.non_201 or result.errors or result.unmatched:
         raise RuntimeError(
@@ -106,11 +107,27 @@ def http_checked(result: LoadResult, expected: int, web: WebTier, what: str) -> 
         )
 
 
+def request_figures(result: LoadResult) -> dict[str, Any]:
+    """What the client saw of a measured load: its answers and their latency, in ms.
+
+    The fields the HTTP legs' records (``Http``, ``Alternative``) share.
+    """
+    return {
+        "requests": result.requests,
+        "statuses": result.statuses,
+        "non_201": result.non_201,
+        "request_per_s": result.per_s,
+        "request_p50_ms": result.percentile(0.5),
+        "request_p99_ms": result.percentile(0.99),
+        "request_max_ms": max(result.latencies_ms, default=0.0),
+    }
+
+
 @dataclass
 class WebServer:
     """The web tier a repeat's HTTP legs share, and the bench's API key for it."""
 
-    web: WebTier
+    web: Gunicorn
     key: str
     client_id: int  # the key's ApiKey id, which trades record as client_id
 
@@ -118,7 +135,7 @@ class WebServer:
 def web_start(args: argparse.Namespace, children: Children, tag: str) -> WebServer:
     """Start the web tier as operators run it, with ``bench.settings``, and make an API key.
 
-    ``harness.web.WebTier``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers`` x
+    ``harness.web.Gunicorn``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers`` x
     ``--http-threads``. Its processes connect to PostgreSQL as ``bench-gunicorn``.
     """
     from edge.models import ApiKey
@@ -136,14 +153,14 @@ def web_start(args: argparse.Namespace, children: Children, tag: str) -> WebServ
         GUNICORN_CMD_ARGS="--no-control-socket",
         **BENCH_SETTINGS,
     )
-    web = WebTier(
-        env=web_env,
+    web = Gunicorn(
+        web_env,
         log_path=RUN_DIR / f"web-{tag}.log",
         workers=args.http_workers,
         threads=args.http_threads,
     )
     children.adopt(web.child)
-    web.start(timeout=90)
+    web.wait_answering(timeout=90)
     key = web.api_key(f"bench-{tag}", "trades:write", rate_limit_per_s=HTTP_RATE_LIMIT_PER_S)
     return WebServer(web=web, key=key, client_id=ApiKey.objects.get(prefix=key.split("_")[1]).pk)
 

@@ -1,7 +1,7 @@
-"""The chaos run's names, environment, worker pool, proxied worker and probes of the database.
+"""The chaos run's names, environment, worker pool, proxied worker and progress line.
 
 The pieces the tests and the bench share (processes, the environment scrub, the web tier, the
-proxies, polling, the broker's queue counts) are in ``harness``. Like ``bench/run.py``: a database, a RabbitMQ vhost and a Redis database of the run's own,
+proxies, polling, the broker's queue counts, reads of the database) are in ``harness``. Like ``bench/run.py``: a database, a RabbitMQ vhost and a Redis database of the run's own,
 passed to every subprocess through the environment (the developer's ``DJANGO_``,
 ``CELERY_``, ``RELIABILITY_``, ``TRADES_`` and database variables are cleared); every
 subprocess in its own session, logging to a file under ``.run/chaos/``; every wait bounded.
@@ -18,13 +18,12 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from harness.environment import isolated_env
-from harness.processes import Child, run_cmd
+from harness.processes import Child
 from harness.proxies import SilentProxy, database_hosts, url_via
-from project.environment import broker_url, database_recreate, database_url
+from project.environment import broker_url, database_url
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -282,14 +281,6 @@ class Pipeline:
 # --------------------------------------------------------------------------- the database
 
 
-def scalar(sql: str, params: list[Any] | None = None) -> Any:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
-        return cursor.fetchone()[0]
-
-
 def db_progress() -> str:
     from django.db import connection
 
@@ -301,9 +292,3 @@ def db_progress() -> str:
         )
         placed, settled, pending = cursor.fetchone()
     return f"trades {placed} placed, {settled} settled; outbox pending {pending}"
-
-
-def database_create(names: Names, env: dict[str, str]) -> None:
-    log(f"creating database {names.db} and running migrations")
-    database_recreate(names.database_url)
-    run_cmd([sys.executable, "manage.py", "migrate", "--noinput"], env=env, timeout=600)

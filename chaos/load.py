@@ -3,7 +3,7 @@
 Each producer is a forked process that POSTs to ``/api/trades/`` with the run's API key
 (``Authorization: Bearer``), paced open loop at its share of the rate, each request with a
 unique ``Idempotency-Key``; either through the real web tier (``Target.url``: gunicorn,
-``harness.web.WebTier``), over one keep-alive ``http.client`` connection per producer with a
+``harness.web.Gunicorn``), over one keep-alive ``http.client`` connection per producer with a
 timeout, or through Django's test client in process (the real URL routing, API and
 ``trade_place``, without a web server). One request in twenty places several trades at once
 (``/api/trades/batch/``, all or none): its trades are recorded as requests of their own, with

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chaos import checker
-from chaos.harness import REDIS_DB, REDIS_HOST, REDIS_PORT, Names, Pipeline, WorkerProxies, scalar
+from chaos.harness import REDIS_DB, REDIS_HOST, REDIS_PORT, Names, Pipeline, WorkerProxies
 from chaos.schedule import Fault
+from harness.database import scalar
 from harness.polling import eventually, sleep_until
 from harness.processes import Child
 from harness.rabbitmq import amqp_connection, queue_counts, queue_names, rabbitmqctl

@@ -17,7 +17,7 @@ What happens, Jepsen style:
    (``POST /api/trades/`` with the run's API key), paced at ``--rate`` per second, each with
    a unique ``Idempotency-Key``. With ``--http`` (the full tier's default) they go through
    the front door: the web tier as operators run it (gunicorn with
-   ``project/gunicorn.conf.py``, ``harness.web.WebTier``, log ``web.log``), one keep-alive
+   ``project/gunicorn.conf.py``, ``harness.web.Gunicorn``, log ``web.log``), one keep-alive
    connection per producer and a timeout (``--http-timeout``); its database sessions are
    named ``chaos-producer-web``, so the nemesis terminates them with the producers'.
    Otherwise (the CI tier's default) through Django's test client, in process: the same
@@ -64,6 +64,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,11 +77,9 @@ from chaos.harness import (
     Pipeline,
     WorkerProxies,
     chaos_env,
-    database_create,
     db_progress,
     log,
     say,
-    scalar,
 )
 from chaos.load import (
     HTTP_TIMEOUT_S,
@@ -101,12 +100,13 @@ from chaos.schedule import (
     schedule_make,
 )
 from harness.broker_admin import broker_admin
+from harness.database import database_migrated, scalar
 from harness.environment import foreign
 from harness.polling import eventually, sleep_until
 from harness.processes import REPO, orphans
 from harness.proxies import partition_drops_packets
 from harness.rabbitmq import queue_counts
-from harness.web import WebTier
+from harness.web import Gunicorn
 from project.environment import broker_user, database_drop
 
 ACCOUNTS = 32
@@ -179,7 +179,8 @@ def tier_of(args: argparse.Namespace) -> str:
     return str(args.tier or ("full" if args.deductions >= FULL_TIER_FROM else "ci"))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parser_make() -> argparse.ArgumentParser:
+    """The run's options (``parse_args`` checks them and fills in the defaults that depend on others)."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument(
         "--deductions", type=int, default=10_000, help="requests to place (default 10,000: CI tier)"
@@ -237,6 +238,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="REPORT",
         help="run only the checker again, on the database kept by the run that wrote REPORT",
     )
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = parser_make()
     args = parser.parse_args(argv)
     if args.deductions < 100:
         parser.error("--deductions must be at least 100")
@@ -546,38 +552,53 @@ def print_verdict(verdict: checker.Verdict) -> None:
             say(f"{'':12}- {problem}")
 
 
+def on_cluster(run: "Run") -> bool:
+    """Whether the run's broker is the private cluster (its URL lists several nodes)."""
+    return ";" in run.pipeline.env.get("CELERY_BROKER_URL", "")
+
+
 def report(
-    args: argparse.Namespace,
-    faults: list[Fault],
-    verdict: checker.Verdict,
-    outcome: Outcome,
-    pipeline: Pipeline,
-    injected: checker.Injected,
-    initial: dict[int, int],
-    history: Path,
-    started: float,
-    partitions: list[dict[str, Any]],
-    web: WebTier | None = None,
+    run: "Run", faults: list[Fault], verdict: checker.Verdict, initial: dict[int, int], history: Path
 ) -> dict[str, Any]:
-    c = verdict.counts
+    """Print the run's report (``report_say``) and return its JSON (``report_json``)."""
+    answers: dict[str, int] = {}
+    for detail in run.outcome.details:
+        for answer in detail.split():
+            answers[answer] = answers.get(answer, 0) + 1
+    elapsed = report_say(run, faults, verdict, answers)
+    return report_json(run, faults, verdict, answers, initial, history, elapsed)
+
+
+def report_say(run: "Run", faults: list[Fault], verdict: checker.Verdict, answers: dict[str, int]) -> float:
+    """Print the run's report: what ran, what the clients got, the invariants; return the seconds it took."""
+    args = run.args
     tier = tier_of(args)
-    cadence = TIERS[tier]
-    on_cluster = ";" in pipeline.env.get("CELERY_BROKER_URL", "")
     say()
     say("=" * 100)
-    say(f"seed {args.seed}, tier {tier} ({cadence.describe()}), {args.deductions} deductions at {args.rate:g}/s, "
-        f"{'3-node cluster' if on_cluster else 'single RabbitMQ node'}, "
+    say(f"seed {args.seed}, tier {tier} ({TIERS[tier].describe()}), {args.deductions} deductions at {args.rate:g}/s, "
+        f"{'3-node cluster' if on_cluster(run) else 'single RabbitMQ node'}, "
         f"{'3-node PostgreSQL cluster' if args.pg_cluster else 'single PostgreSQL node'}, {producer_kind(args)}")  # fmt: skip
     say(f"replay: {replay_command(args)}")
     say()
     say("schedule (seconds after the load started):")
     print_schedule(faults)
     say()
-    print_partitions(partitions)
-    answers: dict[str, int] = {}
-    for detail in outcome.details:
-        for answer in detail.split():
-            answers[answer] = answers.get(answer, 0) + 1
+    print_partitions(run.nemesis.partitions)
+    print_counts(run.outcome, verdict.counts, answers)
+    say()
+    print_verdict(verdict)
+    elapsed = time.monotonic() - run.started
+    say()
+    say(
+        f"{'OK: every invariant holds' if verdict.passed else 'VIOLATIONS: see above'}; {elapsed:.0f}s in all"
+    )
+    say(f"logs: {run.pipeline.run_dir.relative_to(REPO)}/")
+    say("=" * 100)
+    return elapsed
+
+
+def print_counts(outcome: Outcome, c: dict[str, int], answers: dict[str, int]) -> None:
+    """What the clients got, how the trades ended, and how the pipeline recovered."""
     say(
         "client answers (per trade and attempt; a batch's answer counts for each of its trades): "
         f"{dict(sorted(answers.items(), key=lambda kv: -kv[1]))}"
@@ -607,23 +628,27 @@ def report(
     )
     for surprise in outcome.surprises:
         say(f"noticed: {surprise}")
-    say()
-    line = summary_line(c)
-    print_verdict(verdict)
-    elapsed = time.monotonic() - started
-    say()
-    say(
-        f"{'OK: every invariant holds' if verdict.passed else 'VIOLATIONS: see above'}; {elapsed:.0f}s in all"
-    )
-    say(f"logs: {pipeline.run_dir.relative_to(REPO)}/")
-    say("=" * 100)
+
+
+def report_json(
+    run: "Run",
+    faults: list[Fault],
+    verdict: checker.Verdict,
+    answers: dict[str, int],
+    initial: dict[int, int],
+    history: Path,
+    elapsed: float,
+) -> dict[str, Any]:
+    """The run's report as ``chaos-report.json`` holds it."""
+    args, outcome, injected, c = run.args, run.outcome, run.nemesis.injected, verdict.counts
+    tier = tier_of(args)
     return {
         "seed": args.seed,
         "tier": tier,
-        "cadence": asdict(cadence),
+        "cadence": asdict(TIERS[tier]),
         "deductions": args.deductions,
         "rate_per_s": args.rate,
-        "cluster": on_cluster,
+        "cluster": on_cluster(run),
         "pg_cluster": args.pg_cluster,
         "producers": args.producers,
         "producer_kind": producer_kind(args),
@@ -635,7 +660,7 @@ def report(
             for key in ("attempted", "ok", "failed", "indeterminate", "lost", "duplicated_effects")
         },
         "duplicated_deliveries": c["duplicated_deliveries"],
-        "summary": line,
+        "summary": summary_line(c),
         "invariants": verdict.invariants,
         "violations": {name: problems[: checker.EXAMPLES] for name, problems in verdict.violations.items()},
         "violation_counts": {name: len(problems) for name, problems in verdict.violations.items()},
@@ -646,7 +671,7 @@ def report(
         "surprises": outcome.surprises,
         "timings": {**outcome.timings, "total_s": round(elapsed, 1)},
         "schedule": [fault.as_json() for fault in faults],
-        "partitions": partitions,
+        "partitions": run.nemesis.partitions,
         "deadlines": {key: value for key, value in PROCESS_ENV.items() if key in DEADLINES},
         "injected": {
             "poison": injected.poison,
@@ -659,7 +684,7 @@ def report(
         "initial_balances": initial,
         "history": str(history.relative_to(REPO)),
         "logs": sorted(
-            [*pipeline.log_paths(), *([str(web.child.log_path.relative_to(REPO))] if web else [])]
+            [*run.pipeline.log_paths(), *([str(run.web.child.log_path.relative_to(REPO))] if run.web else [])]
         ),
         "passed": verdict.passed,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -675,10 +700,10 @@ def producer_kind(args: argparse.Namespace) -> str:
     return f"{args.producers} producer processes through Django's test client, in process"
 
 
-def web_start(args: argparse.Namespace, web: WebTier) -> Target:
+def web_start(args: argparse.Namespace, web: Gunicorn) -> Target:
     """Start the web tier and make the producers' key with ``manage.py api_keys``, as an operator would."""
     log(f"starting the web tier (gunicorn, log {web.child.log_path.relative_to(REPO)})")
-    web.start()
+    web.wait_answering()
     key = web.api_key(f"chaos-{args.seed}", "trades:write", rate_limit_per_s=API_RATE_LIMIT_PER_S)
     log(f"web tier up at {web.url()}; producers POST over HTTP (timeout {args.http_timeout:g}s)")
     return Target(api_key=key, url=web.url(), timeout_s=args.http_timeout)
@@ -743,16 +768,28 @@ def pg_cluster_up() -> Any:
     return cluster
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.check_only:
-        return check_only(args)
-    report_path = Path(args.report).resolve()
-    load, probe, duration, faults = planned(args)
-    if args.schedule_only:
-        say(f"seed {args.seed}, tier {tier_of(args)}: {len(faults)} faults over ~{duration:.0f}s of load")
-        print_schedule(faults)
-        return 0
+@dataclass
+class Run:
+    """What the steps of one run share, and what ``cleanup`` undoes however the run ended."""
+
+    args: argparse.Namespace
+    names: Names
+    env: dict[str, str]
+    pipeline: Pipeline
+    nemesis: Nemesis
+    started: float  # monotonic
+    result: dict[str, Any]  # what chaos-report.json says if the run ends before its report
+    outcome: Outcome = field(default_factory=Outcome)
+    pg_cluster: Any = None  # harness.postgres_cluster.PostgresCluster with --pg-cluster
+    cluster: Any = None  # harness.rabbitmq_cluster.RabbitCluster with --cluster, started or not
+    vhost_made: bool = False
+    proxies: WorkerProxies | None = None
+    web: Gunicorn | None = None
+
+
+def run_make(args: argparse.Namespace) -> Run:
+    """A clean log directory, the run's environment made this process's own (on a private
+    PostgreSQL cluster with ``--pg-cluster``), its worker pool and its nemesis."""
     names = Names(args.instance)
     names.run_dir.mkdir(parents=True, exist_ok=True)
     for stale in names.run_dir.iterdir():
@@ -774,149 +811,218 @@ def main(argv: list[str] | None = None) -> int:
     for key in [key for key in os.environ if foreign(key)]:
         del os.environ[key]
     os.environ.update(env)
+    pipeline = Pipeline(env=env, run_dir=names.run_dir, workers=args.workers, concurrency=args.concurrency)
+    nemesis = Nemesis(pipeline=pipeline, names=names, env=env, args=args)
+    nemesis.pg_cluster = pg_cluster
+    result = {"seed": args.seed, "tier": tier_of(args), "deductions": args.deductions, "invariants": {}}
+    return Run(args, names, env, pipeline, nemesis, time.monotonic(), result, pg_cluster=pg_cluster)
+
+
+def setup(run: Run, *, load: int, probe: int) -> tuple[Target, dict[int, int], LoadPlan]:
+    """Step 1: broker, proxies, database, accounts, the producers' target, workers and beat.
+
+    Return the target, the accounts' opening balances and the load's plan.
+    """
+    import django
+
+    django.setup()
+    broker_up(run)
+    proxies_start(run)
+    initial = database_ready(run)
+    target = target_make(run)
+    plan = load_plan(seed=run.args.seed, load=load, probe=probe, accounts=run.nemesis.accounts)
+    import trades.services  # noqa: F401 - imported before any fork: one version of the code
+
+    workers_start(run)
+    run.outcome.timings["setup_s"] = round(time.monotonic() - run.started, 1)
+    return target, initial, plan
+
+
+def broker_up(run: Run) -> None:
+    """The run's broker: a private 3-node cluster (``--cluster``; skipped, with the reason, when it
+    cannot start), else a vhost of the run's own on the system node."""
+    from celery import current_app
+
+    names, env, nemesis = run.names, run.env, run.nemesis
+    if run.args.cluster:
+        from harness.rabbitmq_cluster import RabbitCluster
+
+        RabbitCluster.reap_stale()
+        run.cluster = RabbitCluster.private()
+        log("starting a private 3-node RabbitMQ cluster")
+        try:
+            urls = run.cluster.up()
+        except Exception as exc:  # noqa: BLE001 - skipped with the reason, as the brief of the tier says
+            run.result["cluster_skipped"] = f"{type(exc).__name__}: {exc}"
+            log(
+                f"SKIPPING THE CLUSTER: it could not start ({exc}); running on the system node, "
+                "the leader-kill faults are skipped"
+            )
+        else:
+            nemesis.cluster = run.cluster
+            env["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"] = urls
+            current_app.conf.broker_url = urls
+            log(f"cluster up: {urls}")
+    if nemesis.cluster is None:
+        for note in vhosts_reap(names, env):
+            log(note)
+        run.vhost_made = True
+        broker_admin().vhost_add(names.vhost)
+        broker_admin().permissions_set(names.vhost, broker_user(), ".*", ".*", ".*")
+
+
+def proxies_start(run: Run) -> None:
+    """The silent proxies the first worker (and whichever replaces it) reaches the broker and the database through."""
+    proxies = WorkerProxies(
+        broker_url=run.env["CELERY_BROKER_URL"],
+        database_url=run.names.database_url,
+        drop_database_packets=partition_drops_packets(),
+    ).start()
+    run.proxies = run.nemesis.proxies = proxies
+    run.pipeline.proxied_env = proxies.env()
+    log(
+        f"the first worker reaches RabbitMQ ({len(proxies.sides['broker'])} node(s)) and PostgreSQL through "
+        "silent proxies"
+        + (" (the database's with iptables drops)" if proxies.drop_database_packets else "")
+        + f"; deadlines {deadlines_line()}"
+    )
+
+
+def database_ready(run: Run) -> dict[int, int]:
+    """The run's database made and migrated, the broker's topology declared, the leases of an
+    earlier run cleared, and the accounts opened; return their opening balances by id."""
+    from reliability.ids import message_id_new
+    from reliability.produce.publisher import publisher
+
+    log(f"creating database {run.names.db} and running migrations")
+    database_migrated(run.names.database_url, run.env)
+    publisher().close()
+    publisher().topology_declare()
+    publisher().close()
+    run.nemesis._redis().flushdb()  # leases left by an earlier run
+    message_id_new()  # the first lease after a flush waits a TTL: now, not when the load starts
+    accounts, initial = accounts_open()
+    run.nemesis.accounts = accounts
+    return initial
+
+
+def target_make(run: Run) -> Target:
+    """Where the producers send: the web tier over HTTP (``--http``), else the API in process."""
+    if not run.args.http:
+        return Target(api_key=api_key_in_process(run.args.seed))
+    # Its own database sessions are named as the producers' (pg_terminate faults end them too).
+    run.web = Gunicorn(
+        {**run.env, "PGAPPNAME": "chaos-producer-web"},
+        log_path=run.names.run_dir / "web.log",
+        workers=2,
+        threads=2,  # gthread: keep-alive connections, as a client's pool expects
+    )
+    return web_start(run.args, run.web)
+
+
+def workers_start(run: Run) -> None:
+    """The workers and beat; return once every worker consumes from both queues."""
+    args, pipeline = run.args, run.pipeline
+    for _ in range(args.workers):
+        pipeline.start_worker()
+    pipeline.start_beat()
+    if not eventually(
+        lambda: all((queue_counts(consumers=True).get(q) or 0) >= args.workers for q in ("beans", "trades")),
+        timeout=120,
+    ):
+        raise RuntimeError("the workers did not start consuming within 120s:\n" + pipeline.workers[0].tail())
+
+
+def faults_run(run: Run, plan: LoadPlan, faults: list[Fault], load: int, target: Target) -> None:
+    """Steps 2-4: the load under the fault schedule, then heal, the liveness probe, drain and reconcile."""
+    args, nemesis, outcome, web = run.args, run.nemesis, run.outcome, run.web
+    run_load_and_faults(args, plan, faults, load, nemesis, outcome, target)
+    log(f"load done; healing | {db_progress()}")
+    for note in [*nemesis.heal_all(), *run.pipeline.replenish()]:
+        log(f"  {note}")
+    probe_liveness(args, plan, load, outcome, target)
+    log(f"liveness probe: {outcome.liveness.probe_settled}/{outcome.liveness.probe_ok} settled")
+    heal_drain_reconcile(args, run.pipeline, nemesis, outcome)
+    if web is not None and not web.child.alive():
+        outcome.surprises.append(
+            f"the web tier (gunicorn) exited during the run; log tail:\n{web.child.tail(15)}"
+        )
+
+
+def checks(run: Run, initial: dict[int, int]) -> tuple[checker.Verdict, Path]:
+    """Step 5: every request written down, and the checker's verdict on them; return it and where they are."""
+    history = run.names.run_dir / "history.jsonl"
+    history_write(history, run.outcome)
+    snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
+    return checker.check(snapshot, run.outcome.requests, run.nemesis.injected, run.outcome.liveness), history
+
+
+def cleanup(run: Run) -> None:
+    """Heal, stop and remove whatever the run made (a second Ctrl-C cannot cut it short; every step bounded)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for note in run.nemesis.heal_all():
+        log(f"cleanup: {note}")
+    if run.web is not None:
+        cleanup_step(run.web.stop, "could not stop the web tier")
+    run.pipeline.stop_all()
+    if run.proxies is not None:
+        run.proxies.close()
+    if run.vhost_made:
+        cleanup_step(
+            lambda: broker_admin().vhost_delete(run.names.vhost),
+            f"could not delete vhost {run.names.vhost!r}",
+        )
+    if run.cluster is not None:
+        cleanup_step(run.cluster.down, "could not stop the cluster")
+    if run.args.drop_database:
+        with suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        cleanup_step(lambda: database_drop(run.names.database_url), f"could not drop database {run.names.db}")
+    if run.pg_cluster is not None:
+        cleanup_step(run.pg_cluster.down, "could not stop the database cluster")
+
+
+def cleanup_step(step: Callable[[], object], failure: str) -> None:
+    """One step of the cleanup: a failure is logged (``failure: error``), and the cleanup goes on."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
+        log(f"{failure}: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check_only:
+        return check_only(args)
+    report_path = Path(args.report).resolve()
+    load, probe, duration, faults = planned(args)
+    if args.schedule_only:
+        say(f"seed {args.seed}, tier {tier_of(args)}: {len(faults)} faults over ~{duration:.0f}s of load")
+        print_schedule(faults)
+        return 0
+    run = run_make(args)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    started = time.monotonic()
     tier = tier_of(args)
     log(
         f"seed {args.seed}, tier {tier} ({TIERS[tier].describe()}"
         + (", scaled down from healthy 20 s / fault 10-30 s to fit" if tier == "ci" else "")
         + f"), {args.deductions} deductions; replay: {replay_command(args)}"
     )
-    pipeline = Pipeline(env=env, run_dir=names.run_dir, workers=args.workers, concurrency=args.concurrency)
-    nemesis = Nemesis(pipeline=pipeline, names=names, env=env, args=args)
-    nemesis.pg_cluster = pg_cluster
-    outcome = Outcome()
-    vhost_made = False
-    cluster = None
-    proxies: WorkerProxies | None = None
-    web: WebTier | None = None
-    result: dict[str, Any] = {
-        "seed": args.seed,
-        "tier": tier,
-        "deductions": args.deductions,
-        "invariants": {},
-    }
-    code = 2
+    result, code = run.result, 2
     try:
-        import django
-
-        django.setup()
-        from celery import current_app
-
-        from reliability.produce.publisher import publisher
-
-        if args.cluster:
-            from harness.rabbitmq_cluster import RabbitCluster
-
-            RabbitCluster.reap_stale()
-            cluster = RabbitCluster.private()
-            log("starting a private 3-node RabbitMQ cluster")
-            try:
-                urls = cluster.up()
-            except Exception as exc:  # noqa: BLE001 - skipped with the reason, as the brief of the tier says
-                result["cluster_skipped"] = f"{type(exc).__name__}: {exc}"
-                log(
-                    f"SKIPPING THE CLUSTER: it could not start ({exc}); running on the system node, "
-                    "the leader-kill faults are skipped"
-                )
-            else:
-                nemesis.cluster = cluster
-                env["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"] = urls
-                current_app.conf.broker_url = urls
-                log(f"cluster up: {urls}")
-        if nemesis.cluster is None:
-            for note in vhosts_reap(names, env):
-                log(note)
-            vhost_made = True
-            broker_admin().vhost_add(names.vhost)
-            broker_admin().permissions_set(names.vhost, broker_user(), ".*", ".*", ".*")
-        proxies = WorkerProxies(
-            broker_url=env["CELERY_BROKER_URL"],
-            database_url=names.database_url,
-            drop_database_packets=partition_drops_packets(),
-        ).start()
-        nemesis.proxies = proxies
-        pipeline.proxied_env = proxies.env()
-        log(
-            f"the first worker reaches RabbitMQ ({len(proxies.sides['broker'])} node(s)) and PostgreSQL through "
-            "silent proxies"
-            + (" (the database's with iptables drops)" if proxies.drop_database_packets else "")
-            + f"; deadlines {deadlines_line()}"
-        )
-        database_create(names, env)
-        publisher().close()
-        publisher().topology_declare()
-        publisher().close()
-        nemesis._redis().flushdb()  # leases left by an earlier run
-        from reliability.ids import message_id_new
-
-        message_id_new()  # the first lease after a flush waits a TTL: now, not when the load starts
-        accounts, initial = accounts_open()
-        nemesis.accounts = accounts
-        if args.http:
-            # Its own database sessions are named as the producers' (pg_terminate faults end them too).
-            web = WebTier(
-                env={**env, "PGAPPNAME": "chaos-producer-web"},
-                log_path=names.run_dir / "web.log",
-                workers=2,
-                threads=2,  # gthread: keep-alive connections, as a client's pool expects
-            )
-            target = web_start(args, web)
-        else:
-            target = Target(api_key=api_key_in_process(args.seed))
-        plan = load_plan(seed=args.seed, load=load, probe=probe, accounts=accounts)
-        import trades.services  # noqa: F401 - imported before any fork: one version of the code
-
-        for _ in range(args.workers):
-            pipeline.start_worker()
-        pipeline.start_beat()
-        if not eventually(
-            lambda: all(
-                (queue_counts(consumers=True).get(q) or 0) >= args.workers for q in ("beans", "trades")
-            ),
-            timeout=120,
-        ):
-            raise RuntimeError(
-                "the workers did not start consuming within 120s:\n" + pipeline.workers[0].tail()
-            )
-        outcome.timings["setup_s"] = round(time.monotonic() - started, 1)
-
-        run_load_and_faults(args, plan, faults, load, nemesis, outcome, target)
-        log(f"load done; healing | {db_progress()}")
-        for note in [*nemesis.heal_all(), *pipeline.replenish()]:
-            log(f"  {note}")
-        probe_liveness(args, plan, load, outcome, target)
-        log(f"liveness probe: {outcome.liveness.probe_settled}/{outcome.liveness.probe_ok} settled")
-        heal_drain_reconcile(args, pipeline, nemesis, outcome)
-        if web is not None and not web.child.alive():
-            outcome.surprises.append(
-                f"the web tier (gunicorn) exited during the run; log tail:\n{web.child.tail(15)}"
-            )
-        history = names.run_dir / "history.jsonl"
-        history_write(history, outcome)
-        snapshot = checker.snapshot_collect(initial_balances=initial, queues=queue_counts())
-        verdict = checker.check(snapshot, outcome.requests, nemesis.injected, outcome.liveness)
-        result = {
-            **report(
-                args,
-                faults,
-                verdict,
-                outcome,
-                pipeline,
-                nemesis.injected,
-                initial,
-                history,
-                started,
-                nemesis.partitions,
-                web,
-            ),
-            **({"cluster_skipped": result["cluster_skipped"]} if "cluster_skipped" in result else {}),
-        }
+        target, initial, plan = setup(run, load=load, probe=probe)
+        faults_run(run, plan, faults, load, target)
+        verdict, history = checks(run, initial)
+        skipped = {"cluster_skipped": result["cluster_skipped"]} if "cluster_skipped" in result else {}
+        result = {**report(run, faults, verdict, initial, history), **skipped}
         code = 0 if verdict.passed else 1
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
@@ -927,46 +1033,10 @@ def main(argv: list[str] | None = None) -> int:
         result["error"] = f"{type(exc).__name__}: {exc}"
         code = 2
     finally:
-        # A second Ctrl-C must not cut the cleanup short (every step of it is bounded).
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for note in nemesis.heal_all():
-            log(f"cleanup: {note}")
-        if web is not None:
-            try:
-                web.stop()
-            except Exception as exc:  # noqa: BLE001 - reported; the rest of the cleanup goes on
-                log(f"could not stop the web tier: {exc}")
-        pipeline.stop_all()
-        if proxies is not None:
-            proxies.close()
-        if vhost_made:
-            try:
-                broker_admin().vhost_delete(names.vhost)
-            except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
-                log(f"could not delete vhost {names.vhost!r}: {exc}")
-        if cluster is not None:
-            try:
-                cluster.down()
-            except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
-                log(f"could not stop the cluster: {exc}")
-        if args.drop_database:
-            with suppress(Exception):
-                from django.db import connections
-
-                connections.close_all()
-            try:
-                database_drop(names.database_url)
-            except Exception as exc:  # noqa: BLE001 - reported; the run's result stands
-                log(f"could not drop database {names.db}: {exc}")
-        if pg_cluster is not None:
-            try:
-                pg_cluster.down()
-            except Exception as exc:  # noqa: BLE001 - reported; nothing else to do
-                log(f"could not stop the database cluster: {exc}")
+        cleanup(run)
         if result.get("error") and faults:
             result["schedule"] = [fault.as_json() for fault in faults]
-            result["partitions"] = nemesis.partitions
+            result["partitions"] = run.nemesis.partitions
         report_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         log(f"report: {report_path}; exit {code}")
     return code

@@ -1,65 +1,72 @@
 """The web tier as operators run it: gunicorn with ``project/gunicorn.conf.py``, DEBUG off.
 
-``WebTier`` is the chaos run's and the bench's (a ``Child`` logging under the run's directory,
-several workers, ``api_key()`` for its database); ``Gunicorn`` is the tests' (one worker, on the
-test databases). ``static_collected`` runs ``collectstatic`` first, as ``make web`` and the
+``Gunicorn`` serves the tests (one worker, on the test databases, a log in a folder of its own),
+the bench and the chaos run (several workers, a log under the run's directory, ``api_key()``
+for its database). ``static_collected`` runs ``collectstatic`` first, as ``make web`` and the
 systemd unit do.
 """
 
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from harness.polling import eventually, poll_until
+from harness.polling import eventually
 from harness.ports import free_port
-from harness.processes import REPO, Child, run_cmd, run_manage_command
+from harness.processes import Child, run_cmd, run_manage_command
 
 
-def get(url: str) -> tuple[int, dict[str, str], bytes]:
+def get(url: str, *, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
     """GET ``url``: status, headers and body (an HTTP error status is an answer too)."""
     try:
-        with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - a local test server
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - a local test server
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as error:
         return error.code, dict(error.headers), error.read()
 
 
-class WebTier:
-    """The web tier as operators run it: gunicorn with ``project/gunicorn.conf.py`` on a free port.
+class Gunicorn:
+    """``gunicorn -c project/gunicorn.conf.py`` on a free port, started on creation.
 
-    ``start()`` waits until ``/healthz`` answers; ``api_key()`` creates a key with
-    ``manage.py api_keys create`` (its last line is the key); ``url(path)`` names a page.
+    A ``Child`` (``child``) in a session of its own, logging to ``log_path`` (by default
+    ``web.log`` in a fresh temporary folder); ``workers`` processes (``WEB_CONCURRENCY``) of
+    ``threads`` threads each (``WEB_THREADS``; ``None`` leaves ``env``'s). ``wait_answering()``
+    waits until ``/healthz`` answers; ``api_key()`` creates a key with ``manage.py api_keys
+    create`` (its last line is the key); ``url(path)`` names a page.
     """
 
-    def __init__(self, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        log_path: Path | None = None,
+        workers: int = 1,
+        threads: int | None = None,
+    ) -> None:
         self.port = free_port()
+        self.log_path = log_path or Path(tempfile.mkdtemp(prefix="gunicorn-")) / "web.log"
         self.env = {
             **env,
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(workers),
-            "WEB_THREADS": str(threads),
+            **({"WEB_THREADS": str(threads)} if threads is not None else {}),
             "DJANGO_DEBUG": "false",
         }
-        self.child = Child(
-            "web", [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"], self.env, log_path
-        )
+        argv = [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"]
+        self.child = Child("web", argv, self.env, self.log_path).start()
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def start(self, timeout: float = 60) -> "WebTier":
-        self.child.start()
+    def wait_answering(self, timeout: float = 60) -> "Gunicorn":
+        """Wait until ``/healthz`` answers 200; if gunicorn exits or does not answer in time, stop it and raise."""
 
         def answers() -> bool:
             if not self.child.alive():
                 return True  # no use waiting: said below
-            with urllib.request.urlopen(self.url("/healthz"), timeout=2) as response:  # noqa: S310 - loopback
-                return bool(response.status == 200)
+            return get(self.url("/healthz"), timeout=2)[0] == 200
 
         if not eventually(answers, timeout=timeout, interval=0.2) or not self.child.alive():
             self.stop()
@@ -114,44 +121,3 @@ def static_collected(workdir: Path, env: dict[str, str]) -> dict[str, str]:
     if code != 0:
         raise AssertionError(f"manage.py collectstatic exited {code}")
     return env
-
-
-class Gunicorn:
-    """``gunicorn -c project/gunicorn.conf.py`` of a test on a free port, in a process group of its own."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log_path = Path(tempfile.mkdtemp(prefix="gunicorn-")) / "web.log"
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "project/gunicorn.conf.py"],
-            cwd=REPO,
-            env={**env, "PORT": str(self.port), "WEB_CONCURRENCY": "1", "DJANGO_DEBUG": "false"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_answering(self) -> None:
-        def answers() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gunicorn exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                return get(self.url("/healthz"))[0] == 200
-            except OSError:
-                return False
-
-        poll_until(answers, timeout=60, interval=0.2, what="gunicorn to answer /healthz")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)

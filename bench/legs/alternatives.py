@@ -28,13 +28,12 @@ from bench.common import (
     log,
     queue_depths,
     queues_reset,
-    scalar_rows,
     wait_consumers,
     wait_until,
 )
-from bench.figures import CpuWatch, cpu_line, percentiles, sessions_line
-from bench.web import WebServer, http_checked, http_load, load_spec
-from chaos.harness import scalar
+from bench.figures import CpuWatch, cpu_line, latencies, sessions_line
+from bench.web import WebServer, http_checked, http_load, load_spec, request_figures
+from harness.database import rows, scalar
 from harness.processes import Child
 
 
@@ -269,18 +268,16 @@ def measure(
     cpu_s = watch.attribute(groups, load_cpu_s)
     between = [base_id]
     counts = dict(
-        scalar_rows(
-            "SELECT status, count(*) FROM bench_alternatives_trade WHERE id > %s GROUP BY status", between
-        )
+        rows("SELECT status, count(*) FROM bench_alternatives_trade WHERE id > %s GROUP BY status", between)
     )
     trades = sum(counts.values())
-    deductions, deducted = scalar_rows(
+    deductions, deducted = rows(
         "SELECT count(*), count(DISTINCT trade_id) FROM bench_alternatives_deduction WHERE trade_id > %s",
         between,
     )[0]
-    p50 = p99 = None
-    if deducting:
-        p50, p99, _ = percentiles(ALT_TRADE_TO_DEDUCTED, between)
+    latency = (
+        latencies({"": ALT_TRADE_TO_DEDUCTED}, between) if deducting else {"p50_ms": None, "p99_ms": None}
+    )
     children.stop(*deducting)
     # After the workers stopped (their unacknowledged messages are back in the queue): what a
     # redelivery would still apply a second time. And what the balances lost, once nothing runs.
@@ -305,17 +302,10 @@ def measure(
     alt = Alternative(
         name=name,
         path=leg.path,
-        requests=result.requests,
-        statuses=result.statuses,
-        non_201=result.non_201,
         seconds=seconds,
         per_s=(trades if deducting else result.requests) / seconds,
-        request_per_s=result.per_s,
-        request_p50_ms=result.percentile(0.5),
-        request_p99_ms=result.percentile(0.99),
-        request_max_ms=max(result.latencies_ms, default=0.0),
-        p50_ms=p50,
-        p99_ms=p99,
+        **request_figures(result),
+        **latency,
         trades=trades,
         deducted=int(deducted),
         rejected=counts.get("rejected", 0),

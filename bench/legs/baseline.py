@@ -22,7 +22,7 @@ from bench.common import (
 )
 from bench.figures import cpu_line, cpu_usage
 from bench.pipeline import jobs, produce_and_wait, producer_pool
-from chaos.harness import scalar
+from harness.database import scalar
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import cpu
-from bench.common import BEANS, Children, database_reset, log, queues_reset, scalar_rows
+from bench.common import BEANS, Children, database_reset, log, queues_reset
 from bench.figures import (
     TRADE_TO_DEDUCTED,
     TRADE_TO_SETTLED,
@@ -24,6 +24,7 @@ from bench.figures import (
     batch_sizes,
     cpu_line,
     cpu_usage,
+    latencies,
     percentiles,
 )
 from bench.pipeline import (
@@ -33,8 +34,9 @@ from bench.pipeline import (
     pipeline_tallies,
     produce_and_wait,
     producer_pool,
+    trades_booked,
 )
-from chaos.harness import scalar
+from harness.database import scalar
 
 
 @dataclass
@@ -148,21 +150,10 @@ def pipeline_measure(
         )
     end_id = base_id + total
     between = [base_id, end_id]
-    p50, p99, _ = percentiles(TRADE_TO_DEDUCTED + " AND t.id <= %s", between)
-    s50, s99, smax = percentiles(TRADE_TO_SETTLED + " AND t.id <= %s", between)
-    trades = int(scalar("SELECT count(*) FROM trades_trade WHERE id > %s AND id <= %s", between))
-    counts = dict(
-        scalar_rows(
-            "SELECT status, count(*) FROM trades_trade WHERE id > %s AND id <= %s GROUP BY status", between
-        )
-    )
-    entries = int(
-        scalar(
-            "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l "
-            "ON l.message_id = t.deduction_message_id WHERE t.id > %s AND t.id <= %s",
-            between,
-        )
-    )
+    upto = " AND t.id <= %s"
+    latency = latencies({"": TRADE_TO_DEDUCTED + upto, "settled_": TRADE_TO_SETTLED + upto}, between)
+    counts, entries = trades_booked(base_id, end_id)
+    trades = sum(counts.values())
     db_seconds = float(
         scalar(
             "SELECT extract(epoch FROM max(settled_at) - min(created_at)) FROM trades_trade "
@@ -185,11 +176,8 @@ def pipeline_measure(
         per_s=trades / seconds,
         placement_per_s=trades / (placed - started),
         db_seconds=db_seconds,
-        p50_ms=p50,
-        p99_ms=p99,
-        settled_p50_ms=s50,
-        settled_p99_ms=s99,
-        max_ms=smax,
+        **latency,
+        max_ms=percentiles(TRADE_TO_SETTLED + upto, between)[2],
         deducted=deducted,
         rejected=counts.get("rejected", 0),
         **pipeline_tallies(),
@@ -221,15 +209,10 @@ def paced_run(
     paced_base = int(scalar("SELECT coalesce(max(id), 0) FROM trades_trade"))
     work = [(own, n, batch, rate / args.producers) for own, n in jobs(accounts, paced_trades, args.producers)]
     produce_and_wait(pool, place_trades_paced, work, done=settled, timeout=args.timeout, what="paced trades")
-    d50, d99, _ = percentiles(TRADE_TO_DEDUCTED, [paced_base])
-    t50, t99, _ = percentiles(TRADE_TO_SETTLED, [paced_base])
     return {
         "rate_per_s": rate,
         "trades": paced_trades,
-        "p50_ms": d50,
-        "p99_ms": d99,
-        "settled_p50_ms": t50,
-        "settled_p99_ms": t99,
+        **latencies({"": TRADE_TO_DEDUCTED, "settled_": TRADE_TO_SETTLED}, [paced_base]),
     }
 
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,12 +42,11 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
+from bench.histories import histories_child_run, histories_prepare, history_use, interleaved_medians
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results" / "history.json"
 DB_NAME = "beans_bench_history"
-REDIS_URL = "redis://127.0.0.1:6379/12"  # the bench's; nothing here writes to Redis
 GOAL = 1.5
 APPS = ("reliability", "trades", "beans")
 ACCOUNTS = 64
@@ -69,29 +66,14 @@ def log(message: str) -> None:
 
 def measure(rows_small: int = 10_000, rows_large: int = 10_000_000, *, rounds: int = 15) -> dict[str, Any]:
     """Time every daily page and command at ``rows_small`` and ``rows_large``; write and return the result."""
-    from harness.environment import isolated_env
-    from project.environment import broker_url, database_drop, database_url
-
-    url = database_url(DB_NAME)
-    env = isolated_env(database_url=url, broker_url=broker_url(), redis_url=REDIS_URL)
-    argv = [sys.executable, "-m", "bench.legs.history", "--child", "--rows-small", str(rows_small)]
-    argv += ["--rows", str(rows_large), "--rounds", str(rounds)]
-    try:
-        completed = subprocess.run(
-            argv,
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            text=True,
-            timeout=4 * 3600,
-            check=False,
-        )
-    finally:
-        database_drop(url)
-    if completed.returncode != 0:
-        raise RuntimeError(f"history bench exited {completed.returncode}:\n{completed.stdout}")
-    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = histories_child_run(
+        "bench.legs.history",
+        DB_NAME,
+        ["--rows-small", str(rows_small), "--rows", str(rows_large), "--rounds", str(rounds)],
+        timeout=4 * 3600,
+        what="history bench",
+        drop=True,
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -113,12 +95,6 @@ def measure_for_run(rows_large: int, *, rounds: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the child process
-
-
-def _tables() -> list[str]:
-    from django.apps import apps
-
-    return [model._meta.db_table for label in APPS for model in apps.get_app_config(label).get_models()]
 
 
 def history_write(rows: int) -> None:
@@ -212,20 +188,10 @@ def measurements(labels: dict[str, int], rounds: int) -> dict[str, dict[str, flo
 
 
 def child(rows_small: int, rows_large: int, rounds: int) -> dict[str, Any]:
-    from project.environment import database_recreate
-
-    database_recreate(os.environ["DATABASE_URL"])
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-    from django.db.backends.signals import connection_created
-
-    call_command("migrate", verbosity=0, interactive=False)
-    connection_created.connect(search_path_set)
     labels = {"10k": rows_small, "10m": rows_large}
-    histories_write(labels, _tables(), history_write, log)
+    histories_prepare(labels, APPS, history_write, log)
+    from django.db import connection
+
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT n.nspname, sum(pg_total_relation_size(c.oid)) FROM pg_class c "

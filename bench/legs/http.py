@@ -1,7 +1,7 @@
 """Exactly-once through HTTP: the pipeline behind the web tier, ``POST /api/trades/``, one trade per request.
 
 The workers and beat of the exactly-once leg, plus the web tier as operators run it
-(``harness.web.WebTier``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers``
+(``harness.web.Gunicorn``: gunicorn with ``project/gunicorn.conf.py``, ``--http-workers``
 processes x ``--http-threads``; ``bench/web.py``) and an API key of the bench's own;
 ``--http-connections`` clients (wrk, else a Python client: ``bench/httpload.py`` says why) each
 send ``POST /api/trades/``, one trade per request and one request at a time, ``--http-trades``
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
-from bench.common import BENCH_SETTINGS, Children, database_reset, log, queues_reset, scalar_rows, wait_until
+from bench.common import BENCH_SETTINGS, Children, database_reset, log, queues_reset, wait_until
 from bench.figures import (
     RELAYED_TO_DEDUCTED,
     TRADE_TO_DEDUCTED,
@@ -27,13 +27,13 @@ from bench.figures import (
     batch_size_lines,
     batch_sizes,
     cpu_line,
-    percentiles,
+    latencies,
     sessions_line,
 )
-from bench.pipeline import pipeline_settled, pipeline_start, pipeline_tallies
+from bench.pipeline import pipeline_settled, pipeline_start, pipeline_tallies, trades_booked
 from bench.profile import Profiles
-from bench.web import WebServer, http_checked, http_load, load_spec
-from chaos.harness import scalar
+from bench.web import WebServer, http_checked, http_load, load_spec, request_figures
+from harness.database import scalar
 from harness.processes import Child
 
 
@@ -129,20 +129,9 @@ def measure(
         load_cpu_s,
     )
     seconds = finished - result.first_sent
-    between = [base_id]
-    p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, between)
-    s50, s99, _ = percentiles(TRADE_TO_SETTLED, between)
-    counts = dict(
-        scalar_rows("SELECT status, count(*) FROM trades_trade WHERE id > %s GROUP BY status", between)
-    )
+    latency = latencies({"": TRADE_TO_DEDUCTED, "settled_": TRADE_TO_SETTLED}, [base_id])
+    counts, entries = trades_booked(base_id)
     trades = sum(counts.values())
-    entries = int(
-        scalar(
-            "SELECT count(*) FROM trades_trade t JOIN beans_ledgerentry l "
-            "ON l.message_id = t.deduction_message_id WHERE t.id > %s",
-            between,
-        )
-    )
     theirs = int(
         scalar(
             "SELECT count(*) FROM trades_trade WHERE id > %s AND client_id = %s", [base_id, server.client_id]
@@ -160,19 +149,10 @@ def measure(
         )
     http = Http(
         trades=trades,
-        requests=result.requests,
-        statuses=result.statuses,
-        non_201=result.non_201,
         seconds=seconds,
         per_s=trades / seconds,
-        request_per_s=result.per_s,
-        request_p50_ms=result.percentile(0.5),
-        request_p99_ms=result.percentile(0.99),
-        request_max_ms=max(result.latencies_ms, default=0.0),
-        p50_ms=p50,
-        p99_ms=p99,
-        settled_p50_ms=s50,
-        settled_p99_ms=s99,
+        **request_figures(result),
+        **latency,
         deducted=deducted,
         rejected=counts.get("rejected", 0),
         **pipeline_tallies(),
@@ -225,19 +205,16 @@ def paced_measure(
     result, _, _ = http_load(children, None, spec, name, watch=processes)
     http_checked(result, args.http_paced_trades, server.web, f"{args.http_paced_trades} paced requests")
     wait_until(settled, timeout=args.timeout, what="paced trades placed over HTTP to settle")
-    p50, p99, _ = percentiles(TRADE_TO_DEDUCTED, [base_id])
-    relayed_p50, relayed_p99, _ = percentiles(TRADE_TO_RELAYED, [base_id])
-    consumed_p50, consumed_p99, _ = percentiles(RELAYED_TO_DEDUCTED, [base_id])
+    stages = {
+        "": TRADE_TO_DEDUCTED,
+        "relayed_": TRADE_TO_RELAYED,
+        "relayed_to_deducted_": RELAYED_TO_DEDUCTED,
+    }
     return {
         "rate_per_s": rate,
         "offered_per_s": result.per_s,
         "trades": result.requests,
         "request_p50_ms": result.percentile(0.5),
         "request_p99_ms": result.percentile(0.99),
-        "p50_ms": p50,
-        "p99_ms": p99,
-        "relayed_p50_ms": relayed_p50,
-        "relayed_p99_ms": relayed_p99,
-        "relayed_to_deducted_p50_ms": consumed_p50,
-        "relayed_to_deducted_p99_ms": consumed_p99,
+        **latencies(stages, [base_id]),
     }

@@ -42,22 +42,21 @@ the library's own figures), the same for the health page (``health_page_ms_*``),
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.histories import histories_write, history_use, interleaved_medians, search_path_set
-from project.environment import broker_url, database_recreate, database_url
-
-REPO = Path(__file__).resolve().parents[2]
+from bench.histories import (
+    UUID7_MADE,
+    histories_child_run,
+    histories_prepare,
+    history_tables,
+    history_use,
+    interleaved_medians,
+)
 
 DB_NAME = "beans_bench_metrics"
-# Redis database of the bench (tests use 13 and 15, bench/ids.py 14, chaos 11); /metrics never
-# touches Redis, but the isolated environment names one.
-REDIS_URL = "redis://127.0.0.1:6379/12"
+APPS = ("reliability", "trades")
 STREAMS = 16
 RECENT_ROWS = 200  # message-log rows in the last 15 minutes, the same at every size
 PENDING_OUTBOX = 50
@@ -76,28 +75,10 @@ def measure(rows_small: int = 1000, rows_large: int = 1_000_000, *, scrapes: int
 
     Runs in a child process on a database of its own (see the module docstring).
     """
-    from harness.environment import isolated_env
-
-    env = isolated_env(database_url=database_url(DB_NAME), broker_url=broker_url(), redis_url=REDIS_URL)
-    argv = [
-        sys.executable,
-        "-m",
-        "bench.legs.metrics_scrape",
-        "--child",
-        "--rows-small",
-        str(rows_small),
-        "--rows-large",
-        str(rows_large),
-        "--scrapes",
-        str(scrapes),
-    ]
-    completed = subprocess.run(
-        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=None, text=True, timeout=3600, check=False
+    args = ["--rows-small", str(rows_small), "--rows-large", str(rows_large), "--scrapes", str(scrapes)]
+    return histories_child_run(
+        "bench.legs.metrics_scrape", DB_NAME, args, timeout=3600, what="metrics scrape bench"
     )
-    if completed.returncode != 0:
-        raise RuntimeError(f"metrics scrape bench exited {completed.returncode}:\n{completed.stdout}")
-    result: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
-    return result
 
 
 def measure_for_run(rows_large: int, *, scrapes: int) -> dict[str, float]:
@@ -114,24 +95,6 @@ def measure_for_run(rows_large: int, *, scrapes: int) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- the child process
-
-
-def _tables() -> list[str]:
-    from django.apps import apps
-
-    return [
-        model._meta.db_table
-        for label in ("reliability", "trades")
-        for model in apps.get_app_config(label).get_models()
-    ]
-
-
-# A UUIDv7 made at the time ``made`` (its 48-bit Unix millisecond, version 7, variant 10, a
-# random tail), as ``reliability.ids`` makes them: so each row lands in its time slice.
-UUID7_MADE = (
-    "(lpad(to_hex((extract(epoch FROM made) * 1000)::bigint), 12, '0') || '7' || "
-    "substr(md5(random()::text), 1, 3) || '8' || substr(md5(random()::text), 1, 15))::uuid"
-)
 
 
 def history_write(rows: int) -> None:
@@ -230,7 +193,7 @@ def history_write(rows: int) -> None:
     library_figures_write()
     trade_figures_write()
     with connection.cursor() as cursor:
-        for table in _tables():
+        for table in history_tables(APPS):
             cursor.execute(f"VACUUM ANALYZE {table}")
 
 
@@ -337,18 +300,10 @@ def measurements(labels: dict[str, int], scrapes: int) -> dict[str, dict[str, fl
 
 
 def child(rows_small: int, rows_large: int, scrapes: int) -> dict[str, float]:
-    database_recreate(os.environ["DATABASE_URL"])
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-    from django.db.backends.signals import connection_created
-
-    call_command("migrate", verbosity=0, interactive=False)
-    connection_created.connect(search_path_set)
     labels = {"1k": rows_small, "1m": rows_large}
-    histories_write(labels, _tables(), history_write, log)
+    histories_prepare(labels, APPS, history_write, log)
+    from django.db import connection
+
     log(f"timing {scrapes} scrapes of each history, interleaved")
     by_size = measurements(labels, scrapes)
     for label, figures in by_size.items():

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from bench.common import BEANS, database_reset, log
+from harness.database import scalar
 
 
 def measure(trades: int) -> dict[str, float]:
@@ -25,9 +26,7 @@ def measure(trades: int) -> dict[str, float]:
     from trades.services import trade_place
 
     accounts = database_reset()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        backend = cursor.fetchone()[0]
+    backend = scalar("SELECT pg_backend_pid()")
     tick = os.sysconf("SC_CLK_TCK")
 
     def backend_cpu() -> float:
