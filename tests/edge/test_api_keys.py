@@ -42,8 +42,8 @@ from project.api.routes import api
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
-from ..api import api_key_new, bearer
-from ..runner import TEST_REDIS_URL
+from tests.api import api_key_new, bearer
+from tests.runner import TEST_REDIS_URL
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"

@@ -26,7 +26,7 @@ from harness.web import Gunicorn
 from reliability.models import OutboxMessage, StreamCounter
 from trades.models import Trade
 
-from ..api import api_key_new, bearer
+from tests.api import api_key_new, bearer
 
 EXAMPLES_PER_OPERATION_AND_MODE = 40
 

@@ -35,7 +35,7 @@ from harness.web import Gunicorn
 from reliability.models import OutboxMessage
 from trades.models import Trade
 
-from ..api import api_key_new
+from tests.api import api_key_new
 
 SCRIPT = REPO / "scripts" / "pgbouncer"
 POOLER = "pgbouncer-transaction"

@@ -40,7 +40,7 @@ from reliability.ops.dead_letters import dead_letter_from_broker
 from trades.models import Trade
 from trades.services import trade_place
 
-from ..pipeline import PipelineTestCase
+from tests.pipeline import PipelineTestCase
 
 PICKLE = "application/x-python-serialize"
 

@@ -35,8 +35,8 @@ from reliability.ops.retention import retention_purge
 from reliability.selectors import message_log_stats, pipeline_counters
 from trades.services import trade_place
 
-from .test_batch_unit import consume, packed
-from .test_health import metric_samples, parse_page
+from tests.reliability.consume.test_batch import consume, packed
+from tests.reliability.ops.test_health import metric_samples, parse_page
 
 BEANS = settings.BEANS_DATABASE
 HANDLER = "tests.counters.handler"

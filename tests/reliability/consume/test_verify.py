@@ -38,7 +38,7 @@ from tests.fakes import fake_task
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
 
-from ..pipeline import PipelineTestCase
+from tests.pipeline import PipelineTestCase
 
 BEANS = settings.BEANS_DATABASE
 DEDUCT, OUTCOME = "beans.deduct", "trades.record_outcome"

@@ -464,7 +464,7 @@ class MetricsTests(HealthTestCase):
         self.assertEqual(second[("beans_outbox_pending_messages", ())], 8)
         self.assertEqual(second[("beans_stream_lag_messages", (("stream", ALPHA),))], 4)
 
-    @override_settings(METRICS_COLLECTORS=["tests.reliability.test_health.FixedCollector"])
+    @override_settings(METRICS_COLLECTORS=["tests.reliability.ops.test_health.FixedCollector"])
     def test_collectors_named_in_settings_add_their_figures(self) -> None:
         samples = metric_samples(self.client.get(self.url).content)
         self.assertEqual(samples[("beans_trades", (("status", "pending"),))], 2)

@@ -20,7 +20,7 @@ from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
 from reliability.ops.queues import queue_depths_record
 from reliability.produce.publisher import publisher
 
-from .test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
+from tests.reliability.ops.test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
 
 SCREENSHOTS = Path(settings.BASE_DIR) / ".run" / "screenshots"
 PASSWORD = "correct horse battery staple"
