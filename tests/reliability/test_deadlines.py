@@ -3,7 +3,8 @@
 Against the real RabbitMQ and PostgreSQL; the silent partition comes from
 ``harness.proxies.SilentProxy``. A call that would block for as long as the
 partition lasts runs in a thread whose join has a generous limit: the test fails
-on a hang, and asserts nothing about speed.
+on a hang, and asserts nothing about speed. The database sessions' deadlines are the
+project's settings (``tests/project/test_settings.py``).
 """
 
 import socket
@@ -52,6 +53,7 @@ def returns_within(test: Any, call: Callable[[], Any], *, limit: float = HANG_LI
     return outcome.get("value")
 
 
+@tag("broker")
 class BrokerConnectionDeadlineTests(TestCase):
     def test_the_projects_connections_negotiate_heartbeats_and_bound_socket_io(self) -> None:
         for made in (broker_connection, current_app.connection_for_write):

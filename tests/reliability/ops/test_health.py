@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.db.models import Sum
-from django.test import TestCase, override_settings
+from django.test import TestCase, override_settings, tag
 from django.urls import reverse
 from django.utils import timezone
 from kombu import Connection
@@ -357,6 +357,7 @@ class HealthPageTests(HealthTestCase):
         self.assertContains(self.client.get(reverse("admin:index")), f'href="{self.url}"')
 
 
+@tag("broker")
 class HealthQueueDepthTests(TestCase):
     databases = "__all__"
 
