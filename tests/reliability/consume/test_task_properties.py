@@ -34,7 +34,6 @@ from reliability.consume.task import batch_consume, message_consume
 from reliability.envelope import BATCH, ENVELOPE_VERSION, envelope_sign
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
 from tests.fakes import fake_task
-
 from tests.strategies import examples
 from tests.strategies import json_values as json_values_of
 

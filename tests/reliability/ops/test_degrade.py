@@ -12,7 +12,6 @@ from reliability.models import OutboxMessage, PipelineMode
 from reliability.ops import degrade
 from reliability.produce.outbox import outbox_enqueue
 from reliability.tasks import purge_old_rows
-
 from tests.api import client_authenticate
 
 
