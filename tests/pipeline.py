@@ -7,7 +7,7 @@ Processes, polling and the broker's queues are ``harness``'s (``harness.processe
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
-from django.test import TransactionTestCase
+from django.test import TransactionTestCase, tag
 
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
@@ -22,8 +22,12 @@ from reliability.selectors import stream_positions
 from trades.models import Trade
 
 
+@tag("broker")
 class PipelineTestCase(TransactionTestCase):
-    """Integration tests against a real RabbitMQ, PostgreSQL and Celery processes."""
+    """Integration tests against a real RabbitMQ, PostgreSQL and Celery processes.
+
+    Tagged ``broker``, and so is every subclass: the unit tier (``make test-fast``) leaves them out.
+    """
 
     databases = "__all__"
     processes: list[CeleryProcess]

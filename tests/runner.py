@@ -9,6 +9,12 @@ and on SIGTERM (turned into ``KeyboardInterrupt``, so the teardown runs). A vhos
 a run that was SIGKILLed is recognised by its dead pid and deleted when the next run
 starts. A vhost costs the broker queues and file descriptors (README, "Broker footprint").
 Vhosts and permissions go through the broker's management API (``harness.broker_admin``).
+
+The unit tier (``make test-fast``) runs without RabbitMQ: a run that excludes the ``broker`` tag
+(every test that needs the broker carries it; ``tests.pipeline.PipelineTestCase`` does, and so
+every test with real workers) makes no vhost and points the broker URLs at a closed port, so a
+test that needs the broker but lacks the tag fails at once (connection refused) instead of
+waiting, or reaching a broker that runs for something else.
 """
 
 import atexit
@@ -28,6 +34,12 @@ from project.environment import broker_user, url_with_path
 from reliability.produce.publisher import publisher
 
 TEST_REDIS_URL = "redis://127.0.0.1:6379/13"
+# The tag of the tests that need RabbitMQ; a run that excludes it makes no vhost.
+BROKER_TAG = "broker"
+# The unit tier's broker: nothing listens on port 1 (binding it takes root), so a connection is
+# refused at once; the vhost does not exist either, should anything reach a real broker.
+NO_BROKER_URL = "amqp://guest:guest@127.0.0.1:1/no-broker-in-this-run"
+NO_BROKER_MANAGEMENT_URL = "http://guest:guest@127.0.0.1:1"
 
 
 def vhosts_stale_delete() -> list[str]:
@@ -58,6 +70,21 @@ class PipelineTestRunner(DiscoverRunner):
         os.environ.setdefault("API_RATE_LIMIT_REDIS_URL", TEST_REDIS_URL)
         settings.API_RATE_LIMIT_REDIS_URL = os.environ["API_RATE_LIMIT_REDIS_URL"]
         self._idle_in_transaction_timeout_lift()
+        if BROKER_TAG in self.exclude_tags:
+            self._broker_unreachable()
+        else:
+            self._vhost_create()
+
+    def _broker_unreachable(self) -> None:
+        """Point every broker URL of this process and its subprocesses at the closed port."""
+        os.environ["CELERY_BROKER_URL"] = NO_BROKER_URL
+        os.environ["RABBITMQ_MANAGEMENT_URL"] = NO_BROKER_MANAGEMENT_URL
+        settings.CELERY_BROKER_URL = NO_BROKER_URL
+        current_app.conf.broker_url = NO_BROKER_URL
+        publisher().close()
+
+    def _vhost_create(self) -> None:
+        """Make this run's vhost (deleting those of dead runs first) and point the broker URL at it."""
         vhosts_stale_delete()
         self.vhost = f"test-{os.getpid()}"
         # Registered before the vhost exists: whatever fails from here on, it goes.

@@ -1,16 +1,22 @@
 """Hypothesis strategies and settings shared by the property-based tests."""
 
+import os
 from typing import Any
 
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+# The unit tier (make test-fast) runs each property on this share of its examples, as Hypothesis'
+# own advice for a development loop has it; make test runs every example.
+EXAMPLES_SHARE = float(os.environ.get("TEST_PROPERTY_EXAMPLES_SHARE", "1"))
+
 
 def examples(count: int) -> Any:
-    """Settings of a property test: ``count`` examples, no deadline, no example database."""
+    """Settings of a property test: ``count`` examples (times the tier's share, at least 10), no
+    deadline, no example database."""
     return hypothesis_settings(
-        max_examples=count,
+        max_examples=max(10, round(count * EXAMPLES_SHARE)),
         deadline=None,
         database=None,  # no .hypothesis/ directory in the work tree; a failure prints its reproduction
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

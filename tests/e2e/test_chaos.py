@@ -196,7 +196,6 @@ class ChaosHttpClientTests(SimpleTestCase):
         self.assertEqual(answers, "unreachable:ConnectionRefusedError unreachable:ConnectionRefusedError")
 
 
-@tag("chaos", "integration")
 class ChaosLoadTests(SimpleTestCase):
     def test_batch_requests_stay_whole_within_one_producer_and_one_phase(self) -> None:
         plan = load_plan(seed=3, load=2000, probe=100, accounts=[1, 2, 3])
@@ -225,6 +224,7 @@ class ChaosLoadTests(SimpleTestCase):
                         )
 
 
+@tag("chaos", "integration", "broker")
 class ChaosSoakTests(SimpleTestCase):
     """The CI tier: a fixed seed, 10,000 deductions, real workers, real faults (about 4 minutes)."""
 

@@ -1,0 +1,1 @@
+"""Tests of ``edge/``: API keys, scopes and the rate limit, and the move of ApiKey into the app."""

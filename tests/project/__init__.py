@@ -1,3 +1,3 @@
-"""Tests of the project around them: settings and security, database roles, broker
-administration, a fresh machine, migrations, repartitioning and the example on the wheel.
+"""Tests of the project around the apps: settings and security, the admin site, the web tier,
+database roles, a fresh machine, the demo, deployment, migrations and the example on the wheel.
 """

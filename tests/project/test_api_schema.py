@@ -24,9 +24,8 @@ from beans.services import account_create
 from harness.environment import subprocess_env
 from harness.web import Gunicorn
 from reliability.models import OutboxMessage, StreamCounter
+from tests.api import api_key_new, bearer
 from trades.models import Trade
-
-from ..api import api_key_new, bearer
 
 EXAMPLES_PER_OPERATION_AND_MODE = 40
 

@@ -170,7 +170,7 @@ class DemoClientTests(SimpleTestCase):
         self.assertAlmostEqual(client.retry_after_s("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0), 10.0)
 
 
-@tag("integration", "demo")
+@tag("integration", "demo", "broker")
 class DemoUnderItsOwnRateLimitTests(SimpleTestCase):
     """``scripts/demo`` with the API limited to 20 requests a second, its client sending faster."""
 

@@ -36,7 +36,7 @@ def postgres_version() -> str:
     return versions[-1]
 
 
-@tag("integration", "fresh_machine")
+@tag("integration", "fresh_machine", "broker")
 class DebianDefaultAuthenticationTests(SimpleTestCase):
     def setUp(self) -> None:
         if os.geteuid() != 0 or shutil.which("pg_createcluster") is None:

@@ -33,9 +33,8 @@ from harness.ports import free_port
 from harness.processes import REPO
 from harness.web import Gunicorn
 from reliability.models import OutboxMessage
+from tests.api import api_key_new
 from trades.models import Trade
-
-from ..api import api_key_new
 
 SCRIPT = REPO / "scripts" / "pgbouncer"
 POOLER = "pgbouncer-transaction"

@@ -37,10 +37,9 @@ from harness.rabbitmq import queue_message_counts, rabbitmq_users_run
 from reliability.envelope import outbox_envelope
 from reliability.models import DeadLetter, OutboxMessage
 from reliability.ops.dead_letters import dead_letter_from_broker
+from tests.pipeline import PipelineTestCase
 from trades.models import Trade
 from trades.services import trade_place
-
-from ..pipeline import PipelineTestCase
 
 PICKLE = "application/x-python-serialize"
 

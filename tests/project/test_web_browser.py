@@ -25,8 +25,7 @@ from django.utils import timezone
 from harness.browser import browser_missing, chromium_start
 from harness.environment import subprocess_env
 from harness.web import Gunicorn, static_collected
-
-from ..reliability.test_health import ALPHA_HANDLER, BETA_HANDLER, pipeline_rows_write
+from tests.reliability.ops.test_health import ALPHA_HANDLER, BETA_HANDLER, pipeline_rows_write
 
 PASSWORD = "correct horse battery staple"
 TRANSPARENT = ("rgba(0, 0, 0, 0)", "transparent")

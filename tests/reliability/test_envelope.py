@@ -41,8 +41,7 @@ from reliability.exceptions import InvalidEnvelope
 from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.heartbeat import stream_heartbeat_send
 from reliability.produce.relay import outbox_envelopes_pack
-
-from ..strategies import examples, json_values
+from tests.strategies import examples, json_values
 
 PIN_KEYS = {"RELIABILITY_SIGNING_KEYS": {"pin": b"p" * 32}, "RELIABILITY_SIGNING_KEY_ID": "pin"}
 

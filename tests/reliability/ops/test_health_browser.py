@@ -19,14 +19,20 @@ from harness.browser import browser_missing, chromium_start
 from reliability.models import OutboxMessage, StreamCounter, StreamWatermark
 from reliability.ops.queues import queue_depths_record
 from reliability.produce.publisher import publisher
-
-from .test_health import ALPHA, ALPHA_HANDLER, BETA, BETA_HANDLER, broker_queue_depth, pipeline_rows_write
+from tests.reliability.ops.test_health import (
+    ALPHA,
+    ALPHA_HANDLER,
+    BETA,
+    BETA_HANDLER,
+    broker_queue_depth,
+    pipeline_rows_write,
+)
 
 SCREENSHOTS = Path(settings.BASE_DIR) / ".run" / "screenshots"
 PASSWORD = "correct horse battery staple"
 
 
-@tag("browser")
+@tag("browser", "broker")
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
 class HealthPageBrowserTests(StaticLiveServerTestCase):
     databases = "__all__"

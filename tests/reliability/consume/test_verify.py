@@ -35,10 +35,9 @@ from reliability.produce.heartbeat import stream_heartbeat_send
 from reliability.produce.publisher import Publish, publisher
 from reliability.produce.relay import outbox_envelopes_pack, stream_highs
 from tests.fakes import fake_task
+from tests.pipeline import PipelineTestCase
 from trades.models import Trade
 from trades.services import trade_place, trade_record_outcome
-
-from ..pipeline import PipelineTestCase
 
 BEANS = settings.BEANS_DATABASE
 DEDUCT, OUTCOME = "beans.deduct", "trades.record_outcome"

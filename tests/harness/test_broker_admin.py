@@ -140,7 +140,7 @@ class BackendRoundTrip:
         self.assertNotIn(user, [known.name for known in self.admin.users()])
 
 
-@tag("integration")
+@tag("integration", "broker")
 class HttpBrokerAdminTests(BackendRoundTrip, SimpleTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -154,7 +154,7 @@ class HttpBrokerAdminTests(BackendRoundTrip, SimpleTestCase):
         self.assertIsInstance(broker_admin(), HttpBrokerAdmin)
 
 
-@tag("integration")
+@tag("integration", "broker")
 class RabbitmqctlBrokerAdminTests(BackendRoundTrip, SimpleTestCase):
     def setUp(self) -> None:
         super().setUp()
@@ -187,7 +187,7 @@ class _EchoingServer(BaseHTTPRequestHandler):
         pass
 
 
-@tag("integration")
+@tag("integration", "broker")
 class BrokerAdminErrorTests(SimpleTestCase):
     """Errors name the request, the API and the status; no password in them, ever."""
 
@@ -275,7 +275,7 @@ class BrokerAdminErrorTests(SimpleTestCase):
         self.assertEqual([stdin for _, stdin in calls if password in stdin], [password + "\n"])
 
 
-@tag("integration")
+@tag("integration", "broker")
 class RabbitmqUsersScriptTests(SimpleTestCase):
     """``scripts/rabbitmq-users`` puts no password on a command line, through either backend."""
 

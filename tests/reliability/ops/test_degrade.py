@@ -12,8 +12,7 @@ from reliability.models import OutboxMessage, PipelineMode
 from reliability.ops import degrade
 from reliability.produce.outbox import outbox_enqueue
 from reliability.tasks import purge_old_rows
-
-from ..api import client_authenticate
+from tests.api import client_authenticate
 
 
 def enqueue(count: int, stream: str = "s") -> None:

@@ -28,13 +28,12 @@ from hypothesis.extra.django import TestCase
 from beans.models import Account, LedgerEntry
 from beans.services import account_create
 from reliability.models import OutboxMessage, StreamCounter
+from tests.api import api_key_new, client_authenticate
+from tests.strategies import examples
+from tests.strategies import json_values as json_values_of
 from trades.api import BATCH_IDEMPOTENCY_KEY_MAX_LENGTH, EXACT_FLOAT_MAX, MAX_BATCH_BODY_BYTES, MAX_BODY_BYTES
 from trades.models import Trade
 from trades.services import IDEMPOTENCY_KEY_MAX_LENGTH
-
-from ..api import api_key_new, client_authenticate
-from ..strategies import examples
-from ..strategies import json_values as json_values_of
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"

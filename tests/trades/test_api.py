@@ -1,4 +1,4 @@
-"""The HTTP API: status codes, JSON shapes, and that a refused request writes nothing.
+"""The trade service's HTTP API: status codes, JSON shapes, and that a refused request writes nothing.
 
 ``TestCase`` discards ``on_commit`` callbacks, so the after-commit publish never
 runs and these tests need no broker.
@@ -15,9 +15,8 @@ from django.test import TestCase
 from beans.services import account_create
 from edge.http.parsing import database_outcome_unknown
 from reliability.models import OutboxMessage
+from tests.api import client_authenticate
 from trades.models import Trade
-
-from ..api import client_authenticate
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"
@@ -264,22 +263,3 @@ class TradeBatchApiTests(TestCase):
                 self.assertEqual(response.status_code, status, response.content)
                 self.assertIn(says, response.json()["error"])
         self.assertEqual((Trade.objects.count(), OutboxMessage.objects.count()), (0, 0))
-
-
-class AccountApiTests(TestCase):
-    def setUp(self) -> None:
-        client_authenticate(self.client)
-
-    def test_account_detail_shows_the_balance(self) -> None:
-        account = account_create(owner="alice", balance=100)
-
-        response = self.client.get(f"/api/accounts/{account.pk}/")
-
-        self.assertEqual(response.status_code, 200)
-        body = response.json()
-        self.assertEqual((body["id"], body["owner"], body["balance"]), (account.pk, "alice", 100))
-
-    def test_unknown_account_is_not_found(self) -> None:
-        response = self.client.get("/api/accounts/999999/")
-        self.assertEqual(response.status_code, 404)
-        self.assertIsInstance(response.json()["error"], str)

@@ -17,7 +17,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.db.models import Sum
-from django.test import TestCase, override_settings
+from django.test import TestCase, override_settings, tag
 from django.urls import reverse
 from django.utils import timezone
 from kombu import Connection
@@ -357,6 +357,7 @@ class HealthPageTests(HealthTestCase):
         self.assertContains(self.client.get(reverse("admin:index")), f'href="{self.url}"')
 
 
+@tag("broker")
 class HealthQueueDepthTests(TestCase):
     databases = "__all__"
 
@@ -464,7 +465,7 @@ class MetricsTests(HealthTestCase):
         self.assertEqual(second[("beans_outbox_pending_messages", ())], 8)
         self.assertEqual(second[("beans_stream_lag_messages", (("stream", ALPHA),))], 4)
 
-    @override_settings(METRICS_COLLECTORS=["tests.reliability.test_health.FixedCollector"])
+    @override_settings(METRICS_COLLECTORS=["tests.reliability.ops.test_health.FixedCollector"])
     def test_collectors_named_in_settings_add_their_figures(self) -> None:
         samples = metric_samples(self.client.get(self.url).content)
         self.assertEqual(samples[("beans_trades", (("status", "pending"),))], 2)

@@ -1,4 +1,5 @@
-"""The audit console's lists cost the same however long the history (issue 23; ``bench/legs/history.py``).
+"""The library's admin: its lists cost the same however long the history (issue 23;
+``bench/legs/history.py``), and the outbox's one write, publish now, goes through the relay.
 
 ``BoundedCountPaginator`` counts at most its cap, then shows the planner's estimate for a whole
 table; ``RecentValuesFieldListFilter`` offers the values of the newest rows only, never a
@@ -9,7 +10,7 @@ import uuid
 from unittest import mock
 
 from django.contrib import admin
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import TestCase
 from django.urls import reverse
@@ -17,6 +18,7 @@ from django.urls import reverse
 from beans.models import LedgerEntry
 from reliability.admin import BoundedCountPaginator, RecentValuesFieldListFilter
 from reliability.models import MessageLog, OutboxMessage
+from tests.admin import AdminTestCase, admin_url
 from trades.models import Trade
 
 
@@ -76,3 +78,43 @@ class HistoryListTests(TestCase):
                 self.assertIsNone(model_admin.date_hierarchy)
                 self.assertFalse(model_admin.show_full_result_count)
                 self.assertIs(model_admin.paginator, BoundedCountPaginator)
+
+
+class OutboxAdminTests(AdminTestCase):
+    def _publish(self, ids: list[int]) -> list[str]:
+        response = self.client.post(
+            admin_url(OutboxMessage, "changelist"),
+            {"action": "publish_now", "_selected_action": ids, "index": 0},
+            follow=True,
+        )
+        return [str(message) for message in response.context["messages"]]
+
+    def test_publish_now_marks_rows_sent_after_the_broker_confirmed(self) -> None:
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
+            feedback = self._publish([self.outbox.pk])
+
+        self.assertEqual(feedback, ["1 of 1 pending messages published and confirmed by the broker."])
+        publisher.return_value.publish.assert_called_once()
+        self.assertEqual(publisher.return_value.publish.call_args.kwargs["message_id"], str(self.message_id))
+        self.outbox.refresh_from_db()
+        self.assertEqual(self.outbox.status, OutboxMessage.Status.SENT)
+        self.assertIsNotNone(self.outbox.sent_at)
+
+    def test_publish_now_skips_rows_already_sent(self) -> None:
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
+            self._publish([self.outbox.pk])
+            feedback = self._publish([self.outbox.pk])
+        self.assertEqual(feedback, ["None of the selected messages is pending."])
+        publisher.return_value.publish.assert_called_once()
+
+    def test_publish_now_needs_the_change_permission(self) -> None:
+        viewer = User.objects.create_user("viewer", password=None, is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_outboxmessage"))
+        self.client.force_login(viewer)
+
+        with mock.patch("reliability.produce.relay.publisher") as publisher:
+            self._publish([self.outbox.pk])
+
+        publisher.return_value.publish.assert_not_called()
+        self.outbox.refresh_from_db()
+        self.assertEqual(self.outbox.status, OutboxMessage.Status.PENDING)

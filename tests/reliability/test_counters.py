@@ -33,10 +33,9 @@ from reliability.consume.message_log import (
 from reliability.models import MessageLog, OutboxMessage, PipelineCounter, QueueDepth
 from reliability.ops.retention import retention_purge
 from reliability.selectors import message_log_stats, pipeline_counters
+from tests.reliability.consume.test_batch import consume, packed
+from tests.reliability.ops.test_health import metric_samples, parse_page
 from trades.services import trade_place
-
-from .test_batch_unit import consume, packed
-from .test_health import metric_samples, parse_page
 
 BEANS = settings.BEANS_DATABASE
 HANDLER = "tests.counters.handler"

@@ -40,10 +40,9 @@ from edge.services import api_key_create, api_key_revoke
 from harness.ports import free_port
 from project.api.routes import api
 from reliability.models import OutboxMessage
+from tests.api import api_key_new, bearer
+from tests.runner import TEST_REDIS_URL
 from trades.models import Trade
-
-from ..api import api_key_new, bearer
-from ..runner import TEST_REDIS_URL
 
 TRADES_URL = "/api/trades/"
 BATCH_URL = "/api/trades/batch/"

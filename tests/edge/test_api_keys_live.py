@@ -20,9 +20,8 @@ from edge.services import api_key_create, api_key_revoke
 from harness.environment import subprocess_env
 from harness.processes import REPO
 from harness.web import Gunicorn
-
-from ..api import bearer
-from .test_api_keys import KEY_PATTERN, key_parts, key_with_another_secret
+from tests.api import bearer
+from tests.edge.test_api_keys import KEY_PATTERN, key_parts, key_with_another_secret
 
 
 def request(url: str, *, authorization: str, body: dict[str, int] | None = None) -> int:

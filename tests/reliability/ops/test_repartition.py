@@ -4,7 +4,7 @@ from io import StringIO
 
 from django.core.management import CommandError, call_command
 from django.db import transaction
-from django.test import TransactionTestCase, override_settings
+from django.test import TransactionTestCase, override_settings, tag
 
 from beans.contracts import DEDUCT_TASK
 from harness.rabbitmq import queues_purge
@@ -15,6 +15,7 @@ from reliability.produce.outbox import outbox_enqueue
 
 
 @override_settings(RELIABILITY_RELAY_FAST_PATH=False)
+@tag("broker")
 class RepartitionTests(TransactionTestCase):
     def setUp(self) -> None:
         queues_purge()  # messages earlier tests left in this run's vhost

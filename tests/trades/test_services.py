@@ -1,4 +1,5 @@
-"""Service tests against the real database: trades, the outbox, accounts, deductions, outcomes.
+"""Service tests of the trade service against the real database: placing trades, one or a batch,
+the command that places them, outcomes, and both services wired by their envelopes.
 
 In ``TestCase`` the after-commit fast path never runs (``on_commit`` callbacks are
 discarded with the test's transaction), so nothing here touches the broker.
@@ -12,29 +13,20 @@ from unittest import mock
 from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
-from django.test import TestCase, TransactionTestCase, override_settings
+from django.test import TestCase, override_settings
 from django.test.utils import CaptureQueriesContext
 
-from beans import exceptions as beans_exceptions
 from beans.models import Account, LedgerEntry
-from beans.services import account_create, account_credit, deduction_apply
-from reliability.consume.dead_letter import dead_letter_record
-from reliability.envelope import Message, envelope_parse, outbox_envelope
+from beans.services import account_create, deduction_apply
+from reliability.envelope import envelope_parse, outbox_envelope
 from reliability.exceptions import OutboxUsageError
 from reliability.ids import message_id_new
-from reliability.models import DeadLetter, OutboxMessage, StreamCounter
+from reliability.models import OutboxMessage, StreamCounter
 from reliability.produce.outbox import outbox_enqueue
+from tests.fakes import fake_message
 from trades.exceptions import AccountNotFound, IdempotencyConflict, InvalidOutcome, TradeInvalid
 from trades.models import Trade
 from trades.services import TradeOrder, deduction_stream, trade_place, trade_record_outcome, trades_place_many
-
-
-def _message(payload: dict[str, Any], *, stream: str = "deductions.1", seq: int = 1) -> Message:
-    return Message(message_id=message_id_new(), stream=stream, seq=seq, produced_at="", payload=payload)
-
-
-def _enqueue(stream: str = "tests.stream") -> OutboxMessage:
-    return outbox_enqueue(task_name="tests.handler", queue="beans", stream=stream, payload={})
 
 
 class TradePlaceTests(TestCase):
@@ -292,164 +284,6 @@ class PlaceTradesCommandTests(TestCase):
             call_command("place_trades", "--count", "1", "--batch", str(settings.TRADES_BATCH_MAX + 1))
 
 
-class OutboxEnqueueTests(TestCase):
-    def test_rolled_back_enqueue_leaves_no_gap_in_the_stream(self) -> None:
-        with self.assertRaisesMessage(RuntimeError, "abort"), transaction.atomic():
-            _enqueue()
-            raise RuntimeError("abort")
-        with transaction.atomic():
-            first, second = _enqueue(), _enqueue()
-
-        self.assertEqual([first.seq, second.seq], [1, 2])
-        self.assertEqual(StreamCounter.objects.get(stream="tests.stream").last_seq, 2)
-
-    def test_streams_are_numbered_independently(self) -> None:
-        with transaction.atomic():
-            seqs = [_enqueue("a").seq, _enqueue("b").seq, _enqueue("a").seq]
-        self.assertEqual(seqs, [1, 1, 2])
-
-    def test_enqueue_keeps_a_given_message_id(self) -> None:
-        message_id = message_id_new()
-        with transaction.atomic():
-            message = outbox_enqueue(
-                task_name="tests.handler", queue="beans", stream="s", payload={}, message_id=message_id
-            )
-        self.assertEqual(message.message_id, message_id)
-
-    def test_envelope_round_trips_through_the_consumer_parser(self) -> None:
-        with transaction.atomic():
-            row = outbox_enqueue(task_name="tests.handler", queue="beans", stream="s", payload={"k": 1})
-        message = envelope_parse(outbox_envelope(row))
-        self.assertEqual((message.message_id, message.stream, message.seq), (row.message_id, "s", 1))
-        self.assertEqual(message.payload, {"k": 1})
-
-
-class OutboxEnqueueOutsideTransactionTests(TransactionTestCase):
-    def test_enqueue_outside_a_transaction_is_refused(self) -> None:
-        self.assertFalse(connection.in_atomic_block)
-        with self.assertRaises(OutboxUsageError):
-            _enqueue()
-        self.assertEqual(OutboxMessage.objects.count(), 0)
-
-
-class AccountServiceTests(TestCase):
-    def test_account_create_writes_an_opening_ledger_entry(self) -> None:
-        account = account_create(owner="alice", balance=100)
-
-        self.assertEqual(account.balance, 100)
-        entry = LedgerEntry.objects.get(account=account)
-        self.assertEqual((entry.kind, entry.beans, entry.balance_after), (LedgerEntry.Kind.OPENING, 100, 100))
-
-    def test_account_with_no_opening_balance_has_no_ledger_entry(self) -> None:
-        account = account_create(owner="alice")
-        self.assertEqual(account.balance, 0)
-        self.assertFalse(LedgerEntry.objects.exists())
-
-    def test_invalid_opening_balance_is_refused(self) -> None:
-        for balance in (-1, 1.5, "10", True):
-            with self.subTest(balance=balance), self.assertRaises(beans_exceptions.InvalidAmount):
-                account_create(owner="alice", balance=balance)  # type: ignore[arg-type]
-        self.assertFalse(Account.objects.exists())
-
-    def test_account_credit_adds_a_credit_entry_and_raises_the_balance(self) -> None:
-        account = account_create(owner="alice", balance=100)
-
-        entry = account_credit(account_id=account.pk, beans=50, note="welcome bonus")
-
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 150)
-        self.assertEqual(
-            (entry.kind, entry.beans, entry.balance_after, entry.note),
-            (LedgerEntry.Kind.CREDIT, 50, 150, "welcome bonus"),
-        )
-
-    def test_invalid_credit_is_refused(self) -> None:
-        account = account_create(owner="alice", balance=100)
-        for beans in (0, -5, 1.5, "5", True, None):
-            with self.subTest(beans=beans), self.assertRaises(beans_exceptions.InvalidAmount):
-                account_credit(account_id=account.pk, beans=beans)  # type: ignore[arg-type]
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 100)
-        self.assertEqual(LedgerEntry.objects.count(), 1)
-
-    def test_credit_to_unknown_account_is_refused(self) -> None:
-        with self.assertRaises(beans_exceptions.AccountNotFound):
-            account_credit(account_id=999_999, beans=5)
-
-
-class DeductionApplyTests(TestCase):
-    def _apply(self, payload: dict[str, Any]) -> tuple[str, Message]:
-        message = _message(payload)
-        with transaction.atomic():
-            return deduction_apply(message), message
-
-    def test_sufficient_balance_is_deducted_once_and_reported(self) -> None:
-        account = account_create(owner="alice", balance=100)
-
-        outcome, message = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
-
-        self.assertEqual(outcome, "deducted")
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 70)
-        entry = LedgerEntry.objects.get(kind=LedgerEntry.Kind.DEDUCTION)
-        self.assertEqual(
-            (entry.account_id, entry.beans, entry.balance_after, entry.message_id, entry.trade_id),
-            (account.pk, 30, 70, message.message_id, 7),
-        )
-        report = OutboxMessage.objects.get()
-        self.assertEqual((report.task_name, report.queue), ("trades.record_outcome", "trades"))
-        self.assertEqual(report.stream, "outcomes.deductions.1")
-        self.assertEqual(
-            report.payload,
-            {
-                "trade_id": 7,
-                "outcome": "deducted",
-                "balance_after": 70,
-                "deduction_message_id": str(message.message_id),
-            },
-        )
-
-    def test_exact_balance_is_deducted_to_zero(self) -> None:
-        account = account_create(owner="alice", balance=30)
-        outcome, _ = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
-        self.assertEqual(outcome, "deducted")
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 0)
-
-    def test_insufficient_balance_is_rejected_without_a_ledger_entry(self) -> None:
-        account = account_create(owner="alice", balance=10)
-
-        outcome, message = self._apply({"trade_id": 7, "account_id": account.pk, "beans": 30})
-
-        self.assertEqual(outcome, "rejected")
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 10)
-        self.assertFalse(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.DEDUCTION).exists())
-        report = OutboxMessage.objects.get()
-        self.assertEqual(report.task_name, "trades.record_outcome")
-        self.assertEqual(report.payload["outcome"], "rejected")
-        self.assertEqual(report.payload["balance_after"], 10)
-        self.assertEqual(report.payload["deduction_message_id"], str(message.message_id))
-
-    def test_unknown_account_raises_account_not_found(self) -> None:
-        with self.assertRaises(beans_exceptions.AccountNotFound):
-            self._apply({"trade_id": 7, "account_id": 999_999, "beans": 30})
-        self.assertFalse(OutboxMessage.objects.exists())
-
-    def test_malformed_payload_raises_invalid_deduction(self) -> None:
-        account = account_create(owner="alice", balance=100)
-        for payload in (
-            {"trade_id": 7, "account_id": account.pk},
-            {"trade_id": 7, "account_id": account.pk, "beans": 0},
-            {"trade_id": 7, "account_id": account.pk, "beans": "30"},
-            {"trade_id": None, "account_id": account.pk, "beans": 30},
-        ):
-            with self.subTest(payload=payload), self.assertRaises(beans_exceptions.InvalidDeduction):
-                self._apply(payload)
-        account.refresh_from_db()
-        self.assertEqual(account.balance, 100)
-
-
 class TradeRecordOutcomeTests(TestCase):
     def setUp(self) -> None:
         account = account_create(owner="alice", balance=100)
@@ -458,7 +292,7 @@ class TradeRecordOutcomeTests(TestCase):
     def _record(
         self, outcome: str, *, balance_after: int = 70, deduction_message_id: uuid.UUID | None = None
     ) -> str:
-        message = _message(
+        message = fake_message(
             {
                 "trade_id": self.trade.pk,
                 "outcome": outcome,
@@ -516,7 +350,7 @@ class TradeRecordOutcomeTests(TestCase):
             self._record("maybe")
 
     def test_outcome_for_unknown_trade_is_refused(self) -> None:
-        message = _message({"trade_id": 999_999, "outcome": "deducted"})
+        message = fake_message({"trade_id": 999_999, "outcome": "deducted"})
         with self.assertRaises(InvalidOutcome), transaction.atomic():
             trade_record_outcome(message)
 
@@ -540,20 +374,3 @@ class PipelineServiceTests(TestCase):
         self.assertEqual((trade.status, trade.balance_after), (Trade.Status.DEDUCTED, 70))
         self.assertEqual(account.balance, 70)
         self.assertEqual(LedgerEntry.objects.get(kind=LedgerEntry.Kind.DEDUCTION).trade_id, trade.pk)
-
-
-class DeadLetterRecordTests(TestCase):
-    def test_nul_characters_anywhere_are_stored_escaped_not_refused(self) -> None:
-        # PostgreSQL refuses NUL in text and jsonb; a dead letter that cannot be written blocks the drain.
-        envelope = {"v": 1, "payload": {"note\x00key": ["a\x00b"]}, "message_id": "x\x00"}
-        letter = dead_letter_record(
-            handler="beans.deduct",
-            reason=DeadLetter.Reason.INVALID_ENVELOPE,
-            detail="bad\x00detail",
-            envelope=envelope,
-            headers={"h": "v\x00"},
-        )
-        letter.refresh_from_db()
-        self.assertEqual(letter.detail, "bad\\x00detail")
-        self.assertEqual((letter.envelope or {})["payload"], {"note\\x00key": ["a\\x00b"]})
-        self.assertEqual(letter.headers, {"h": "v\\x00"})

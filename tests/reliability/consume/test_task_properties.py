@@ -34,9 +34,8 @@ from reliability.consume.task import batch_consume, message_consume
 from reliability.envelope import BATCH, ENVELOPE_VERSION, envelope_sign
 from reliability.models import DeadLetter, MessageLog, OutboxMessage
 from tests.fakes import fake_task
-
-from ..strategies import examples
-from ..strategies import json_values as json_values_of
+from tests.strategies import examples
+from tests.strategies import json_values as json_values_of
 
 BEANS = settings.BEANS_DATABASE
 TASK = fake_task("beans.deduct")

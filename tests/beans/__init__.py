@@ -1,0 +1,1 @@
+"""Tests of the bean service (``beans/``): its services, HTTP API, models and admin."""

@@ -1,0 +1,1 @@
+"""Tests of ``reliability.consume``: the single and batch paths, verification, streams, dead letters."""

@@ -1,0 +1,1 @@
+"""Tests of ``reliability.ids``: the carrier, the snowflake generator, leases, the generators."""

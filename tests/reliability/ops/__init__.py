@@ -1,0 +1,1 @@
+"""Tests of ``reliability.ops``: degrade mode, health and metrics, partitions, repartitioning."""

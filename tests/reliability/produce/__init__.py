@@ -1,0 +1,1 @@
+"""Tests of ``reliability.produce``: the outbox."""

@@ -1,1 +1,0 @@
-"""Tests of the reference service (trades and beans): its services, HTTP API, admin and constraints."""
